@@ -1,0 +1,59 @@
+# Two commands matter: `make run` (a sandboxed agent with real smbd on loopback) and
+# `make test` (every test, real components included). Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := samba smbclient systemd-container debootstrap python3-venv python3-gi \
+	python3-pydbus iproute2 procps
+DEBIAN_PY_PACKAGES := python3-pluggy python3-prometheus-client python3-pyroute2 \
+	python3-watchdog python3-jinja2 python3-pytest
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit integration lint typecheck check deps venv bench clean test-debian
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES) $(DEBIAN_PY_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root (apt-get install $$missing)"; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: deps $(STAMP)
+
+run: venv
+	$(PY) -m smbgw_agent.sandbox --root sandbox --port 4450
+
+lint: venv
+	$(VENV)/bin/ruff check smbgw_agent plugins tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+integration: venv
+	$(PY) -m pytest tests/integration -q
+
+# The unit tests once more against Debian's own python3-* packages (pluggy 1.0,
+# prometheus-client 0.16, pyroute2 0.7.2, watchdog 2.2): what the .deb runs with.
+test-debian: deps
+	PYTHONPATH=. /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/unit
+
+test: venv lint typecheck test-debian
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) bench/latency.py
+
+clean:
+	rm -rf $(VENV) sandbox .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,177 @@
+"""How fast a dropped share file is served, and how a pass scales with the number of shares.
+
+Real smbd on loopback, the real agent process, real smbclient. Prints medians and
+percentiles; asserts nothing (timing assertions are flaky on shared machines).
+
+    .venv/bin/python bench/latency.py [--changes 50] [--sizes 500,2000]
+
+Measured:
+  drop -> served   write a new share file; time until `smbclient //127.0.0.1/<share> -c ls`
+                   succeeds (includes one smbclient run, ~40 ms, and the polling interval)
+  cold start       N share files, empty state: `smbgw-agent --once` wall time, and the
+                   pass duration the agent reports
+  one change       N shares served; add one file: drop -> served, and the agent's pass time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from smbgw_agent.sandbox import Sandbox, free_port  # noqa: E402
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(label: str, values_ms: list[float]) -> None:
+    print(
+        f"{label:<44} n={len(values_ms):<4} p50={statistics.median(values_ms):8.1f} ms  "
+        f"p90={percentile(values_ms, 90):8.1f} ms  p99={percentile(values_ms, 99):8.1f} ms  "
+        f"max={max(values_ms):8.1f} ms"
+    )
+
+
+def agent_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def status(box: Sandbox) -> dict:
+    try:
+        return json.loads((box.root / "run/smbgw/status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_served(box: Sandbox, share: str, timeout: float = 30.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if box.smbclient(share, "ls", timeout=10).returncode == 0:
+            return time.monotonic()
+        time.sleep(0.005)
+    raise SystemExit(f"share {share} not served within {timeout}s")
+
+
+def make_box(base: Path, name: str) -> Sandbox:
+    root = base / name
+    box = Sandbox(root, free_port())
+    box.prepare()
+    (box.root / "srv/smb").mkdir(parents=True, exist_ok=True)
+    return box
+
+
+def write_shares(box: Sandbox, count: int, prefix: str = "s") -> None:
+    data = box.root / "srv/smb/data"
+    data.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        (box.shares_dir / f"{prefix}{index:05d}.toml").write_text(
+            f'path = "/srv/smb/data"\ncomment = "bench share {index}"\n'
+        )
+
+
+def start_agent(box: Sandbox) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smbgw_agent", "--root", str(box.root), "--log-level", "warning"],
+        env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=open(box.root / "agent.log", "ab"),  # noqa: SIM115
+    )
+    deadline = time.monotonic() + 120
+    while status(box).get("passes", 0) < 1:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"agent did not complete a pass; see {box.root}/agent.log")
+        time.sleep(0.05)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench_drop_latency(base: Path, changes: int, existing: int) -> None:
+    box = make_box(base, f"drop-{existing}")
+    write_shares(box, existing)
+    box.start_smbd()
+    proc = start_agent(box)
+    try:
+        wait_served(box, "s00000") if existing else None
+        latencies, passes = [], []
+        for index in range(changes):
+            name = f"new{index:03d}"
+            box.share_dir(name)
+            started = time.monotonic()
+            (box.shares_dir / f"{name}.toml").write_text(f'path = "/srv/smb/{name}"\n')
+            latencies.append((wait_served(box, name) - started) * 1000)
+            passes.append(status(box).get("pass", {}).get("duration_seconds", 0) * 1000)
+            time.sleep(0.05)
+        summary(f"drop -> served, {existing} other shares", latencies)
+        summary(f"  agent pass for that change, {existing} shares", passes)
+    finally:
+        stop(proc)
+        box.stop_smbd()
+
+
+def bench_cold_start(base: Path, count: int, repeats: int = 3) -> None:
+    walls, passes = [], []
+    for attempt in range(repeats):
+        box = make_box(base, f"cold-{count}-{attempt}")
+        write_shares(box, count)
+        box.start_smbd()
+        try:
+            started = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-m", "smbgw_agent", "--root", str(box.root), "--once",
+                 "--log-level", "warning"], env=agent_env(), check=True,
+            )
+            walls.append((time.monotonic() - started) * 1000)
+            passes.append(status(box)["pass"]["duration_seconds"] * 1000)
+            assert box.smbclient(f"s{count - 1:05d}", "ls").returncode == 0, "last share not served"
+        finally:
+            box.stop_smbd()
+        shutil.rmtree(box.root, ignore_errors=True)
+    summary(f"cold start {count} shares: process wall time", walls)
+    summary(f"cold start {count} shares: reconcile pass", passes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--sizes", default="500,2000")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    base = Path(tempfile.mkdtemp(prefix="smbgw-bench-", dir="/var/tmp"))
+    base.chmod(0o755)
+    try:
+        bench_drop_latency(base, args.changes, 0)
+        for size in sizes:
+            bench_cold_start(base, size)
+        if sizes:
+            bench_drop_latency(base, max(10, args.changes // 2), max(sizes))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

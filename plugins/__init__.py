@@ -1,0 +1,1 @@
+"""Built-in plugins of smbgw-agent, registered under the ``smbgw`` entry-point group."""

@@ -1,0 +1,253 @@
+"""The long-running agent: signals, watcher, control socket and the reconcile loop.
+
+Only the main thread reconciles. Everything else (inotify events, signals, control
+requests) just wakes it. The loop pings the systemd watchdog itself, so a pass that
+hangs stops the pings and systemd restarts the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+from . import __version__
+from .control import ControlServer, Request
+from .errors import ConfigError
+from .paths import Paths
+from .reconciler import PassReport, Reconciler
+from .runner import Runner
+from .sdnotify import Notifier
+from .services import ServiceControl
+from .setup import load_plugins_and_config
+from .watcher import ShareDirWatcher
+
+log = logging.getLogger("smbgw_agent")
+EXIT_CONFIG = 2
+
+
+def configure_logging(level: str) -> None:
+    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(message)s" if under_journal else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
+
+
+class Agent:
+    def __init__(self, paths: Paths, use_systemd: bool, notifier: Notifier | None = None) -> None:
+        self.paths = paths
+        self.notifier = notifier or Notifier()
+        plugins, config = load_plugins_and_config(paths)
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        self.runner = Runner()
+        self.services = ServiceControl(self.runner, use_systemd=use_systemd)
+        self.reconciler = Reconciler(paths, config, plugins, self.services, self.runner)
+        self.wake = threading.Event()
+        self.dirty = threading.Event()
+        self.requests: queue.Queue[Request] = queue.Queue()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.watcher = ShareDirWatcher(self.reconciler.scanner.directory, self._on_change)
+        self.control = ControlServer(paths.control_socket, self.requests, self.wake)
+        self.next_resync = 0.0
+        self.last_ping = 0.0
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.reconciler.config
+
+    def _on_change(self) -> None:
+        self.dirty.set()
+        self.wake.set()
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stop_requested = True
+        self.wake.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, self._signal)
+
+    def reload_config(self) -> None:
+        """SIGHUP: re-read agent.toml; keep the running configuration if the new one is bad."""
+        self.notifier.reloading()
+        try:
+            plugins, config = load_plugins_and_config(self.paths)
+        except ConfigError as exc:
+            self.reconciler.config_problems = [str(p) for p in exc.problems]
+            for problem in exc.problems:
+                log.error("agent.toml not reloaded: %s", problem)
+        else:
+            self.reconciler.config_problems = []
+            for warning in config.warnings:
+                log.warning("%s", warning)
+            self.reconciler.replace_config(config, plugins)
+            self.watcher.directory = self.reconciler.scanner.directory
+            self.watcher.ensure()
+            log.info("reloaded agent configuration")
+        self.reconciler.scanner.forget()
+        self.notifier.ready(self._status_line())
+
+    def _status_line(self, report: PassReport | None = None) -> str:
+        report = report or self.reconciler.last_report
+        served = sum(1 for _ in self.reconciler.state.applied)
+        if report is None:
+            return f"{served} shares; waiting for the first pass"
+        failed = len(report.failed)
+        invalid = sum(1 for f in (report.desired.files.values() if report.desired else []) if not f.valid)
+        return (
+            f"{served} shares served, {failed} failing, {invalid} invalid files; "
+            f"last pass {report.duration * 1000:.0f} ms"
+        )
+
+    def run_pass(self, force: bool = False, full: bool = True) -> PassReport:
+        self.watcher.ensure()
+        report = self.reconciler.run_pass(force=force, full=full)
+        self.notifier.status(self._status_line(report))
+        if report.changed or report.failed:
+            log.info(
+                "pass: %d changed, %d failed in %.0f ms", len(report.changed), len(report.failed),
+                report.duration * 1000,
+            )
+        return report
+
+    def _ping(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval and now - self.last_ping >= interval / 4:
+            self.notifier.watchdog()
+            self.last_ping = now
+
+    def _timeout(self, now: float) -> float:
+        deadlines = [self.next_resync]
+        retry = self.reconciler.next_wakeup()
+        if retry is not None:
+            deadlines.append(now + max(0.0, retry - time.time()))
+        if self.notifier.watchdog_interval:
+            deadlines.append(self.last_ping + self.notifier.watchdog_interval / 4)
+        return max(0.0, min(deadlines) - now)
+
+    def _debounce(self) -> None:
+        """Wait for a burst of events (an editor's save, `cp -r`) to settle, up to 1 s."""
+        quiet = self.config.debounce
+        if quiet <= 0:
+            return
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            self.dirty.clear()
+            if not self.dirty.wait(quiet):
+                return
+
+    def serve(self) -> int:
+        self.install_signals()
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        self.control.start()
+        self.watcher.start()
+        self.notifier.ready(self._status_line())
+        log.info(
+            "smbgw-agent %s on node %s: watching %s (root %s, services via %s)", __version__,
+            self.config.node, self.reconciler.scanner.directory, self.paths.root,
+            "systemd" if self.services.use_systemd else "direct signals",
+        )
+        self.dirty.set()
+        try:
+            while not self.stop_requested:
+                now = time.monotonic()
+                self._ping(now)
+                force = False
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload_config()
+                    self.next_resync = 0.0
+                    force = True
+                requests = self._drain_requests()
+                if requests:
+                    force = True
+                resync_due = now >= self.next_resync
+                if self.dirty.is_set() or resync_due or requests or force or self._retry_due():
+                    if self.dirty.is_set() and not resync_due:
+                        self._debounce()
+                    self.dirty.clear()
+                    if resync_due:
+                        self.reconciler.scanner.forget()
+                        self.next_resync = time.monotonic() + self.config.resync_interval
+                    report = self.run_pass(force=force, full=resync_due or force)
+                    self._answer(requests, report)
+                    continue
+                self.wake.wait(self._timeout(time.monotonic()))
+                self.wake.clear()
+        finally:
+            self.notifier.stopping()
+            log.info("stopping; shares stay served")
+            self.watcher.stop()
+            self.control.stop()
+        return 0
+
+    def _retry_due(self) -> bool:
+        retry = self.reconciler.next_wakeup()
+        return retry is not None and retry <= time.time()
+
+    def _drain_requests(self) -> list[Request]:
+        items = []
+        while True:
+            try:
+                items.append(self.requests.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _answer(self, requests: list[Request], report: PassReport) -> None:
+        for request in requests:
+            request.reply = {
+                "ok": report.ok,
+                "changed": report.changed,
+                "failed": {k: report.outcomes[k].error for k in report.failed},
+                "errors": report.errors,
+                "duration_seconds": report.duration,
+            }
+            request.done.set()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="smbgw-agent", description="Serve the SMB shares declared in shares.d on this node."
+    )
+    parser.add_argument("--root", help="sandbox: resolve every managed path under this directory")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--once", action="store_true", help="run one pass and exit (1 if it failed)")
+    parser.add_argument(
+        "--no-systemd", action="store_true",
+        help="never talk to systemd; signal daemons directly (implied by --root)",
+    )
+    parser.add_argument("--version", action="version", version=f"smbgw-agent {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    paths = Paths.under(args.root)
+    use_systemd = not (args.no_systemd or paths.sandboxed)
+    try:
+        agent = Agent(paths, use_systemd)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        log.error("refusing to start with an invalid %s", paths.agent_config)
+        return EXIT_CONFIG
+    if args.once:
+        report = agent.run_pass(force=True)
+        return 0 if report.ok else 1
+    return agent.serve()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

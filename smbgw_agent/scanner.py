@@ -1,0 +1,112 @@
+"""Reading shares.d: which files exist, which are valid, and what they declare.
+
+Results are cached by (inode, size, mtime, ctime), so a pass re-parses only the files
+that changed; the directory listing and one lstat per file are the whole fixed cost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import AgentConfig
+from .errors import ConfigError, Problem
+from .paths import Paths
+from .pluginhost import PluginHost
+from .shares import ShareSpec, parse_share
+from .tomlsource import InputFileError, read_toml
+
+MAX_SHARE_FILES = 20000
+
+
+def is_share_file_name(name: str) -> bool:
+    """`*.toml`, not hidden, not an editor's temporary or backup copy."""
+    if not name.endswith(".toml") or name.startswith((".", "#", "~")):
+        return False
+    return name != ".toml"
+
+
+@dataclass
+class FileResult:
+    file: str
+    spec: ShareSpec | None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return self.spec is not None and not self.problems
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, FileResult]
+    directory_problem: str | None = None
+
+
+class ShareScanner:
+    def __init__(self, paths: Paths, plugins: PluginHost, config: AgentConfig) -> None:
+        self.paths = paths
+        self.plugins = plugins
+        self.config = config
+        self._cache: dict[str, tuple[tuple[int, ...], FileResult]] = {}
+
+    def forget(self) -> None:
+        """Drop the cache: validation also depends on the filesystem (symlinks, dirs)."""
+        self._cache.clear()
+
+    @property
+    def directory(self) -> Path:
+        return self.paths.host(self.config.shares_dir)
+
+    def scan(self) -> ScanResult:
+        directory = self.directory
+        try:
+            with os.scandir(directory) as entries:
+                names = sorted(e.name for e in entries if is_share_file_name(e.name))
+        except FileNotFoundError:
+            self._cache.clear()
+            return ScanResult({}, f"{directory} does not exist")
+        except NotADirectoryError:
+            self._cache.clear()
+            return ScanResult({}, f"{directory} is not a directory")
+        except OSError as exc:
+            return ScanResult({}, f"cannot list {directory}: {exc.strerror}")
+        problem = None
+        if len(names) > MAX_SHARE_FILES:
+            problem = f"{len(names)} share files; only the first {MAX_SHARE_FILES} are read"
+            names = names[:MAX_SHARE_FILES]
+        files = {name: self._read(directory / name) for name in names}
+        for gone in set(self._cache) - set(files):
+            del self._cache[gone]
+        return ScanResult(files, problem)
+
+    def _read(self, path: Path) -> FileResult:
+        try:
+            info = os.lstat(path)
+            signature: tuple[int, ...] = (
+                info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode,
+            )
+        except OSError:
+            signature = ()
+        cached = self._cache.get(path.name)
+        if cached and signature and cached[0] == signature:
+            return cached[1]
+        result = self.read_one(path)
+        if signature:
+            self._cache[path.name] = (signature, result)
+        return result
+
+    def read_one(self, path: Path) -> FileResult:
+        """Validate one file with no caching (also what `smbgwctl validate` uses)."""
+        try:
+            doc = read_toml(path)
+        except InputFileError as exc:
+            return FileResult(path.name, None, [exc.problem])
+        if not isinstance(doc.data, dict):  # pragma: no cover - tomllib always gives a dict
+            return FileResult(path.name, None, [Problem(path, "not a TOML table")])
+        try:
+            spec = parse_share(doc, self.config, self.paths, self.plugins)
+        except ConfigError as exc:
+            return FileResult(path.name, None, exc.problems)
+        return FileResult(path.name, spec)

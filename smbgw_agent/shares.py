@@ -1,0 +1,287 @@
+"""Share files: the typed model and its validation.
+
+Validation collects every problem of a file (not only the first), names file, key and
+line, and refuses any value that could change smb.conf's structure or point a share at
+a system directory. The core owns the top-level keys; tables belong to plugins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import PurePosixPath
+from typing import Any
+
+from .config import AgentConfig
+from .errors import ConfigError, FieldError, Problem
+from .paths import Paths
+from .pluginhost import PluginHost
+from .smbvalues import check_parameter_name, check_principal, check_share_name, check_text
+from .tomlsource import TomlDocument
+
+# Paths that must never be shared, nor anything below them ("/" only itself).
+SYSTEM_DIRECTORIES = (
+    "/etc", "/usr", "/proc", "/sys", "/dev", "/boot", "/root", "/run", "/bin", "/sbin",
+    "/lib", "/lib32", "/lib64", "/libx32", "/var/lib/smbgw", "/var/lib/samba",
+    "/var/lib/pve-cluster", "/var/log", "/var/cache", "/var/spool", "/var/run",
+)
+# Parameters that would let a share file run programs or read files outside its share.
+FORBIDDEN_OPTIONS = frozenset({
+    "include", "config file", "copy", "preexec", "exec", "root preexec", "root exec",
+    "postexec", "root postexec", "magic script", "magic output", "print command",
+    "lpq command", "lprm command", "lppause command", "lpresume command",
+    "queuepause command", "queueresume command", "path", "vfs objects", "vfs object",
+    "dfree command", "get quota command", "set quota command", "message command",
+    "add share command", "change share command", "delete share command",
+    "msdfs proxy", "msdfs root", "wide links", "follow symlinks", "guest ok", "public",
+    "guest only", "only guest", "force user", "force group", "admin users", "valid users",
+    "invalid users", "read only", "writeable", "writable", "write ok", "browseable",
+    "browsable", "comment", "root preexec close", "preexec close",
+})
+FORBIDDEN_OPTION_SUFFIXES = (" command", " script", " exec")
+MAX_OPTIONS = 64
+MAX_VALID_USERS = 256
+CORE_KEYS = (
+    "name", "path", "mode", "comment", "read_only", "browseable", "valid_users", "node",
+    "options",
+)
+
+
+@dataclass(frozen=True)
+class ShareSpec:
+    """A validated share declaration; the unit the reconciler plans and applies."""
+
+    name: str
+    file: str
+    path: str
+    mode: str = "native"
+    comment: str = ""
+    read_only: bool = False
+    browseable: bool = True
+    valid_users: tuple[str, ...] = ()
+    node: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Samba share names are case-insensitive; so are ours."""
+        return self.name.casefold()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "file": self.file, "path": self.path, "mode": self.mode,
+            "comment": self.comment, "read_only": self.read_only, "browseable": self.browseable,
+            "valid_users": list(self.valid_users), "node": self.node,
+            "options": [list(pair) for pair in self.options], "sections": dict(self.sections),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShareSpec:
+        return cls(
+            name=data["name"], file=data["file"], path=data["path"], mode=data["mode"],
+            comment=data["comment"], read_only=data["read_only"], browseable=data["browseable"],
+            valid_users=tuple(data["valid_users"]), node=data["node"],
+            options=tuple((str(k), str(v)) for k, v in data["options"]),
+            sections=dict(data["sections"]),
+        )
+
+    @cached_property
+    def _digest(self) -> str:
+        data = self.to_dict()
+        data.pop("file")
+        encoded = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+    def digest(self) -> str:
+        """Identity of the declaration, independent of the file it came from (cached)."""
+        return self._digest
+
+
+def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
+    """An absolute share path under the allowed roots, with symlinks resolved."""
+    if not isinstance(value, str):
+        raise FieldError(f"must be a string, not {type(value).__name__}")
+    check_text(value, "path", 4096)
+    if not value.startswith("/"):
+        raise FieldError(f"{value!r} is relative; share paths must be absolute")
+    if ".." in PurePosixPath(value).parts:
+        raise FieldError(f"{value!r} contains '..'")
+    declared = posixpath.normpath(value)
+    declared = "/" + declared.lstrip("/")
+    _check_location(declared, config)
+    host = paths.host(declared)
+    if os.path.lexists(host):
+        real = os.path.realpath(host)
+        root = str(paths.root)
+        if paths.sandboxed and not (real == root or real.startswith(root + "/")):
+            raise FieldError(f"{value!r} resolves outside the sandbox root (to {real})")
+        resolved = "/" + os.path.relpath(real, root) if paths.sandboxed else real
+        resolved = posixpath.normpath(resolved)
+        if resolved != declared:
+            try:
+                _check_location(resolved, config)
+            except FieldError as exc:
+                raise FieldError(f"{value!r} is a symbolic link to {resolved}: {exc}") from exc
+        if not os.path.isdir(real):
+            raise FieldError(f"{value!r} exists but is not a directory")
+    return declared
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _check_location(path: str, config: AgentConfig) -> None:
+    if path == "/":
+        raise FieldError("'/' cannot be shared")
+    for system in SYSTEM_DIRECTORIES:
+        if _within(path, system):
+            raise FieldError(f"{path!r} is inside the system directory {system}")
+    if config.allowed_roots and not any(_within(path, root) for root in config.allowed_roots):
+        raise FieldError(
+            f"{path!r} is outside the allowed roots ({', '.join(config.allowed_roots)})"
+        )
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise FieldError(f"must be true or false, not {type(value).__name__}")
+    return value
+
+
+def _text(value: object, what: str, max_length: int = 1024) -> str:
+    if not isinstance(value, str):
+        raise FieldError(f"must be a string, not {type(value).__name__}")
+    return check_text(value, what, max_length)
+
+
+def _valid_users(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise FieldError(f"must be a list of strings, not {type(value).__name__}")
+    if len(value) > MAX_VALID_USERS:
+        raise FieldError(f"has {len(value)} entries; at most {MAX_VALID_USERS}")
+    users = []
+    for item in value:
+        if not isinstance(item, str):
+            raise FieldError(f"entries must be strings, not {type(item).__name__}")
+        users.append(check_principal(item))
+    return tuple(users)
+
+
+def _options(value: object, config: AgentConfig) -> tuple[tuple[str, str], ...]:
+    if not config.allow_custom_options:
+        raise FieldError("raw smb.conf options need allow_custom_options = true in agent.toml")
+    if not isinstance(value, dict):
+        raise FieldError("must be a table of smb.conf parameters")
+    if len(value) > MAX_OPTIONS:
+        raise FieldError(f"has {len(value)} parameters; at most {MAX_OPTIONS}")
+    result: dict[str, str] = {}
+    for raw_name, raw_value in value.items():
+        try:
+            name = check_parameter_name(raw_name)
+        except FieldError as exc:
+            raise FieldError(str(exc), key=raw_name) from exc
+        if name in FORBIDDEN_OPTIONS or name.endswith(FORBIDDEN_OPTION_SUFFIXES):
+            raise FieldError(f"{name!r} is not allowed as a custom option", key=raw_name)
+        if isinstance(raw_value, bool):
+            text = "yes" if raw_value else "no"
+        elif isinstance(raw_value, (int, float)):
+            text = str(raw_value)
+        elif isinstance(raw_value, str):
+            text = raw_value
+        else:
+            raise FieldError("must be a string, number or boolean", key=raw_name)
+        try:
+            result[name] = check_text(text, f"value of {name!r}")
+        except FieldError as exc:
+            raise FieldError(str(exc), key=raw_name) from exc
+    return tuple(sorted(result.items()))
+
+
+def parse_share(
+    doc: TomlDocument, config: AgentConfig, paths: Paths, plugins: PluginHost
+) -> ShareSpec:
+    """Turn a parsed share file into a ShareSpec, or raise ConfigError with every problem."""
+    data = doc.data
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    owned = plugins.share_sections()
+    stem = doc.path.name[: -len(".toml")] if doc.path.name.endswith(".toml") else doc.path.name
+
+    def attempt(key: str, parse: Any) -> None:
+        if key not in data:
+            return
+        try:
+            values[key] = parse(data[key])
+        except FieldError as exc:
+            nested = f"{key}.{exc.key}" if exc.key else key
+            problems.append(Problem(doc.path, str(exc), nested, doc.line_of("", key)))
+
+    attempt("name", lambda v: check_share_name(_text(v, "share name", 80)))
+    if "name" not in data:
+        try:
+            values["name"] = check_share_name(stem)
+        except FieldError as exc:
+            problems.append(Problem(doc.path, f"file name gives the share name: {exc}"))
+    if "path" not in data:
+        problems.append(Problem(doc.path, "required key is missing", "path"))
+    attempt("path", lambda v: check_share_path(v, config, paths))
+    modes = plugins.modes()
+
+    def mode(v: object) -> str:
+        text = _text(v, "mode", 32)
+        if text not in modes:
+            available = ", ".join(modes) or "none"
+            raise FieldError(f"{text!r} is not provided by any enabled plugin (available: {available})")
+        return text
+
+    attempt("mode", mode)
+    attempt("comment", lambda v: _text(v, "comment", 256))
+    attempt("read_only", _bool)
+    attempt("browseable", _bool)
+    attempt("valid_users", _valid_users)
+    attempt("node", lambda v: _text(v, "node", 63))
+    attempt("options", lambda v: _options(v, config))
+    for key, value in data.items():
+        if key in CORE_KEYS:
+            continue
+        if key in owned and isinstance(value, dict):
+            try:
+                sections[key] = plugins.hook.smbgw_validate_share_section(
+                    section=key, data=value, config=config
+                )
+            except FieldError as exc:
+                nested = exc.key
+                line = doc.line_of(key, nested) if nested else doc.line_of(key)
+                problems.append(Problem(doc.path, str(exc), ".".join(filter(None, [key, nested])), line))
+        elif key in owned:
+            problems.append(doc.problem("must be a table", key=key))
+        elif isinstance(value, dict):
+            problems.append(doc.problem("no enabled plugin handles this table", key=key))
+        else:
+            known = ", ".join(CORE_KEYS)
+            problems.append(doc.problem(f"unknown key (known: {known})", key=key))
+    if "mode" not in values and "mode" not in data:
+        if "native" in modes:
+            values["mode"] = "native"
+        else:
+            problems.append(Problem(doc.path, "no mode given and no plugin provides 'native'", "mode"))
+    if problems:
+        raise ConfigError(problems)
+    spec = ShareSpec(file=doc.path.name, sections=sections, **values)
+    cross = [m for messages in plugins.hook.smbgw_validate_share(share=spec, config=config) for m in messages]
+    if cross:
+        raise ConfigError([Problem(doc.path, message) for message in cross])
+    return spec

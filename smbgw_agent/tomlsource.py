@@ -1,0 +1,132 @@
+"""Reading TOML input files defensively, and finding the line of a key for messages.
+
+tomllib gives no positions, but administrators need "file:line: key: why". A key's
+line is found by scanning the text for its table header and assignment, which is
+exact for the flat files this project reads (tables and key = value lines).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):  # noqa: UP036 - tomli fallback for older Pythons
+    import tomllib
+else:  # pragma: no cover - Python < 3.11
+    import tomli as tomllib
+
+from .errors import Problem
+
+MAX_FILE_BYTES = 1 << 20
+_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(?:#.*)?$")
+_ASSIGN = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
+_TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+@dataclass
+class TomlDocument:
+    path: Path
+    data: dict[str, Any]
+    text: str
+    _lines: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+
+    def line_of(self, table: str, key: str | None = None) -> int | None:
+        """Line of `key` inside `[table]` ("" = top level); the header's line if key is None."""
+        if not self._lines:
+            self._index()
+        line = self._lines.get((table, key or ""))
+        if line is None and not table and key:
+            line = self._lines.get((key, ""))  # `key` is itself a table
+        return line
+
+    def _index(self) -> None:
+        table = ""
+        for number, line in enumerate(self.text.splitlines(), start=1):
+            header = _HEADER.match(line)
+            if header:
+                table = header.group(1).replace('"', "").replace("'", "").strip()
+                self._lines.setdefault((table, ""), number)
+                continue
+            assign = _ASSIGN.match(line)
+            if assign:
+                key = assign.group(1).strip("\"'")
+                self._lines.setdefault((table, key), number)
+
+    def problem(self, message: str, table: str = "", key: str | None = None) -> Problem:
+        dotted = ".".join(part for part in (table, key) if part) or None
+        return Problem(self.path, message, key=dotted, line=self.line_of(table, key))
+
+
+def read_toml(path: Path, max_bytes: int = MAX_FILE_BYTES) -> TomlDocument:
+    """Read one input file, refusing anything that is not a small, regular, UTF-8 text file.
+
+    Raises ConfigError-compatible `Problem` wrapped in InputFileError; never reads more
+    than `max_bytes + 1` bytes, so a huge or endless file cannot exhaust memory.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError as exc:
+        raise InputFileError(Problem(path, "file does not exist")) from exc
+    except OSError as exc:
+        raise InputFileError(Problem(path, f"cannot stat: {exc.strerror}")) from exc
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(path)
+        raise InputFileError(
+            Problem(path, f"is a symbolic link (to {target}); share files must be regular files")
+        )
+    if stat.S_ISDIR(info.st_mode):
+        raise InputFileError(Problem(path, "is a directory, not a file"))
+    if not stat.S_ISREG(info.st_mode):
+        raise InputFileError(Problem(path, "is not a regular file"))
+    if info.st_mode & 0o444 == 0:
+        raise InputFileError(
+            Problem(path, "is not readable (mode 000); refusing to read it even as root")
+        )
+    if info.st_size > max_bytes:
+        raise InputFileError(
+            Problem(path, f"is too large ({info.st_size} bytes; the limit is {max_bytes})")
+        )
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputFileError(Problem(path, f"cannot open: {exc.strerror}")) from exc
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise InputFileError(Problem(path, f"is too large (over {max_bytes} bytes)"))
+    return parse_toml(path, raw)
+
+
+def parse_toml(path: Path, raw: bytes) -> TomlDocument:
+    if b"\x00" in raw:
+        raise InputFileError(Problem(path, "contains NUL bytes; not a text file"))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(
+            Problem(path, f"is not valid UTF-8 text (bad byte at offset {exc.start})")
+        ) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        position = _TOML_POSITION.search(message)
+        line = int(position.group(1)) if position else None
+        message = _TOML_POSITION.sub("", message).strip()
+        raise InputFileError(Problem(path, f"TOML syntax error: {message}", line=line)) from exc
+    except RecursionError as exc:
+        raise InputFileError(Problem(path, "TOML nesting is too deep")) from exc
+    return TomlDocument(path=path, data=data, text=text)
+
+
+class InputFileError(Exception):
+    """The file could not be read or parsed at all."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem

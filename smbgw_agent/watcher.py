@@ -1,0 +1,92 @@
+"""inotify on shares.d (via watchdog), turned into "something changed" hints.
+
+Events are only hints: the reconciler re-reads the directory anyway. So the handler
+does no filtering beyond "is it about shares.d", and every kind of save works:
+in-place writes, editors' write-then-rename, `mv` in or out, deletes, and the directory
+itself being removed and re-created (the parent is watched too, and `ensure()`
+re-arms the watch when shares.d's inode changes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, directory: Path, notify: Callable[[], None]) -> None:
+        self.directory = str(directory)
+        self.notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [os.fsdecode(event.src_path)]
+        dest = getattr(event, "dest_path", "")
+        if dest:
+            paths.append(os.fsdecode(dest))
+        if any(p == self.directory or os.path.dirname(p) == self.directory for p in paths):
+            self.notify()
+
+
+class ShareDirWatcher:
+    def __init__(self, directory: Path, notify: Callable[[], None]) -> None:
+        self.directory = directory
+        self.notify = notify
+        self._observer: Any = None
+        self._watches: dict[str, tuple[Any, int]] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.start()
+        self.ensure()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    @property
+    def watching(self) -> bool:
+        return str(self.directory) in self._watches
+
+    def ensure(self) -> None:
+        """(Re)arm watches so they follow shares.d and its parent across re-creation."""
+        if self._observer is None:
+            return
+        with self._lock:
+            for path in (self.directory.parent, self.directory):
+                self._arm(path)
+
+    def _arm(self, path: Path) -> None:
+        key = str(path)
+        try:
+            inode = os.stat(path).st_ino if path.is_dir() else -1
+        except OSError:
+            inode = -1
+        current = self._watches.get(key)
+        if current and current[1] == inode and inode != -1:
+            return
+        if current:
+            with contextlib.suppress(KeyError, OSError, ValueError):
+                self._observer.unschedule(current[0])
+            del self._watches[key]
+        if inode == -1:
+            return
+        try:
+            watch = self._observer.schedule(_Handler(self.directory, self.notify), key, recursive=False)
+            self._watches[key] = (watch, inode)
+            log.debug("watching %s", key)
+        except OSError as exc:
+            log.warning("cannot watch %s: %s; relying on periodic resync", key, exc)

@@ -1,0 +1,105 @@
+"""A real agent process in front of a real smbd, in a sandbox root, for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from smbgw_agent.sandbox import Sandbox
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class AgentProcess:
+    def __init__(self, box: Sandbox, extra_args: list[str] | None = None) -> None:
+        self.box = box
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = box.root / "agent.log"
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("NOTIFY_SOCKET", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "smbgw_agent",
+                    "--root",
+                    str(self.box.root),
+                    "--log-level",
+                    "debug",
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        wait_for(lambda: self.status() is not None and self.status().get("passes", 0) >= 1, 20)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.box.root / "run/smbgw/status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return subprocess.run(
+            [sys.executable, "-m", "smbgw_agent.cli", "--root", str(self.box.root), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+
+
+def served(box: Sandbox, share: str) -> bool:
+    """smbd answers a tree connect to the share (what a client needs), not just a listing."""
+    result = box.smbclient(share, "ls", timeout=10)
+    return result.returncode == 0
+
+
+def write_share(box: Sandbox, file: str, body: str) -> Path:
+    path = box.shares_dir / file
+    path.write_text(body)
+    return path
