@@ -44,10 +44,12 @@ unit: venv
 integration: venv
 	$(PY) -m pytest tests/integration -q
 
-# The unit tests once more against Debian's own python3-* packages (pluggy 1.0,
-# prometheus-client 0.16, pyroute2 0.7.2, watchdog 2.2): what the .deb runs with.
+# The unit tests and the core serving tests once more against Debian's own python3-*
+# packages (pluggy 1.0, prometheus-client 0.16, pyroute2 0.7.2, watchdog 2.2, pytest 7):
+# what the .deb runs with. No virtualenv: /usr/bin/python3 with PYTHONPATH=. only.
 test-debian: deps
-	PYTHONPATH=. /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/unit
+	PYTHONPATH=. /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/unit \
+		tests/integration/test_native_serving.py
 
 test: venv lint typecheck test-debian
 	$(PY) -m pytest -q

@@ -8,6 +8,9 @@ removes plugins by their entry-point name.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -33,9 +36,34 @@ def discover_plugins() -> dict[str, str]:
     return found
 
 
+def _source_tree_plugins() -> None:
+    """Make `smbgw_plugins` importable when running from a source checkout.
+
+    Installed, the `plugins/` folder is the `smbgw_plugins` package (pyproject maps it).
+    Run from a checkout with only PYTHONPATH set (as the tests against Debian's own
+    python3 packages do), Python sees a folder named `plugins`; map the name to it.
+    """
+    if "smbgw_plugins" in sys.modules or importlib.util.find_spec("smbgw_plugins") is not None:
+        return
+    folder = Path(__file__).resolve().parent.parent / "plugins"
+    init = folder / "__init__.py"
+    if not init.is_file():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "smbgw_plugins", init, submodule_search_locations=[str(folder)]
+    )
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["smbgw_plugins"] = module
+    spec.loader.exec_module(module)
+
+
 def load_target(target: str) -> object:
     """Import ``module[:attribute]``; a class is instantiated so each agent has its own state."""
     module_name, _, attribute = target.partition(":")
+    if module_name.startswith("smbgw_plugins"):
+        _source_tree_plugins()
     obj: object = importlib.import_module(module_name)
     for part in filter(None, attribute.split(".")):
         obj = getattr(obj, part)

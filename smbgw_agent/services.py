@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .runner import CommandError, Runner
-from .systemd import SystemdManager, SystemdUnavailable, UnitJobFailed, UnitState
+from .systemd import SystemdError, SystemdManager, SystemdUnavailable, UnitState
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class ServiceControl:
     def manager(self) -> SystemdManager | None:
         if not self.use_systemd:
             return None
+        if self._manager is not None and self._manager.closed:
+            self._manager = None  # the bus went away (dbus restarted): reconnect
         if self._manager is None:
             try:
                 self._manager = self._connect()
@@ -73,8 +75,9 @@ class ServiceControl:
                     manager.start(unit)
                     state = manager.state(unit)
                 report = ServiceReport(unit, "systemd", state.is_active, state.sub_state)
-            except (UnitJobFailed, SystemdUnavailable) as exc:
-                self._manager = None if isinstance(exc, SystemdUnavailable) else self._manager
+            except SystemdError as exc:
+                if isinstance(exc, SystemdUnavailable):
+                    self._manager = None
                 report = ServiceReport(unit, "systemd", False, str(exc))
         self.reports[unit] = report
         return report
@@ -86,7 +89,9 @@ class ServiceControl:
             try:
                 manager.reload(unit)
                 return "systemd"
-            except (UnitJobFailed, SystemdUnavailable) as exc:
+            except SystemdError as exc:
+                if isinstance(exc, SystemdUnavailable):
+                    self._manager = None
                 raise ServiceError(f"reloading {unit} through systemd failed: {exc}") from exc
         try:
             self.runner.run(direct_argv, timeout=15)

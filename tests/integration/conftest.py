@@ -1,0 +1,98 @@
+"""Fixtures for integration tests that need real components."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import nspawn
+from tests.support.nspawn import ContainerFactory
+
+
+@pytest.fixture(scope="session")
+def nspawn_base_image() -> Path:
+    """The default systemd container image, built on first use (~65 s) and then reused."""
+    missing = nspawn.missing_requirements()
+    if missing:
+        pytest.skip("systemd containers unavailable: " + "; ".join(missing))
+    return nspawn.ensure_base_image()
+
+
+@pytest.fixture
+def systemd_container_factory(nspawn_base_image: Path) -> Iterator[ContainerFactory]:
+    """Boot any number of containers in one test; all are torn down afterwards.
+
+    Keyword arguments go to :func:`tests.support.nspawn.boot_container` (``files``,
+    ``name``, ``private_network``, ``nspawn_args``, ...); pass ``image=`` for an image
+    built by :func:`tests.support.nspawn.ensure_base_image` with other packages.
+    """
+    started: list[nspawn.SystemdContainer] = []
+
+    def factory(**kwargs: Any) -> nspawn.SystemdContainer:
+        image = kwargs.pop("image", nspawn_base_image)
+        container = nspawn.boot_container(image, **kwargs)
+        started.append(container)
+        return container
+
+    yield factory
+    errors: list[BaseException] = []
+    for container in reversed(started):
+        try:
+            container.stop()
+        except Exception as exc:  # tear down the others before reporting
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def systemd_container(systemd_container_factory: ContainerFactory) -> nspawn.SystemdContainer:
+    """One freshly booted Debian 12 container with systemd as PID 1 and no network."""
+    return systemd_container_factory()
+
+
+# ---- sandboxed agent with real smbd --------------------------------------------------
+
+from smbgw_agent.sandbox import Sandbox, free_port  # noqa: E402
+from tests.support.agent import AgentProcess  # noqa: E402
+
+
+def _require_samba() -> None:
+    import shutil
+
+    missing = [t for t in ("smbd", "smbclient", "testparm", "smbcontrol", "smbpasswd") if not shutil.which(t)]
+    if missing:
+        pytest.skip("Samba tools missing: " + ", ".join(missing))
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    """A sandbox root with the admin's smb.conf and a running smbd on a free loopback port."""
+    _require_samba()
+    # smbd serves as the demo user, who must be able to reach the share directories:
+    # pytest's tmp_path is private to root (0700), so open the path down to the root.
+    for directory in (tmp_path, *tmp_path.parents):
+        if directory == Path("/tmp") or directory == Path("/"):
+            break
+        directory.chmod(0o755)
+    box = Sandbox(tmp_path / "root", free_port())
+    box.prepare()
+    box.start_smbd()
+    try:
+        yield box
+    finally:
+        box.stop_smbd()
+
+
+@pytest.fixture
+def agent(sandbox: Sandbox) -> Iterator[AgentProcess]:
+    """The agent running (as a real process) against the sandbox."""
+    process = AgentProcess(sandbox)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

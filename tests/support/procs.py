@@ -1,0 +1,229 @@
+"""Helpers for tests that drive the real agent process: restarts, sd_notify, snapshots.
+
+`tests/support/agent.py` starts an agent once; the tests here also restart it (after
+SIGTERM or SIGKILL), run it under a notify socket, and compare the sandbox before and
+after a command to prove the command had no effects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smbgw_agent.sandbox import Sandbox
+from tests.support.agent import REPO, AgentProcess
+
+SDNOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# What testparm prints for a configuration smbd would not load as written (it exits 0
+# for unknown parameters, so stderr is read too).
+TESTPARM_ERRORS = re.compile(
+    r"Unknown parameter|Ignoring unknown parameter|Error loading|not boolean|invalid .*value|"
+    r"^ERROR|Can't load|Can't find include file|Unable to open",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in SDNOTIFY_VARS:
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+def run_agent_once(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m smbgw_agent --root ROOT ARGS`, waited for, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "smbgw_agent", "--root", str(root), *args],
+        capture_output=True, text=True, timeout=timeout, env=agent_env(), check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def smbgwctl(root: Path | None, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    prefix = ["--root", str(root)] if root is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "smbgw_agent.cli", *prefix, *args],
+        capture_output=True, text=True, timeout=timeout, env=agent_env(), check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class RestartableAgent(AgentProcess):
+    """An agent that can be started again after it stopped or was killed.
+
+    `start()` waits for a pass of *this* process (status.json's `updated` is newer than
+    the start), not for a status file a previous process left behind.
+    """
+
+    def __init__(self, box: Sandbox, env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
+        super().__init__(box, extra_args)
+        self.env = env or {}
+
+    def start(self, wait: bool = True, timeout: float = 60) -> None:  # type: ignore[override]
+        assert self.proc is None or self.proc.poll() is not None, "agent already running"
+        since = time.time()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "smbgw_agent", "--root", str(self.box.root),
+                 "--log-level", "debug", *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=agent_env(self.env),
+            )
+        if wait:
+            self.wait_status(lambda s: s.get("updated", 0) >= since and s.get("pass") is not None, timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_status(self, predicate: Callable[[dict[str, Any]], Any], timeout: float = 30) -> dict[str, Any]:
+        """Wait until status.json satisfies `predicate`; fail early if the agent died."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while True:
+            status = self.status()
+            if status is not None:
+                last = status
+                if predicate(status):
+                    return status
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"agent exited with {self.proc.returncode}; log tail:\n{self.log_text()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                summary = json.dumps({k: last.get(k) for k in ("pass", "passes")} if last else None)
+                raise AssertionError(f"status condition not met within {timeout}s; last: {summary[:2000]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as after a crash or an OOM kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+# ---- sd_notify ---------------------------------------------------------------------------
+
+
+@dataclass
+class Notification:
+    at: float  # time.monotonic() of arrival
+    fields: dict[str, str]
+
+
+@dataclass
+class NotifySocket:
+    """A real AF_UNIX datagram socket playing systemd's side of sd_notify(3)."""
+
+    path: Path
+    messages: list[Notification] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(self.path))
+        self._sock.settimeout(0.2)
+        self._stop = False
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = {}
+            for line in data.decode("utf-8", "replace").splitlines():
+                key, _, value = line.partition("=")
+                fields[key] = value
+            with self._lock:
+                self.messages.append(Notification(time.monotonic(), fields))
+
+    def snapshot(self) -> list[Notification]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait(self, predicate: Callable[[Notification], bool], timeout: float = 20, after: int = 0) -> int:
+        """Index of the first message at or after `after` matching `predicate`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, message in enumerate(self.snapshot()[after:], start=after):
+                if predicate(message):
+                    return index
+            time.sleep(0.01)
+        seen = [m.fields for m in self.snapshot()[after:]][-20:]
+        raise AssertionError(f"no matching sd_notify message within {timeout}s; last seen: {seen}")
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+        self._thread.join(2)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+# ---- filesystem snapshots and checks -----------------------------------------------------
+
+
+def snapshot_tree(root: Path, exclude: Iterable[Path] = ()) -> dict[str, tuple[Any, ...]]:
+    """Every entry below `root` with its kind, mode, size, mtime and content digest."""
+    excluded = [p.resolve() for p in exclude]
+    entries: dict[str, tuple[Any, ...]] = {}
+    for directory, dirnames, filenames in os.walk(root):
+        here = Path(directory)
+        dirnames[:] = [d for d in dirnames if (here / d).resolve() not in excluded]
+        for name in [*dirnames, *filenames]:
+            path = here / name
+            if path.resolve() in excluded:
+                continue
+            info = path.lstat()
+            digest = ""
+            if path.is_file() and not path.is_symlink():
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            entries[str(path.relative_to(root))] = (info.st_mode, info.st_size, info.st_mtime_ns, digest)
+    return entries
+
+
+def describe_difference(before: dict[str, tuple[Any, ...]], after: dict[str, tuple[Any, ...]]) -> str:
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    return f"added {added[:20]}, removed {removed[:20]}, changed {changed[:20]}"
+
+
+def testparm(path: Path) -> tuple[str, ...]:
+    """Errors `testparm -s` reports for one file (empty: the file is acceptable)."""
+    result = subprocess.run(
+        ["testparm", "-s", "--suppress-prompt", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    errors = [line for line in result.stderr.splitlines() if TESTPARM_ERRORS.search(line)]
+    if result.returncode != 0:
+        errors.append(f"testparm exited {result.returncode}")
+    return tuple(errors)
+
+
+def temporaries(*directories: Path) -> list[Path]:
+    """Leftovers of interrupted atomic writes (`.name.XXXX.tmp`) in the given directories."""
+    found: list[Path] = []
+    for directory in directories:
+        if directory.is_dir():
+            found += [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+    return sorted(found)
