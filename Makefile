@@ -5,7 +5,8 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := samba smbclient systemd-container debootstrap python3-venv python3-gi \
-	python3-pydbus iproute2 procps
+	python3-pydbus iproute2 procps debhelper dh-python pybuild-plugin-pyproject python3-all \
+	lintian man-db
 DEBIAN_PY_PACKAGES := python3-pluggy python3-prometheus-client python3-pyroute2 \
 	python3-watchdog python3-jinja2 python3-pytest
 STAMP := $(VENV)/.installed
@@ -59,3 +60,22 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) sandbox .mypy_cache .ruff_cache .pytest_cache
+
+# The Debian package: built with dpkg-buildpackage in a copy of the tree under
+# build/deb/src (so the checkout gets no debhelper leftovers and other work in progress
+# is not disturbed); the .deb, .buildinfo and .changes end up in build/deb/.
+DEB_DIR := build/deb
+.PHONY: deb
+deb: deps
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/src
+	tar -c --exclude=./.git --exclude=./build --exclude=./sandbox --exclude='./.venv*' \
+		--exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache \
+		--exclude=.pytest_cache --exclude='*.egg-info' --exclude=./debian/.debhelper \
+		--exclude=./debian/smbgw-agent --exclude=./debian/files --exclude='./debian/*.substvars' \
+		--exclude='./debian/*.log' --exclude=./.pybuild . | tar -x -C $(DEB_DIR)/src
+	# Debian's own python3 and tools, not a virtualenv's or pyenv's found first on PATH.
+	cd $(DEB_DIR)/src && env -u PYTHONPATH -u VIRTUAL_ENV -u PYTHONHOME \
+		PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	rm -rf $(DEB_DIR)/src
+	@ls -1 $(DEB_DIR)

@@ -25,7 +25,7 @@ import jinja2
 from smbgw_agent.config import AgentConfig
 from smbgw_agent.context import PassContext
 from smbgw_agent.errors import FieldError
-from smbgw_agent.fileio import atomic_write, fsync_dir, write_files_durably
+from smbgw_agent.fileio import atomic_write, fsync_dir, remove_stale_temporaries, write_files_durably
 from smbgw_agent.hookspecs import hookimpl
 from smbgw_agent.samba import (
     has_managed_include,
@@ -145,15 +145,16 @@ class NativeModePlugin:
         self.last_reload: str | None = None
         self.last_error: str | None = None
         self._live: dict[Path, tuple[tuple[int, int, int], str]] = {}
-        self._rendered: dict[str, tuple[str, Path, str]] = {}
+        self._rendered: dict[str, tuple[str, str, Path, str]] = {}
+        self._swept = False
 
     def _render(self, spec: ShareSpec, host_path: Path) -> str:
         """Rendering 2,000 templates per pass is measurable; specs are immutable, so cache."""
         cached = self._rendered.get(spec.key)
-        if cached and cached[0] == spec.digest() and cached[1] == host_path:
-            return cached[2]
+        if cached and cached[:3] == (spec.digest(), spec.file, host_path):
+            return cached[3]
         text = render_share(spec, host_path)
-        self._rendered[spec.key] = (spec.digest(), host_path, text)
+        self._rendered[spec.key] = (spec.digest(), spec.file, host_path, text)
         return text
 
     # ---- helpers ------------------------------------------------------------------
@@ -258,6 +259,11 @@ class NativeModePlugin:
         layout.directory.mkdir(parents=True, exist_ok=True)
         if layout.staging.exists():
             shutil.rmtree(layout.staging)  # left by a crash: never trusted
+        if not self._swept:
+            # Leftovers of writes a crash interrupted; only this agent writes these names.
+            remove_stale_temporaries(layout.directory)
+            remove_stale_temporaries(layout.smb_conf.parent, layout.smb_conf.name)
+            self._swept = True
         rejected: dict[str, str] = {}
         keep = self._live_share_keys(ctx, layout) - staged.removals
         globals_text = render_globals(parameters, layout.shares_list)

@@ -33,20 +33,22 @@ def _print_json(value: Any) -> None:
 def cmd_validate(paths: Paths, files: Sequence[str], as_json: bool) -> int:
     plugins, config = load_plugins_and_config(paths)
     scanner = ShareScanner(paths, plugins, config)
-    existing = scanner.scan().files
+    declared: dict[str, list[Path]] = {}
+    for other, other_result in scanner.scan().files.items():
+        if other_result.spec is not None:
+            declared.setdefault(other_result.spec.key, []).append(scanner.directory / other)
     results: list[dict[str, Any]] = []
     for name in files:
         path = Path(name)
         result = scanner.read_one(path)
         problems = [p.to_dict() for p in result.problems]
-        if result.spec is not None:
-            for other, other_result in existing.items():
-                same_file = (scanner.directory / other).resolve() == path.resolve()
-                if other_result.spec and other_result.spec.key == result.spec.key and not same_file:
+        if result.spec is not None and result.spec.key in declared:
+            resolved = path.resolve()
+            for other_path in declared[result.spec.key]:
+                if other_path.resolve() != resolved:
                     problems.append({
                         "file": str(path), "key": "name", "line": None,
-                        "message": f"share name {result.spec.name!r} is already declared in "
-                        f"{scanner.directory / other}",
+                        "message": f"share name {result.spec.name!r} is already declared in {other_path}",
                     })
         results.append({
             "file": str(path), "valid": not problems,
@@ -69,7 +71,9 @@ def cmd_validate(paths: Paths, files: Sequence[str], as_json: bool) -> int:
 def cmd_plan(paths: Paths, as_json: bool) -> int:
     plugins, config = load_plugins_and_config(paths)
     runner = Runner()
-    reconciler = Reconciler(paths, config, plugins, ServiceControl(runner, use_systemd=False), runner)
+    reconciler = Reconciler(
+        paths, config, plugins, ServiceControl(runner, use_systemd=False), runner, read_only=True
+    )
     report = reconciler.run_pass(dry_run=True)
     changes = {o.name: o.steps for o in report.outcomes.values() if o.steps}
     failures = {o.name: o.error for o in report.outcomes.values() if o.error}

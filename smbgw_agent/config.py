@@ -75,7 +75,7 @@ def _absolute_dir(value: object) -> str:
     path = PurePosixPath(text)
     if not path.is_absolute() or ".." in path.parts:
         raise FieldError(f"{text!r} must be an absolute path without '..'")
-    return str(path)
+    return "/" + str(path).lstrip("/")  # POSIX keeps a leading "//": "//" must not pass as a root
 
 
 def _node(value: object) -> str:

@@ -20,6 +20,7 @@ from types import FrameType
 from . import __version__
 from .control import ControlServer, Request
 from .errors import ConfigError
+from .fileio import remove_stale_temporaries
 from .paths import Paths
 from .reconciler import PassReport, Reconciler
 from .runner import Runner
@@ -150,6 +151,7 @@ class Agent:
     def serve(self) -> int:
         self.install_signals()
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.paths.run_dir)
         self.control.start()
         self.watcher.start()
         self.notifier.ready(self._status_line())
@@ -209,7 +211,9 @@ class Agent:
             request.reply = {
                 "ok": report.ok,
                 "changed": report.changed,
-                "failed": {k: report.outcomes[k].error for k in report.failed},
+                "failed": {
+                    o.name: o.error for o in report.outcomes.values() if o.result in ("failed", "waiting")
+                },
                 "errors": report.errors,
                 "duration_seconds": report.duration,
             }

@@ -101,6 +101,7 @@ def resolve_desired(
         if spec.node is not None and spec.node != node:
             other_node[key] = spec.node
             del shares[key]
-            files[spec.file].serving = "other-node"
+            if spec.file in files:  # an applied spec's file may be gone (duplicates)
+                files[spec.file].serving = "other-node"
     drops = [name for name in lastgood if name not in scan.files]
     return Desired(shares, files, other_node, updates, drops)

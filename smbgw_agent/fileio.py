@@ -60,13 +60,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete leftovers of writes interrupted by a crash (`.name.XXXX.tmp`)."""
+def remove_stale_temporaries(directory: Path, target: str = "") -> list[Path]:
+    """Delete leftovers of `atomic_write`s interrupted by a crash (`.NAME.XXXX.tmp`).
+
+    `target` limits it to temporaries of one file (in a directory the agent shares with
+    others, such as /etc/samba). Only the process that writes there may call this.
+    """
     removed: list[Path] = []
     if not directory.is_dir():
         return removed
+    prefix = f".{target}." if target else "."
     for entry in directory.iterdir():
-        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+        if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed

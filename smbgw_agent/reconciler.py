@@ -51,11 +51,13 @@ class PassReport:
 
     @property
     def changed(self) -> list[str]:
-        return sorted(k for k, o in self.outcomes.items() if o.result in ("applied", "removed"))
+        """Share names (as declared) that this pass applied or removed."""
+        return sorted(o.name for o in self.outcomes.values() if o.result in ("applied", "removed"))
 
     @property
     def failed(self) -> list[str]:
-        return sorted(k for k, o in self.outcomes.items() if o.result == "failed")
+        """Share names that failed in this pass or are still waiting to be retried."""
+        return sorted(o.name for o in self.outcomes.values() if o.result in ("failed", "waiting"))
 
     @property
     def ok(self) -> bool:
@@ -75,6 +77,7 @@ class Reconciler:
         services: ServiceControl,
         runner: Runner | None = None,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -83,7 +86,7 @@ class Reconciler:
         self.runner = runner or Runner()
         self.clock = clock
         self.scanner = ShareScanner(paths, plugins, config)
-        self.state = StateStore(paths.state_dir)
+        self.state = StateStore(paths.state_dir, read_only=read_only)
         self.backoff = Backoff()
         self.last_report: PassReport | None = None
         self.last_success: float | None = None
@@ -176,8 +179,12 @@ class Reconciler:
                 )
                 outcome.steps = [step for steps in results for step in steps]
             except Exception as exc:
-                outcome.result, outcome.error = "failed", f"planning failed: {_describe(exc)}"
-                log.error("share %s: %s", name, outcome.error)
+                error = f"planning failed: {_describe(exc)}"
+                if ctx.dry_run:
+                    outcome.result, outcome.error = "failed", error
+                    log.error("share %s: %s", name, error)
+                else:
+                    self._fail(ctx, key, outcome, have, error, self.clock())
                 continue
             if want is not None and have != want and not outcome.steps:
                 outcome.steps = ["record the new declaration (nothing to change on the node)"]

@@ -22,7 +22,7 @@ from .errors import ConfigError, FieldError, Problem
 from .paths import Paths
 from .pluginhost import PluginHost
 from .smbvalues import check_parameter_name, check_principal, check_share_name, check_text
-from .tomlsource import TomlDocument
+from .tomlsource import TomlDocument, display_key
 
 # Paths that must never be shared, nor anything below them ("/" only itself).
 SYSTEM_DIRECTORIES = (
@@ -42,9 +42,15 @@ FORBIDDEN_OPTIONS = frozenset({
     "guest only", "only guest", "force user", "force group", "admin users", "valid users",
     "invalid users", "read only", "writeable", "writable", "write ok", "browseable",
     "browsable", "comment", "root preexec close", "preexec close",
+    "directory", "group",  # Samba synonyms of "path" and "force group"
 })
 FORBIDDEN_OPTION_SUFFIXES = (" command", " script", " exec")
+# Samba ignores white space in parameter names ("rootpreexec" is "root preexec"), so
+# the forbidden names are compared with all spaces removed.
+_FORBIDDEN_COMPACT = frozenset(option.replace(" ", "") for option in FORBIDDEN_OPTIONS)
+_FORBIDDEN_COMPACT_SUFFIXES = tuple(suffix.strip() for suffix in FORBIDDEN_OPTION_SUFFIXES)
 MAX_OPTIONS = 64
+MAX_PROBLEMS = 50  # per file: a file of 100k unknown keys must not flood status.json
 MAX_VALID_USERS = 256
 CORE_KEYS = (
     "name", "path", "mode", "comment", "read_only", "browseable", "valid_users", "node",
@@ -119,20 +125,21 @@ def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
     declared = "/" + declared.lstrip("/")
     _check_location(declared, config)
     host = paths.host(declared)
-    if os.path.lexists(host):
-        real = os.path.realpath(host)
-        root = str(paths.root)
-        if paths.sandboxed and not (real == root or real.startswith(root + "/")):
-            raise FieldError(f"{value!r} resolves outside the sandbox root (to {real})")
-        resolved = "/" + os.path.relpath(real, root) if paths.sandboxed else real
-        resolved = posixpath.normpath(resolved)
-        if resolved != declared:
-            try:
-                _check_location(resolved, config)
-            except FieldError as exc:
-                raise FieldError(f"{value!r} is a symbolic link to {resolved}: {exc}") from exc
-        if not os.path.isdir(real):
-            raise FieldError(f"{value!r} exists but is not a directory")
+    # Resolve even when the directory does not exist yet: a symlinked parent
+    # (/srv/smb/link -> /etc) must not let the share, or its creation, land elsewhere.
+    real = os.path.realpath(host)
+    root = str(paths.root)
+    if paths.sandboxed and not (real == root or real.startswith(root + "/")):
+        raise FieldError(f"{value!r} resolves outside the sandbox root (to {real})")
+    resolved = "/" + os.path.relpath(real, root) if paths.sandboxed else real
+    resolved = posixpath.normpath(resolved)
+    if resolved != declared:
+        try:
+            _check_location(resolved, config)
+        except FieldError as exc:
+            raise FieldError(f"{value!r} is a symbolic link to {resolved}: {exc}") from exc
+    if os.path.lexists(host) and not os.path.isdir(real):
+        raise FieldError(f"{value!r} exists but is not a directory")
     return declared
 
 
@@ -192,7 +199,8 @@ def _options(value: object, config: AgentConfig) -> tuple[tuple[str, str], ...]:
             name = check_parameter_name(raw_name)
         except FieldError as exc:
             raise FieldError(str(exc), key=raw_name) from exc
-        if name in FORBIDDEN_OPTIONS or name.endswith(FORBIDDEN_OPTION_SUFFIXES):
+        compact = name.replace(" ", "")
+        if compact in _FORBIDDEN_COMPACT or compact.endswith(_FORBIDDEN_COMPACT_SUFFIXES):
             raise FieldError(f"{name!r} is not allowed as a custom option", key=raw_name)
         if isinstance(raw_value, bool):
             text = "yes" if raw_value else "no"
@@ -226,8 +234,9 @@ def parse_share(
         try:
             values[key] = parse(data[key])
         except FieldError as exc:
-            nested = f"{key}.{exc.key}" if exc.key else key
-            problems.append(Problem(doc.path, str(exc), nested, doc.line_of("", key)))
+            nested = f"{key}.{display_key(exc.key)}" if exc.key else key
+            line = (doc.line_of(key, exc.key) if exc.key else None) or doc.line_of("", key)
+            problems.append(Problem(doc.path, str(exc), nested, line))
 
     attempt("name", lambda v: check_share_name(_text(v, "share name", 80)))
     if "name" not in data:
@@ -265,7 +274,8 @@ def parse_share(
             except FieldError as exc:
                 nested = exc.key
                 line = doc.line_of(key, nested) if nested else doc.line_of(key)
-                problems.append(Problem(doc.path, str(exc), ".".join(filter(None, [key, nested])), line))
+                shown = ".".join(display_key(part) for part in (key, nested) if part)
+                problems.append(Problem(doc.path, str(exc), shown, line))
         elif key in owned:
             problems.append(doc.problem("must be a table", key=key))
         elif isinstance(value, dict):
@@ -278,6 +288,9 @@ def parse_share(
             values["mode"] = "native"
         else:
             problems.append(Problem(doc.path, "no mode given and no plugin provides 'native'", "mode"))
+    if len(problems) > MAX_PROBLEMS:
+        more = len(problems) - MAX_PROBLEMS
+        problems = [*problems[:MAX_PROBLEMS], Problem(doc.path, f"... and {more} more problems")]
     if problems:
         raise ConfigError(problems)
     spec = ShareSpec(file=doc.path.name, sections=sections, **values)

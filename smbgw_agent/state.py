@@ -27,8 +27,10 @@ CREATE TABLE IF NOT EXISTS lastgood (file TEXT PRIMARY KEY, spec TEXT NOT NULL);
 
 
 class StateStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, read_only: bool = False) -> None:
+        """`read_only` (for `smbgwctl plan`) never creates, repairs or writes the database."""
         self.directory = directory
+        self.read_only = read_only
         self.database = directory / "state.sqlite"
         self.applied: dict[str, ShareSpec] = {}
         self.lastgood: dict[str, ShareSpec] = {}
@@ -36,6 +38,8 @@ class StateStore:
         self._pending = False
 
     def _connect(self) -> sqlite3.Connection:
+        if self._db is None and self.read_only:
+            self._db = sqlite3.connect(f"{self.database.as_uri()}?mode=ro", uri=True, check_same_thread=False)
         if self._db is None:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
@@ -48,11 +52,16 @@ class StateStore:
     def load(self) -> list[str]:
         """Read everything; returns warnings about unreadable records (they are skipped)."""
         warnings: list[str] = []
+        if self.read_only and not self.database.exists():
+            return warnings
         try:
             db = self._connect()
             applied_rows = db.execute("SELECT key, spec FROM applied").fetchall()
             lastgood_rows = db.execute("SELECT file, spec FROM lastgood").fetchall()
         except sqlite3.DatabaseError as exc:
+            if self.read_only:
+                warnings.append(f"state database {self.database} is unreadable ({exc})")
+                return warnings
             warnings.append(f"state database {self.database} is unreadable ({exc}); starting afresh")
             self._reset()
             return warnings
@@ -84,6 +93,8 @@ class StateStore:
 
     def begin(self) -> None:
         """Start the pass's transaction; `commit()` makes all its changes durable at once."""
+        if self.read_only:
+            raise RuntimeError("the state store was opened read-only")
         if not self._pending:
             self._connect().execute("BEGIN IMMEDIATE")
             self._pending = True

@@ -26,6 +26,13 @@ MAX_FILE_BYTES = 1 << 20
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(?:#.*)?$")
 _ASSIGN = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+# tomllib keeps O(depth^2) bookkeeping per dotted key (`a.b.c...`), so a few hundred KB
+# of deeply dotted keys take gigabytes: refuse such keys before handing the text over.
+# A segment is a bare key or a quoted one; the look-behinds and possessive quantifiers
+# keep the search linear (no segment is re-scanned from inside a word or after `\`).
+MAX_KEY_DEPTH = 16
+_SEGMENT = r"""(?:(?<![A-Za-z0-9_\-"'])[A-Za-z0-9_\-]++|(?<!\\)"(?:[^"\\\n]|\\.)*+"|'[^'\n]*+')"""
+_DEEP_KEY = re.compile(rf"(?:{_SEGMENT}[ \t]*+\.[ \t]*+){{{MAX_KEY_DEPTH}}}{_SEGMENT}")
 
 
 @dataclass
@@ -58,8 +65,13 @@ class TomlDocument:
                 self._lines.setdefault((table, key), number)
 
     def problem(self, message: str, table: str = "", key: str | None = None) -> Problem:
-        dotted = ".".join(part for part in (table, key) if part) or None
+        dotted = ".".join(display_key(part) for part in (table, key) if part) or None
         return Problem(self.path, message, key=dotted, line=self.line_of(table, key))
+
+
+def display_key(key: str) -> str:
+    """A key as shown in messages: quoted TOML keys may hold newlines or terminal escapes."""
+    return key if key.isprintable() and len(key) <= 128 else repr(key[:128])
 
 
 def read_toml(path: Path, max_bytes: int = MAX_FILE_BYTES) -> TomlDocument:
@@ -111,16 +123,28 @@ def parse_toml(path: Path, raw: bytes) -> TomlDocument:
         raise InputFileError(
             Problem(path, f"is not valid UTF-8 text (bad byte at offset {exc.start})")
         ) from exc
+    if text.count(".") >= MAX_KEY_DEPTH:
+        deep = _DEEP_KEY.search(text)
+        if deep:
+            deep_line = text.count("\n", 0, deep.start()) + 1
+            raise InputFileError(
+                Problem(path, f"a dotted key has more than {MAX_KEY_DEPTH} parts; nesting is too deep", line=deep_line)
+            )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         position = _TOML_POSITION.search(message)
         line = int(position.group(1)) if position else None
+        if line is None and "(at end of document)" in message:
+            line = text.count("\n") + (0 if text.endswith("\n") else 1)
+            message = message.replace("(at end of document)", "at the end of the file")
         message = _TOML_POSITION.sub("", message).strip()
         raise InputFileError(Problem(path, f"TOML syntax error: {message}", line=line)) from exc
     except RecursionError as exc:
         raise InputFileError(Problem(path, "TOML nesting is too deep")) from exc
+    except ValueError as exc:  # e.g. an integer literal beyond Python's 4300-digit limit
+        raise InputFileError(Problem(path, f"TOML value cannot be read: {str(exc)[:120]}")) from exc
     return TomlDocument(path=path, data=data, text=text)
 
 

@@ -21,6 +21,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 log = logging.getLogger(__name__)
+# Newer watchdog releases also report opens and read-only closes; they change nothing.
+IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
 
 
 class _Handler(FileSystemEventHandler):
@@ -29,6 +31,8 @@ class _Handler(FileSystemEventHandler):
         self.notify = notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in IGNORED_EVENTS:
+            return  # the agent reading its own files must not wake it again
         paths = [os.fsdecode(event.src_path)]
         dest = getattr(event, "dest_path", "")
         if dest:

@@ -56,35 +56,19 @@ def systemd_container(systemd_container_factory: ContainerFactory) -> nspawn.Sys
 
 # ---- sandboxed agent with real smbd --------------------------------------------------
 
-from smbgw_agent.sandbox import Sandbox, free_port  # noqa: E402
+from smbgw_agent.sandbox import Sandbox  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
-
-
-def _require_samba() -> None:
-    import shutil
-
-    missing = [t for t in ("smbd", "smbclient", "testparm", "smbcontrol", "smbpasswd") if not shutil.which(t)]
-    if missing:
-        pytest.skip("Samba tools missing: " + ", ".join(missing))
+from tests.support.procs import private_sandbox  # noqa: E402
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    """A sandbox root with the admin's smb.conf and a running smbd on a free loopback port."""
-    _require_samba()
-    # smbd serves as the demo user, who must be able to reach the share directories:
-    # pytest's tmp_path is private to root (0700), so open the path down to the root.
-    for directory in (tmp_path, *tmp_path.parents):
-        if directory == Path("/tmp") or directory == Path("/"):
-            break
-        directory.chmod(0o755)
-    box = Sandbox(tmp_path / "root", free_port())
-    box.prepare()
-    box.start_smbd()
-    try:
+def sandbox() -> Iterator[Sandbox]:
+    """A sandbox root with the admin's smb.conf and a running smbd on a free loopback port.
+
+    Rooted under /var/tmp, not pytest's tmp_path: see `private_sandbox` for why.
+    """
+    with private_sandbox() as box:
         yield box
-    finally:
-        box.stop_smbd()
 
 
 @pytest.fixture

@@ -12,18 +12,20 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smbgw_agent.sandbox import Sandbox
+from smbgw_agent.sandbox import Sandbox, free_port
 from tests.support.agent import REPO, AgentProcess
 
 SDNOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -208,7 +210,7 @@ def describe_difference(before: dict[str, tuple[Any, ...]], after: dict[str, tup
     return f"added {added[:20]}, removed {removed[:20]}, changed {changed[:20]}"
 
 
-def testparm(path: Path) -> tuple[str, ...]:
+def check_with_testparm(path: Path) -> tuple[str, ...]:
     """Errors `testparm -s` reports for one file (empty: the file is acceptable)."""
     result = subprocess.run(
         ["testparm", "-s", "--suppress-prompt", str(path)],
@@ -227,3 +229,47 @@ def temporaries(*directories: Path) -> list[Path]:
         if directory.is_dir():
             found += [p for p in directory.iterdir() if p.name.endswith(".tmp")]
     return sorted(found)
+
+
+def wait_served(box: Sandbox, share: str, timeout: float = 20.0) -> None:
+    """Wait until smbclient can connect to `share`; on timeout, say what smbclient said."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = box.smbclient(share, "ls", timeout=10)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            logs = sorted((box.root / "var/log/samba").glob("log.*"))
+            tail = "".join(p.read_text(errors="replace")[-1500:] for p in logs[-2:])
+            raise AssertionError(
+                f"[{share}] not served within {timeout}s: {(result.stdout + result.stderr)[-500:]}\n"
+                f"smbd logs: {tail}"
+            )
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def private_sandbox() -> Iterator[Sandbox]:
+    """Like the `sandbox` fixture, but rooted outside pytest's temporary directory.
+
+    smbd serves as an unprivileged user, who must traverse every parent of the share
+    paths. pytest makes /tmp/pytest-of-<user> 0700 again whenever *any* pytest session
+    starts on the host, so a sandbox below it breaks while another session runs. A
+    directory of our own under /var/tmp does not have that problem.
+    """
+    missing = [t for t in ("smbd", "smbclient", "testparm", "smbcontrol", "smbpasswd") if not shutil.which(t)]
+    if missing:
+        import pytest
+
+        pytest.skip("Samba tools missing: " + ", ".join(missing))
+    base = Path(tempfile.mkdtemp(prefix="smbgw-test-", dir="/var/tmp"))
+    base.chmod(0o755)
+    box = Sandbox(base / "root", free_port())
+    try:
+        box.prepare()
+        box.start_smbd()
+        yield box
+    finally:
+        box.stop_smbd()
+        if not os.environ.get("SMBGW_KEEP_SANDBOX"):
+            shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,739 @@
+"""The reconciler with real plugin hosts: isolation, backoff, last-good, dry runs, state, status.
+
+The test plugins below are plugins (they implement the hooks, with real files as their
+effects), not fakes of Samba. Where native mode is needed, the real mode_native plugin
+runs against a real smbd and testparm in a sandbox root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smbgw_agent.config import AgentConfig
+from smbgw_agent.context import PassContext
+from smbgw_agent.fileio import atomic_write
+from smbgw_agent.hookspecs import hookimpl
+from smbgw_agent.paths import Paths
+from smbgw_agent.pluginhost import PluginHost
+from smbgw_agent.reconciler import Reconciler
+from smbgw_agent.runner import Runner
+from smbgw_agent.services import ServiceControl
+from smbgw_agent.shares import ShareSpec
+from smbgw_agent.state import StateStore
+from tests.support.procs import describe_difference, snapshot_tree
+
+NATIVE_TARGET = "smbgw_plugins.mode_native:NativeModePlugin"
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FileMode:
+    """Deployment mode "files": a share is served when <root>/served/<name>.conf holds it.
+
+    It stages in apply and writes in commit, as the hookspecs ask, and plans against
+    the actual files, so drift and restarts behave as with a real mode.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail_apply: dict[str, str] = {}
+        self.fail_plan: dict[str, str] = {}
+        self.reject: dict[str, str] = {}
+        self.commit_error: str | None = None
+
+    @staticmethod
+    def target(ctx: PassContext, name: str) -> Path:
+        return ctx.paths.root / "served" / f"{name.casefold()}.conf"
+
+    @staticmethod
+    def render(spec: ShareSpec) -> str:
+        return f"[{spec.name}]\npath = {spec.path}\ncomment = {spec.comment}\n"
+
+    @staticmethod
+    def staged(ctx: PassContext) -> dict[str, str | None]:
+        space: dict[str, str | None] = ctx.plugin_scratch("files").setdefault("staged", {})
+        return space
+
+    @hookimpl
+    def smbgw_modes(self) -> Sequence[str]:
+        return ["files"]
+
+    @hookimpl
+    def smbgw_plan_share(
+        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
+    ) -> Sequence[str]:
+        self.calls.append(("plan", name, desired, applied, ctx.dry_run))
+        if name in self.fail_plan:
+            raise RuntimeError(self.fail_plan[name])
+        target = self.target(ctx, name)
+        live = target.read_text() if target.exists() else None
+        if desired is not None and desired.mode == "files":
+            if live is None:
+                return [f"write {target.name}"]
+            return [f"rewrite {target.name}"] if live != self.render(desired) else []
+        return [f"delete {target.name}"] if live is not None else []
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec) -> None:
+        self.calls.append(("apply", name, ctx.dry_run))
+        assert not ctx.dry_run
+        if desired.mode == "files":
+            self.staged(ctx)[name.casefold()] = self.render(desired)
+        if name in self.fail_apply:  # fails after staging: rollback must undo it
+            raise RuntimeError(self.fail_apply[name])
+
+    @hookimpl
+    def smbgw_remove_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
+        self.calls.append(("remove", name))
+        self.staged(ctx)[name.casefold()] = None
+
+    @hookimpl
+    def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
+        self.calls.append(("rollback", name, applied))
+        self.staged(ctx).pop(name.casefold(), None)
+
+    @hookimpl
+    def smbgw_commit(self, ctx: PassContext) -> Mapping[str, str]:
+        self.calls.append(("commit",))
+        if self.commit_error:
+            raise RuntimeError(self.commit_error)
+        rejected = {}
+        for key, text in self.staged(ctx).items():
+            if key in self.reject:
+                rejected[key] = self.reject[key]
+            elif text is None:
+                self.target(ctx, key).unlink(missing_ok=True)
+            else:
+                atomic_write(self.target(ctx, key), text)
+        return rejected
+
+    @hookimpl
+    def smbgw_observe(self, ctx: PassContext) -> Mapping[str, Any]:
+        folder = ctx.paths.root / "served"
+        return {"files": sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []}
+
+    def called(self, hook: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == hook]
+
+
+class FlakyAddon:
+    """An add-on (think quota) whose apply fails for chosen shares in any mode."""
+
+    def __init__(self, failing: set[str]) -> None:
+        self.failing = failing
+        self.rollbacks: list[str] = []
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec) -> None:
+        if name in self.failing:
+            raise OSError(f"setting the quota of {name} failed")
+
+    @hookimpl
+    def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
+        self.rollbacks.append(name)
+
+
+class Witness:
+    """Records that its commit ran even when another plugin's commit raised."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    @hookimpl
+    def smbgw_commit(self, ctx: PassContext) -> Mapping[str, str]:
+        self.commits += 1
+        return {}
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "etc/smbgw/shares.d").mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def config_for(node: str = "n1") -> AgentConfig:
+    return AgentConfig(node=node, allowed_roots=("/srv",))
+
+
+def reconciler(root: Path, plugins: PluginHost, clock: FakeClock, node: str = "n1") -> Reconciler:
+    runner = Runner()
+    return Reconciler(
+        Paths.under(root), config_for(node), plugins, ServiceControl(runner, use_systemd=False), runner,
+        clock=clock,
+    )
+
+
+def declare(root: Path, name: str, body: str = "", mode: str = "files", comment: str = "") -> Path:
+    path = root / "etc/smbgw/shares.d" / f"{name}.toml"
+    text = f'path = "/srv/{name}"\nmode = "{mode}"\ncomment = "{comment}"\n' + textwrap.dedent(body)
+    path.write_text(text)
+    return path
+
+
+def status_file(root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / "run/smbgw/status.json").read_text())
+    return data
+
+
+def served(root: Path) -> dict[str, str]:
+    folder = root / "served"
+    return {p.stem: p.read_text() for p in folder.iterdir()} if folder.is_dir() else {}
+
+
+# ---- per-share isolation -------------------------------------------------------------------
+
+
+def test_apply_failure_is_isolated_rolled_back_and_reported(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_apply["alpha"] = "disk on fire"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    declare(root, "beta")
+    report = rec.run_pass()
+    assert report.outcomes["beta"].result == "applied"
+    assert report.outcomes["alpha"].result == "failed"
+    assert report.outcomes["alpha"].error == "disk on fire"
+    assert report.failed == ["alpha"] and not report.ok
+    # alpha's staged write was rolled back before commit; beta went live.
+    assert set(served(root)) == {"beta"}
+    assert mode.called("rollback") == [("rollback", "alpha", None)]
+    assert set(rec.state.applied) == {"beta"}
+    status = status_file(root)
+    alpha = status["shares"]["alpha"]
+    assert alpha["state"] == "failed"
+    assert "disk on fire" in alpha["error"]
+    assert alpha["failures"] == 1
+    assert alpha["retry_at"] == pytest.approx(clock.now + 2.0)
+    assert alpha["serving"] == "none"
+    assert status["shares"]["beta"]["state"] == "served"
+    assert status["shares"]["beta"]["error"] is None
+    assert status["pass"]["failed"] == ["alpha"] and status["pass"]["ok"] is False
+    assert status["last_success"] is None
+    assert rec.next_wakeup() == pytest.approx(clock.now + 2.0)
+
+
+def test_failed_update_keeps_the_last_applied_state(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha", comment="v1")
+    rec.run_pass()
+    v1 = served(root)["alpha"]
+    applied_v1 = rec.state.applied["alpha"]
+    declare(root, "alpha", comment="v2")
+    mode.fail_apply["alpha"] = "no"
+    report = rec.run_pass()
+    assert report.outcomes["alpha"].result == "failed"
+    [(_, _, kept)] = mode.called("rollback")
+    assert kept == applied_v1, "rollback is told which state to keep"
+    assert served(root)["alpha"] == v1
+    assert rec.state.applied["alpha"].comment == "v1"
+    share = status_file(root)["shares"]["alpha"]
+    assert share["state"] == "failed" and share["serving"] == "previous"
+    # The state on disk agrees (a restart would see v1 as applied).
+    fresh = StateStore(root / "var/lib/smbgw")
+    fresh.load()
+    assert fresh.applied["alpha"].comment == "v1"
+
+
+@pytest.mark.parametrize("addon_name", ["aaa_quota", "zzz_quota"])  # either registration order
+def test_native_share_isolation_with_real_samba(native_box: Any, addon_name: str, clock: FakeClock) -> None:
+    box = native_box
+    addon = FlakyAddon({"alpha"})
+    host = PluginHost({"mode_native": NATIVE_TARGET, addon_name: addon})
+    rec = reconciler(box.root, host, clock, node="sandbox")
+    for name in ("alpha", "beta"):
+        declare(box.root, name, mode="native", comment=f"{name} share")
+    report = rec.run_pass()
+    assert report.outcomes["beta"].result == "applied", report.outcomes["beta"]
+    assert report.outcomes["alpha"].result == "failed"
+    assert "setting the quota of alpha failed" in (report.outcomes["alpha"].error or "")
+    assert report.errors == [], "smbd was reloaded and nothing node-wide failed"
+    assert addon.rollbacks == ["alpha"]
+    assert loaded_shares(box.smb_conf) >= {"beta"}
+    assert "alpha" not in loaded_shares(box.smb_conf)
+    assert not any("[alpha]" in p.read_text() for p in box.paths.samba_dir.glob("*.conf"))
+    # Fixed: retried once the backoff expires, and served.
+    addon.failing.clear()
+    clock.advance(1.0)
+    assert rec.run_pass().outcomes["alpha"].result == "waiting"
+    clock.advance(1.5)
+    report = rec.run_pass()
+    assert report.outcomes["alpha"].result == "applied"
+    assert report.ok, report.errors
+    assert {"alpha", "beta"} <= loaded_shares(box.smb_conf)
+    assert status_file(box.root)["shares"]["alpha"]["state"] == "served"
+
+
+def test_commit_rejection_fails_only_the_rejected_share(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.reject["alpha"] = "candidate config rejected"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    declare(root, "beta")
+    report = rec.run_pass()
+    assert report.outcomes["alpha"].result == "failed"
+    assert report.outcomes["alpha"].error == "files: candidate config rejected"
+    assert report.outcomes["beta"].result == "applied"
+    assert [c[1] for c in mode.called("rollback")] == ["alpha"]
+    assert set(served(root)) == {"beta"}
+    assert set(rec.state.applied) == {"beta"}
+
+
+def test_a_raising_commit_fails_touched_shares_and_other_commits_still_run(root: Path, clock: FakeClock) -> None:
+    mode, witness = FileMode(), Witness()
+    mode.commit_error = "config directory is read-only"
+    rec = reconciler(root, PluginHost({"files": mode, "witness": witness}), clock)
+    declare(root, "alpha")
+    report = rec.run_pass()
+    assert witness.commits == 1
+    assert report.outcomes["alpha"].result == "failed"
+    assert "files: commit failed: config directory is read-only" in (report.outcomes["alpha"].error or "")
+    assert any("config directory is read-only" in e for e in report.errors)
+    assert rec.state.applied == {}
+    assert status_file(root)["shares"]["alpha"]["state"] == "failed"
+
+
+def test_plan_failure_for_one_share_does_not_block_the_others(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_plan["alpha"] = "cannot inspect the dataset"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    declare(root, "beta")
+    report = rec.run_pass()
+    assert report.outcomes["beta"].result == "applied"
+    assert report.outcomes["alpha"].result == "failed"
+    assert "cannot inspect the dataset" in (report.outcomes["alpha"].error or "")
+    assert ("apply", "alpha", False) not in mode.calls
+    assert set(served(root)) == {"beta"}
+    assert status_file(root)["pass"]["failed"] == ["alpha"]
+
+
+def test_plan_failure_is_recorded_in_the_share_status_and_backed_off(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_plan["alpha"] = "cannot inspect the dataset"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    rec.run_pass()
+    share = status_file(root)["shares"]["alpha"]
+    assert share["state"] == "failed"
+    assert "cannot inspect the dataset" in (share["error"] or "")
+    assert share["retry_at"] is not None
+
+
+# ---- backoff -----------------------------------------------------------------------------------
+
+
+def test_retries_back_off_exponentially_with_a_cap_and_reset_on_success(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_apply["alpha"] = "still broken"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    delays = []
+    for _attempt in range(11):
+        applies_before = len(mode.called("apply"))
+        report = rec.run_pass()
+        assert len(mode.called("apply")) == applies_before + 1
+        assert report.outcomes["alpha"].result == "failed"
+        share = status_file(root)["shares"]["alpha"]
+        delay = share["retry_at"] - clock.now
+        delays.append(round(delay, 6))
+        assert share["failures"] == len(delays)
+        # Before the retry time: no attempt, the share waits and stays reported as failed.
+        clock.advance(delay - 0.5)
+        report = rec.run_pass()
+        assert len(mode.called("apply")) == applies_before + 1
+        assert report.outcomes["alpha"].result == "waiting"
+        assert status_file(root)["shares"]["alpha"]["state"] == "failed"
+        clock.advance(0.5)
+    assert delays == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+    # Fixed: the next attempt succeeds and the bookkeeping is cleared.
+    del mode.fail_apply["alpha"]
+    assert rec.run_pass().outcomes["alpha"].result == "applied"
+    share = status_file(root)["shares"]["alpha"]
+    assert (share["state"], share["failures"], share["retry_at"], share["error"]) == ("served", 0, None, None)
+    assert rec.next_wakeup() is None
+    # A new failure starts again from the smallest delay.
+    declare(root, "alpha", comment="changed")
+    mode.fail_apply["alpha"] = "broken again"
+    rec.run_pass()
+    share = status_file(root)["shares"]["alpha"]
+    assert share["failures"] == 1
+    assert share["retry_at"] - clock.now == pytest.approx(2.0)
+
+
+def test_force_ignores_the_backoff(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_apply["alpha"] = "broken"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    rec.run_pass()
+    del mode.fail_apply["alpha"]
+    assert rec.run_pass().outcomes["alpha"].result == "waiting"
+    assert rec.run_pass(force=True).outcomes["alpha"].result == "applied"
+
+
+def test_backoff_is_forgotten_when_the_share_goes_away(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_apply["alpha"] = "broken"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    file = declare(root, "alpha")
+    rec.run_pass()
+    file.unlink()
+    report = rec.run_pass()
+    assert "alpha" not in report.outcomes or report.outcomes["alpha"].result != "failed"
+    assert rec.next_wakeup() is None
+    assert status_file(root)["shares"] == {}
+
+
+# ---- last good -----------------------------------------------------------------------------------
+
+
+def test_a_broken_file_keeps_its_share_on_the_last_good_spec(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    file = declare(root, "alpha", comment="good")
+    declare(root, "beta")
+    rec.run_pass()
+    good = served(root)["alpha"]
+    file.write_text('path = "/srv/alpha"\nmode = "files"\ncomment = "unterminated\n')
+    declare(root, "beta", comment="edited")  # other shares are reconciled as usual
+    report = rec.run_pass()
+    assert mode.called("remove") == []
+    assert "alpha" not in report.changed and "beta" in report.changed
+    assert served(root)["alpha"] == good
+    assert "edited" in served(root)["beta"]
+    status = status_file(root)
+    info = status["files"]["alpha.toml"]
+    assert info["valid"] is False and info["serving"] == "last-good"
+    assert info["problems"][0]["line"] == 3
+    assert status["shares"]["alpha"]["state"] == "served"
+
+    # A restart (new process: new reconciler, new plugin) still serves the last good spec.
+    mode2 = FileMode()
+    rec2 = reconciler(root, PluginHost({"files": mode2}), clock)
+    report = rec2.run_pass()
+    assert mode2.called("remove") == [] and report.changed == []
+    assert served(root)["alpha"] == good
+    assert status_file(root)["files"]["alpha.toml"]["serving"] == "last-good"
+
+    # An invalid value (not only bad syntax) is treated the same way.
+    file.write_text('path = "/srv/alpha"\nmode = "files"\ncomment = "good"\nread_only = "yes"\n')
+    rec2.run_pass()
+    assert served(root)["alpha"] == good
+    info = status_file(root)["files"]["alpha.toml"]
+    assert info["serving"] == "last-good"
+    assert (info["problems"][0]["key"], info["problems"][0]["line"]) == ("read_only", 4)
+
+    # Fixed with a change: the new spec goes live and becomes the last good one.
+    declare(root, "alpha", comment="better")
+    rec2.run_pass()
+    assert "better" in served(root)["alpha"]
+    assert rec2.state.lastgood["alpha.toml"].comment == "better"
+
+    # Removing the file removes the share (and forgets its last good spec).
+    file.unlink()
+    report = rec2.run_pass()
+    assert report.outcomes["alpha"].result == "removed"
+    assert "alpha" not in served(root)
+    fresh = StateStore(root / "var/lib/smbgw")
+    fresh.load()
+    assert "alpha.toml" not in fresh.lastgood and "alpha" not in fresh.applied
+
+
+def test_a_file_that_was_never_valid_declares_nothing(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    (root / "etc/smbgw/shares.d/never.toml").write_text('path = "relative/path"\nmode = "files"\n')
+    report = rec.run_pass()
+    assert report.outcomes == {}
+    status = status_file(root)
+    assert status["files"]["never.toml"]["valid"] is False
+    assert status["files"]["never.toml"]["serving"] == "none"
+    assert status["shares"] == {}
+
+
+# ---- plan (dry run) -----------------------------------------------------------------------------
+
+
+def prepare_changes(root: Path, clock: FakeClock) -> None:
+    """Shares in every situation: unchanged, to update, to add, to remove, drifted."""
+    rec = reconciler(root, PluginHost({"files": FileMode()}), clock)
+    for name in ("keep", "edit", "gone", "drift"):
+        declare(root, name, comment="v1")
+    rec.run_pass()
+    rec.state.close()
+    declare(root, "edit", comment="v2")
+    declare(root, "new")
+    (root / "etc/smbgw/shares.d/gone.toml").unlink()
+    (root / "served/drift.conf").write_text("hand-edited\n")
+    (root / "etc/smbgw/shares.d/broken.toml").write_text("path = \n")
+
+
+def test_dry_run_has_no_effects(root: Path, clock: FakeClock) -> None:
+    prepare_changes(root, clock)
+    mode = FileMode()
+    state_dir = root / "var/lib/smbgw"
+    before = snapshot_tree(root, exclude=[state_dir])
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    state_before = (dict(rec.state.applied), dict(rec.state.lastgood))
+    report = rec.run_pass(dry_run=True)
+    assert report.dry_run
+    assert {k for k, o in report.outcomes.items() if o.steps} == {"edit", "new", "gone", "drift"}
+    assert all(o.result == "planned" for o in report.outcomes.values() if o.steps)
+    assert [c[0] for c in mode.calls] == ["plan"] * len(mode.calls)
+    assert all(c[4] is True for c in mode.calls), "plugins are told effects are off"
+    after = snapshot_tree(root, exclude=[state_dir])
+    assert before == after, describe_difference(before, after)
+    assert (rec.state.applied, rec.state.lastgood) == state_before
+    rec.state.close()
+    fresh = StateStore(state_dir)
+    fresh.load()
+    assert (fresh.applied, fresh.lastgood) == state_before, "nothing was committed to the state store"
+    assert rec.passes == 0
+
+
+def test_dry_run_plans_exactly_what_the_real_pass_does(root: Path, clock: FakeClock) -> None:
+    prepare_changes(root, clock)
+    mode = FileMode()
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    planned = rec.run_pass(dry_run=True)
+    plan_calls = [c[:4] for c in mode.called("plan")]
+    mode.calls.clear()
+    real = rec.run_pass()
+    assert [c[:4] for c in mode.called("plan")] == plan_calls, "the same hook calls with the same inputs"
+    assert {k: o.steps for k, o in planned.outcomes.items()} == {k: o.steps for k, o in real.outcomes.items()}
+    assert real.changed == ["drift", "edit", "gone", "new"]
+    assert [c[1] for c in mode.called("apply")] == ["drift", "edit", "new"]
+    assert [c[1] for c in mode.called("remove")] == ["gone"]
+    # After the pass, a plan finds nothing left to do.
+    assert not any(o.steps for o in rec.run_pass(dry_run=True).outcomes.values())
+
+
+def test_native_dry_run_writes_nothing_and_matches_the_pass(native_box: Any, clock: FakeClock) -> None:
+    box = native_box
+    rec = reconciler(box.root, PluginHost.load(), clock, node="sandbox")
+    declare(box.root, "finance", mode="native", comment="Finance")
+    samba_dir = box.paths.samba_dir
+    smb_conf = box.smb_conf.read_text()
+    planned = rec.run_pass(dry_run=True)
+    steps = planned.outcomes["finance"].steps
+    assert any(s.startswith("create directory /srv/finance") for s in steps)
+    assert any(s.startswith("add [finance]") for s in steps)
+    assert not samba_dir.exists() or not any(samba_dir.iterdir())
+    assert not (box.root / "srv/finance").exists()
+    assert box.smb_conf.read_text() == smb_conf
+    assert not box.paths.status_file.exists()
+    real = rec.run_pass()
+    assert real.outcomes["finance"].steps == steps
+    assert real.ok, real.errors
+    assert "finance" in loaded_shares(box.smb_conf)
+
+
+# ---- the state store ------------------------------------------------------------------------------
+
+WRITER = """
+import sys
+from smbgw_agent.shares import ShareSpec
+from smbgw_agent.state import StateStore
+store = StateStore(__import__("pathlib").Path(sys.argv[1]))
+store.load()
+generation = 0
+while True:
+    generation += 1
+    for i in range(40):
+        store.set_applied(ShareSpec(name=f"s{i}", file=f"s{i}.toml", path=f"/srv/s{i}", comment=str(generation)))
+        store.set_lastgood(ShareSpec(name=f"s{i}", file=f"s{i}.toml", path=f"/srv/s{i}", comment=str(generation)))
+    store.commit()
+    if generation == 1:
+        print("ready", flush=True)
+"""
+
+
+def test_state_survives_sigkill_mid_write_with_whole_passes_only(tmp_path: Path) -> None:
+    """Each pass's records are committed together: a kill leaves one generation, never a mix."""
+    state_dir = tmp_path / "state"
+    rng = random.Random(20261122)
+    generations = set()
+    for _round in range(12):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(state_dir)], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0, 0.15))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        store = StateStore(state_dir)
+        assert store.load() == []
+        comments = {s.comment for s in store.applied.values()} | {s.comment for s in store.lastgood.values()}
+        assert len(store.applied) == 40 and len(store.lastgood) == 40
+        assert len(comments) == 1, f"a mix of passes survived the kill: {sorted(comments)[:5]}"
+        generations |= comments
+        store.close()
+    assert not [p for p in state_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_unreadable_state_store_is_set_aside_and_the_agent_converges(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    rec.run_pass()
+    rec.state.close()
+    database = next((root / "var/lib/smbgw").glob("*.sqlite"))
+    database.write_bytes(b"SQLite format 3\x00" + b"\xff" * 100)  # a torn, garbage file
+    for extra in database.parent.glob("*.sqlite-*"):
+        extra.unlink()
+    rec2 = reconciler(root, PluginHost({"files": FileMode()}), clock)
+    assert rec2.state.applied == {}
+    report = rec2.run_pass()
+    assert report.ok
+    assert status_file(root)["shares"]["alpha"]["state"] == "served"
+
+
+def test_status_json_is_replaced_atomically(root: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = reconciler(root, PluginHost({"files": FileMode()}), clock)
+    declare(root, "alpha")
+    rec.run_pass()
+    good = (root / "run/smbgw/status.json").read_bytes()
+
+    def crash(*_args: object) -> None:
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    declare(root, "beta")
+    with pytest.raises(OSError, match="simulated crash"):
+        rec.run_pass()
+    monkeypatch.undo()
+    assert (root / "run/smbgw/status.json").read_bytes() == good
+    assert [p.name for p in (root / "run/smbgw").iterdir()] == ["status.json"]
+
+
+# ---- status.json ---------------------------------------------------------------------------------
+
+
+def test_status_json_content(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_apply["bad"] = "exploded"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "good", comment="Good")
+    declare(root, "bad")
+    declare(root, "remote", body='node = "elsewhere"\n')
+    (root / "etc/smbgw/shares.d/typo.toml").write_text('path = "/srv/typo"\nmode = "files"\nfoo = 1\n')
+    started = clock.now
+    rec.run_pass()
+    status = status_file(root)
+    assert status == json.loads(json.dumps(rec.status()))
+    assert set(status) >= {
+        "version", "node", "root", "updated", "config", "shares_dir", "pass", "passes",
+        "pass_errors", "last_success", "shares", "files", "other_node", "services", "plugins",
+    }
+    assert status["node"] == "n1"
+    assert status["root"] == str(root.resolve())
+    assert status["updated"] == started
+    assert status["shares_dir"] == str(root.resolve() / "etc/smbgw/shares.d")
+    assert status["config"] == {"file": None, "warnings": [], "problems": []}
+    assert status["pass"]["started"] == started
+    assert status["pass"]["ok"] is False
+    assert status["pass"]["changed"] == ["good"]
+    assert status["pass"]["failed"] == ["bad"]
+    assert status["passes"] == 1 and status["pass_errors"] == 1
+    assert status["last_success"] is None
+    good = status["shares"]["good"]
+    assert good == {
+        "file": "good.toml", "mode": "files", "path": "/srv/good", "state": "served",
+        "serving": "declared", "digest": rec.state.applied["good"].digest(), "error": None,
+        "failures": 0, "retry_at": None,
+    }
+    assert set(status["shares"]) == {"good", "bad"}
+    assert status["other_node"] == {"remote": "elsewhere"}
+    assert status["files"]["remote.toml"]["serving"] == "other-node"
+    typo = status["files"]["typo.toml"]
+    assert typo["valid"] is False and typo["share"] is None
+    assert typo["problems"][0]["key"] == "foo" and typo["problems"][0]["line"] == 3
+    assert status["files"]["good.toml"] == {"valid": True, "share": "good", "serving": "current", "problems": []}
+    assert status["plugins"]["files"] == {"files": ["good.conf"]}
+    # A clean pass later: last_success and counters move with the injected clock.
+    del mode.fail_apply["bad"]
+    clock.advance(10)
+    rec.run_pass()
+    status = status_file(root)
+    assert status["last_success"] == clock.now and status["updated"] == clock.now
+    assert status["passes"] == 2 and status["pass_errors"] == 1
+    assert status["pass"]["ok"] is True
+    assert {n: s["state"] for n, s in status["shares"].items()} == {"good": "served", "bad": "served"}
+
+
+def test_status_names_a_share_the_same_way_everywhere(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_apply["Broken"] = "exploded"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    (root / "etc/smbgw/shares.d/Finance.toml").write_text('path = "/srv/finance"\nmode = "files"\n')
+    (root / "etc/smbgw/shares.d/Broken.toml").write_text('path = "/srv/broken"\nmode = "files"\n')
+    rec.run_pass()
+    status = status_file(root)
+    assert set(status["shares"]) == {"Finance", "Broken"}
+    assert status["pass"]["changed"] == ["Finance"]
+    assert status["pass"]["failed"] == ["Broken"]
+
+
+# ---- real Samba for native mode -------------------------------------------------------------------
+
+
+def loaded_shares(smb_conf: Path) -> set[str]:
+    """Section names smbd would load from smb.conf, as testparm reports them."""
+    result = subprocess.run(
+        ["testparm", "-s", "--suppress-prompt", str(smb_conf)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return {line.strip()[1:-1] for line in result.stdout.splitlines() if line.startswith("[")} - {"global"}
+
+
+@pytest.fixture
+def native_box(tmp_path: Path) -> Iterator[Any]:
+    tools = ("smbd", "testparm", "smbcontrol", "smbpasswd")
+    if any(shutil.which(t) is None for t in tools) or os.geteuid() != 0:
+        pytest.skip("native mode needs Samba's tools and root")
+    from smbgw_agent.sandbox import Sandbox, free_port
+
+    box = Sandbox(tmp_path / "root", free_port())
+    box.prepare()
+    box.start_smbd()
+    try:
+        yield box
+    finally:
+        box.stop_smbd()
