@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from smbgw_agent.background import BackgroundReading
 from smbgw_agent.config import AgentConfig
 from smbgw_agent.context import PassContext
 from smbgw_agent.errors import FieldError
 from smbgw_agent.fileio import atomic_write, fsync_dir, remove_stale_temporaries, write_files_durably
 from smbgw_agent.hookspecs import hookimpl
+from smbgw_agent.metrics import CollectContext
 from smbgw_agent.samba import (
     has_managed_include,
     reload_command,
@@ -35,10 +38,13 @@ from smbgw_agent.samba import (
     with_managed_include,
 )
 from smbgw_agent.services import ServiceError
-from smbgw_agent.shares import ShareSpec
+from smbgw_agent.shares import ShareSpec, check_share_path
+from smbgw_agent.smbstatus import ShareActivity, parse_smbstatus
 from smbgw_agent.smbvalues import check_parameter_name, check_text, format_list, safe_file_stem
 
 log = logging.getLogger(__name__)
+ACTIVITY_INTERVAL = 15.0
+SMBSTATUS_MAX_OUTPUT = 64 << 20
 MODE = "native"
 PLUGIN = "mode_native"
 
@@ -147,6 +153,7 @@ class NativeModePlugin:
         self._live: dict[Path, tuple[tuple[int, int, int], str]] = {}
         self._rendered: dict[str, tuple[str, str, Path, str]] = {}
         self._swept = False
+        self._activity: BackgroundReading[tuple[ShareActivity, bool]] | None = None
 
     def _render(self, spec: ShareSpec, host_path: Path) -> str:
         """Rendering 2,000 templates per pass is measurable; specs are immutable, so cache."""
@@ -235,7 +242,11 @@ class NativeModePlugin:
             return
         host_path = ctx.paths.host(desired.path)
         if not host_path.is_dir():
+            # Validated when the file was read; check again right before creating it, and
+            # after, so a symbolic link swapped in meanwhile cannot redirect the mkdir.
+            check_share_path(desired.path, ctx.config, ctx.paths)
             host_path.mkdir(parents=True, mode=0o755)
+            check_share_path(desired.path, ctx.config, ctx.paths)
             log.info("share %s: created directory %s", name, desired.path)
         staged.writes[name.casefold()] = (desired, self._render(desired, host_path))
 
@@ -426,10 +437,62 @@ class NativeModePlugin:
             log.error("%s", exc)
         return {}
 
+    # ---- hooks: metrics --------------------------------------------------------------
+
+    def _activity_reading(self, ctx: CollectContext | PassContext) -> BackgroundReading[tuple[ShareActivity, bool]]:
+        """smbstatus and an smbd ping, every 15 s in the background (started by the first pass)."""
+        if self._activity is None:
+            smb_conf, runner = ctx.paths.smb_conf, ctx.runner
+
+            def read() -> tuple[ShareActivity, bool]:
+                result = runner.run(
+                    ["smbstatus", "-s", str(smb_conf), "--json"], timeout=20, max_output=SMBSTATUS_MAX_OUTPUT
+                )
+                ping = ["smbcontrol", "-s", str(smb_conf), "smbd", "ping"]
+                alive = runner.run(ping, timeout=5, check=False).ok
+                return parse_smbstatus(result.stdout), alive
+
+            self._activity = BackgroundReading("smbstatus", read, interval=ACTIVITY_INTERVAL)
+            self._activity.start()
+        return self._activity
+
+    @hookimpl
+    def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
+        reading = self._activity_reading(ctx)
+        sessions = GaugeMetricFamily(
+            "smbgw_share_sessions", "SMB sessions with a tree connect to the share (smbstatus)", labels=["share"]
+        )
+        open_files = GaugeMetricFamily(
+            "smbgw_share_open_files", "Files open in the share (smbstatus)", labels=["share"]
+        )
+        active = GaugeMetricFamily("smbgw_service_active", "1 if the unit is active", labels=["unit"])
+        success = GaugeMetricFamily(
+            "smbgw_collector_success", "1 if the collector's last reading succeeded, else 0", labels=["collector"]
+        )
+        success.add_metric(["smbstatus"], 1.0 if reading.ok else 0.0)
+        shares = {
+            name: info for name, info in ctx.status.get("shares", {}).items() if info.get("mode") == MODE
+        }
+        unit = ctx.config.smbd_unit
+        service = ctx.status.get("services", {}).get(unit, {})
+        if service.get("control") == "systemd" and service.get("active") is not None:
+            active.add_metric([unit], 1.0 if service["active"] else 0.0)
+        elif reading.value is not None:
+            active.add_metric([unit], 1.0 if reading.value[1] else 0.0)
+        if reading.value is not None:
+            activity = reading.value[0]
+            for name, info in sorted(shares.items()):
+                sessions.add_metric([name], float(activity.sessions.get(name.casefold(), 0)))
+                host_path = str(ctx.paths.host(info["path"]))
+                open_files.add_metric([name], float(activity.open_files.get(host_path, 0)))
+        return [sessions, open_files, active, success]
+
     # ---- hooks: observe --------------------------------------------------------------
 
     @hookimpl
     def smbgw_observe(self, ctx: PassContext) -> Mapping[str, Any]:
+        if not ctx.dry_run:
+            self._activity_reading(ctx)
         return {
             "samba_dir": str(ctx.paths.samba_dir),
             "reload_via": ctx.services.mode,

@@ -41,6 +41,10 @@ class AgentConfig:
     workgroup: str | None = None  # None: leave the workgroup of smb.conf alone
     smbd_unit: str = "smbd.service"
     metrics_listen: str = "127.0.0.1:9945"
+    metrics_enabled: bool = True
+    metrics_tls_cert: str | None = None
+    metrics_tls_key: str | None = None
+    metrics_tls_client_ca: str | None = None
     plugin_sections: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     source: str | None = None
@@ -131,6 +135,10 @@ _CORE_TABLES: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
     },
     "metrics": {
         "listen": ("metrics_listen", _listen),
+        "enabled": ("metrics_enabled", _boolean),
+        "tls_cert": ("metrics_tls_cert", _absolute_dir),
+        "tls_key": ("metrics_tls_key", _absolute_dir),
+        "tls_client_ca": ("metrics_tls_client_ca", _absolute_dir),
     },
 }
 
@@ -156,6 +164,10 @@ def parse_core(doc: TomlDocument) -> tuple[dict[str, Any], list[Problem]]:
                 values[attribute] = parse(value)
             except FieldError as exc:
                 problems.append(doc.problem(str(exc), table, key))
+    if bool(values.get("metrics_tls_cert")) != bool(values.get("metrics_tls_key")):
+        problems.append(doc.problem("tls_cert and tls_key must be set together", "metrics"))
+    if values.get("metrics_tls_client_ca") and not values.get("metrics_tls_cert"):
+        problems.append(doc.problem("tls_client_ca needs tls_cert and tls_key", "metrics", "tls_client_ca"))
     if "allowed_roots" in values:
         for root in values["allowed_roots"]:
             if root == "/":

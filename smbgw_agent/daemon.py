@@ -15,12 +15,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from . import __version__
 from .control import ControlServer, Request
 from .errors import ConfigError
 from .fileio import remove_stale_temporaries
+from .metrics import CollectContext, Exporter, MetricsConfigError
 from .paths import Paths
 from .reconciler import PassReport, Reconciler
 from .runner import Runner
@@ -58,6 +62,30 @@ class Agent:
         self.control = ControlServer(paths.control_socket, self.requests, self.wake)
         self.next_resync = 0.0
         self.last_ping = 0.0
+        self.exporter = Exporter(
+            status=lambda: self.reconciler.snapshot,
+            plugins=lambda: self.reconciler.plugins,
+            context=self._collect_context,
+            share_paths=self._share_paths,
+        )
+
+    def _collect_context(self, status: Mapping[str, Any]) -> CollectContext:
+        return CollectContext(self.paths, self.reconciler.config, self.runner, status)
+
+    def _share_paths(self) -> dict[str, Path]:
+        snapshot = self.reconciler.snapshot or {}
+        return {name: self.paths.host(share["path"]) for name, share in snapshot.get("shares", {}).items()}
+
+    def start_metrics(self) -> None:
+        config = self.config
+        if not config.metrics_enabled:
+            return
+        try:
+            self.exporter.start(config, self.paths)
+        except (MetricsConfigError, OSError) as exc:
+            message = f"metrics endpoint not started: {exc}"
+            log.error("%s", message)
+            self.reconciler.config_problems.append(message)
 
     @property
     def config(self):  # type: ignore[no-untyped-def]
@@ -114,6 +142,9 @@ class Agent:
     def run_pass(self, force: bool = False, full: bool = True) -> PassReport:
         self.watcher.ensure()
         report = self.reconciler.run_pass(force=force, full=full)
+        self.exporter.observe_pass(report.duration)
+        if report.changed and self.exporter.usage is not None:
+            self.exporter.usage.refresh_soon()
         self.notifier.status(self._status_line(report))
         if report.changed or report.failed:
             log.info(
@@ -154,6 +185,7 @@ class Agent:
         remove_stale_temporaries(self.paths.run_dir)
         self.control.start()
         self.watcher.start()
+        self.start_metrics()
         self.notifier.ready(self._status_line())
         log.info(
             "smbgw-agent %s on node %s: watching %s (root %s, services via %s)", __version__,

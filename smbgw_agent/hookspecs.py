@@ -10,6 +10,7 @@ A plugin owns TOML sections and deployment modes. The core calls one hook per ph
     commit    -> smbgw_commit               (once per pass: make the staged state live)
     globals   -> smbgw_smb_globals          (global smb.conf parameters)
     observe   -> smbgw_observe              (status of things the plugin manages)
+    collect   -> smbgw_collect              (Prometheus metric families, at scrape time)
 
 Hooks must not depend on the order in which other plugins run within a phase. A hook
 that raises affects only the share it was called for: the reconciler isolates shares.
@@ -25,8 +26,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from .config import AgentConfig
     from .context import PassContext
+    from .metrics import CollectContext
     from .shares import ShareSpec
 
 PROJECT = "smbgw"
@@ -138,4 +142,16 @@ def smbgw_observe(ctx: PassContext) -> Mapping[str, Any]:
     """Report the state of what the plugin manages, for status.json and `smbgwctl status`.
 
     Keys become top-level entries under ``plugins.<plugin name>``. Must be cheap.
+    """
+
+
+@hookspec
+def smbgw_collect(ctx: CollectContext) -> Sequence[Metric]:
+    """Metric families this plugin exports, built fresh at every scrape (`smbgw_` prefix).
+
+    Runs in the HTTP server's thread: read only `ctx.status` (the snapshot of the last
+    pass) and values your plugin caches; never run a slow command here. Refresh slow
+    readings in the background (`smbgw_agent.background.BackgroundReading`) and report
+    their health as a `smbgw_collector_success{collector=...}` family, which the core
+    merges with its own. Raising marks this plugin's collector as failed for the scrape.
     """

@@ -93,6 +93,8 @@ class Reconciler:
         self.config_problems: list[str] = []
         self.passes = 0
         self.pass_errors = 0
+        self.snapshot: dict[str, Any] | None = None
+        self._logged_problems: dict[str, tuple[str, ...]] = {}
         for warning in self.state.load():
             log.warning("%s", warning)
 
@@ -122,6 +124,8 @@ class Reconciler:
             desired.shares = dict(applied)
             desired.lastgood_drops = []
         report.desired = desired
+        if not dry_run:
+            self._log_file_problems(desired)
         ctx = PassContext(
             paths=self.paths, config=self.config, runner=self.runner, services=self.services,
             desired=desired.shares, applied=applied, dry_run=dry_run,
@@ -158,6 +162,23 @@ class Reconciler:
             self._observe(ctx)
             self.write_status()
         return report
+
+    def _log_file_problems(self, desired: Desired) -> None:
+        """Log each invalid file once per change of its problems (not every pass)."""
+        current: dict[str, tuple[str, ...]] = {}
+        for name, status in desired.files.items():
+            if status.valid:
+                continue
+            problems = tuple(str(p) for p in status.problems)
+            current[name] = problems
+            if self._logged_problems.get(name) != problems:
+                keeping = {"last-good": "; serving its last good version", "applied": "; serving the live version"}
+                for problem in problems:
+                    log.error("invalid share file %s%s", problem, keeping.get(status.serving, ""))
+        for name in set(self._logged_problems) - set(current):
+            if name in desired.files:
+                log.info("share file %s is valid again", name)
+        self._logged_problems = current
 
     def _plan(
         self,
@@ -345,4 +366,8 @@ class Reconciler:
         }
 
     def write_status(self) -> None:
-        atomic_write(self.paths.status_file, json.dumps(self.status(), separators=(",", ":")))
+        """Write status.json and publish the same snapshot for scrapes (a new object each
+        pass, never mutated afterwards, so readers in other threads need no lock)."""
+        snapshot = self.status()
+        atomic_write(self.paths.status_file, json.dumps(snapshot, separators=(",", ":")))
+        self.snapshot = snapshot

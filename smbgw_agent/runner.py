@@ -63,6 +63,7 @@ class Runner:
         stdin: str | None = None,
         secrets: Iterable[str] = (),
         env: dict[str, str] | None = None,
+        max_output: int = MAX_OUTPUT,
     ) -> Completed:
         """Run `argv`; raise CommandError on failure to start, timeout, or (if check) exit != 0."""
         for secret in secrets:
@@ -85,7 +86,7 @@ class Runner:
         result = Completed(
             argv=argv,
             returncode=proc.returncode,
-            stdout=self.redact(proc.stdout[:MAX_OUTPUT]),
+            stdout=self.redact(proc.stdout[:max_output]),
             stderr=self.redact(proc.stderr[:MAX_OUTPUT]),
             duration=time.monotonic() - started,
         )

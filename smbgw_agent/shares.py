@@ -135,7 +135,7 @@ def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
     resolved = posixpath.normpath(resolved)
     if resolved != declared:
         try:
-            _check_location(resolved, config)
+            _check_location(resolved, config, _resolved_roots(config, paths))
         except FieldError as exc:
             raise FieldError(f"{value!r} is a symbolic link to {resolved}: {exc}") from exc
     if os.path.lexists(host) and not os.path.isdir(real):
@@ -147,13 +147,29 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _check_location(path: str, config: AgentConfig) -> None:
+def _resolved_roots(config: AgentConfig, paths: Paths) -> tuple[str, ...]:
+    """The allowed roots with their symbolic links resolved (`/tank -> /mnt/tank`), so a
+    resolved share path is compared with resolved roots."""
+    resolved = []
+    root = str(paths.root)
+    for allowed in config.allowed_roots:
+        real = os.path.realpath(paths.host(allowed))
+        if paths.sandboxed:
+            if not (real == root or real.startswith(root + "/")):
+                continue
+            real = posixpath.normpath("/" + os.path.relpath(real, root))
+        resolved.append(real)
+    return tuple(resolved)
+
+
+def _check_location(path: str, config: AgentConfig, extra_roots: tuple[str, ...] = ()) -> None:
     if path == "/":
         raise FieldError("'/' cannot be shared")
     for system in SYSTEM_DIRECTORIES:
         if _within(path, system):
             raise FieldError(f"{path!r} is inside the system directory {system}")
-    if config.allowed_roots and not any(_within(path, root) for root in config.allowed_roots):
+    roots = (*config.allowed_roots, *extra_roots)
+    if config.allowed_roots and not any(_within(path, root) for root in roots):
         raise FieldError(
             f"{path!r} is outside the allowed roots ({', '.join(config.allowed_roots)})"
         )

@@ -55,7 +55,7 @@ class AgentProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
-        wait_for(lambda: self.status() is not None and self.status().get("passes", 0) >= 1, 20)
+        wait_for(lambda: (self.status() or {}).get("passes", 0) >= 1, 20)
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:

@@ -1,0 +1,216 @@
+"""The Prometheus exporter: a private registry, collectors that build fresh families at
+scrape time, and a plugin hook for plugin-owned families.
+
+Scrapes read an immutable snapshot the reconciler publishes after each pass (so a
+scrape never races a pass) and the cached values of background readings (so a scrape
+never waits on a slow command). A reading that fails shows as
+`smbgw_collector_success{collector=...} 0`, never as a zero value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+
+from . import __version__
+from .background import BackgroundReading
+from .config import AgentConfig
+from .paths import Paths
+from .pluginhost import PluginHost
+from .runner import Runner
+from .usage import usage_by_share
+
+log = logging.getLogger(__name__)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class MetricsConfigError(Exception):
+    """The [metrics] settings cannot be honoured (e.g. TLS on an old prometheus-client)."""
+
+
+@dataclass(frozen=True)
+class CollectContext:
+    """What a plugin's collect hook may read: never mutate, never block."""
+
+    paths: Paths
+    config: AgentConfig
+    runner: Runner
+    status: Mapping[str, Any]
+
+
+def merge_families(families: Iterable[Metric]) -> list[Metric]:
+    """Join families of the same name (e.g. `smbgw_collector_success` from core and plugins)."""
+    merged: dict[str, Metric] = {}
+    for family in families:
+        existing = merged.get(family.name)
+        if existing is None:
+            merged[family.name] = family
+        elif existing.type == family.type:
+            existing.samples.extend(family.samples)
+        else:
+            log.error("metric %s has two types (%s, %s); dropping one", family.name, existing.type, family.type)
+    return list(merged.values())
+
+
+class AgentCollector:
+    """Core families plus everything plugins contribute through `smbgw_collect`."""
+
+    def __init__(
+        self,
+        status: Callable[[], Mapping[str, Any] | None],
+        plugins: Callable[[], PluginHost],
+        context: Callable[[Mapping[str, Any]], CollectContext],
+        usage: BackgroundReading[tuple[dict[str, int], list[str]]] | None,
+    ) -> None:
+        self._status = status
+        self._plugins = plugins
+        self._context = context
+        self._usage = usage
+
+    def describe(self) -> list[Metric]:
+        return []  # families are dynamic; do not collect at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        families: list[Metric] = []
+        success = GaugeMetricFamily(
+            "smbgw_collector_success", "1 if the collector's last reading succeeded, else 0",
+            labels=["collector"],
+        )
+        status = self._status()
+        try:
+            families.extend(self._core(status))
+            success.add_metric(["core"], 1)
+        except Exception as exc:  # a broken snapshot must not break the whole scrape
+            log.error("core collector failed: %s", exc)
+            success.add_metric(["core"], 0)
+        if self._usage is not None:
+            families.extend(self._usage_families(status))
+            success.add_metric(["usage"], 1 if self._usage.ok else 0)
+        if status is not None:
+            ctx = self._context(status)
+            for plugin, result, error in self._plugins().call_each("smbgw_collect", ctx=ctx):
+                if error is not None:
+                    log.error("collector of plugin %s failed: %s", plugin, error)
+                    success.add_metric([plugin], 0)
+                    continue
+                families.extend(result or [])
+                success.add_metric([plugin], 1)
+        families.append(success)
+        yield from merge_families(families)
+
+    @staticmethod
+    def _core(status: Mapping[str, Any] | None) -> list[Metric]:
+        info = InfoMetricFamily("smbgw_agent", "smbgw-agent build and node", labels=["version", "node"])
+        if status is None:
+            info.add_metric([__version__, ""], {})
+            return [info]
+        info.add_metric([str(status.get("version", __version__)), str(status.get("node", ""))], {})
+        passes = CounterMetricFamily("smbgw_reconcile", "Reconcile passes run")
+        passes.add_metric([], float(status.get("passes", 0)))
+        errors = CounterMetricFamily("smbgw_reconcile_errors", "Reconcile passes that did not fully succeed")
+        errors.add_metric([], float(status.get("pass_errors", 0)))
+        last = GaugeMetricFamily(
+            "smbgw_last_reconcile_success_timestamp_seconds",
+            "Unix time of the last pass that fully succeeded (0: none since start)",
+        )
+        last.add_metric([], float(status.get("last_success") or 0))
+        config_ok = GaugeMetricFamily(
+            "smbgw_agent_config_valid", "1 if agent.toml was valid when last (re)loaded"
+        )
+        config_ok.add_metric([], 0.0 if status.get("config", {}).get("problems") else 1.0)
+        valid = GaugeMetricFamily("smbgw_share_file_valid", "1 if the share file is valid", labels=["file"])
+        for file, info_ in sorted(status.get("files", {}).items()):
+            valid.add_metric([file], 1.0 if info_.get("valid") else 0.0)
+        share_info = GaugeMetricFamily(
+            "smbgw_share_info", "Declared shares of this node (value always 1)", labels=["share", "mode", "path"]
+        )
+        up = GaugeMetricFamily("smbgw_share_up", "1 if the share is served as declared", labels=["share"])
+        for name, share in sorted(status.get("shares", {}).items()):
+            share_info.add_metric([name, str(share.get("mode")), str(share.get("path"))], 1.0)
+            up.add_metric([name], 1.0 if share.get("state") == "served" else 0.0)
+        return [info, passes, errors, last, config_ok, valid, share_info, up]
+
+    def _usage_families(self, status: Mapping[str, Any] | None) -> list[Metric]:
+        used = GaugeMetricFamily(
+            "smbgw_share_used_bytes", "Bytes allocated below the share path (background walk)", labels=["share"]
+        )
+        value = self._usage.value if self._usage else None
+        if value is not None and status is not None:
+            current = set(status.get("shares", {}))
+            for share, size in sorted(value[0].items()):
+                if share in current:
+                    used.add_metric([share], float(size))
+        return [used]
+
+
+def tls_supported() -> bool:
+    return "certfile" in inspect.signature(start_http_server).parameters
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Exporter:
+    def __init__(
+        self,
+        status: Callable[[], Mapping[str, Any] | None],
+        plugins: Callable[[], PluginHost],
+        context: Callable[[Mapping[str, Any]], CollectContext],
+        share_paths: Callable[[], Mapping[str, Path]] | None = None,
+        usage_interval: float = 300.0,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.duration = Histogram(
+            "smbgw_reconcile_duration_seconds", "Duration of reconcile passes",
+            buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+        self.usage: BackgroundReading[tuple[dict[str, int], list[str]]] | None = None
+        if share_paths is not None:
+            def read_usage() -> tuple[dict[str, int], list[str]]:
+                result, failures = usage_by_share(share_paths())
+                if failures:
+                    raise RuntimeError("; ".join(failures[:3]))
+                return result, failures
+
+            self.usage = BackgroundReading("usage", read_usage, usage_interval)
+        self.collector = AgentCollector(status, plugins, context, self.usage)
+        self.registry.register(self.collector)
+        self.started = False
+
+    def observe_pass(self, seconds: float) -> None:
+        self.duration.observe(seconds)
+
+    def start(self, config: AgentConfig, paths: Paths) -> None:
+        """Listen on [metrics] listen; refuse TLS settings the installed client cannot serve."""
+        host, port = split_listen(config.metrics_listen)
+        kwargs: dict[str, Any] = {}
+        if config.metrics_tls_cert and config.metrics_tls_key:
+            if not tls_supported():
+                raise MetricsConfigError(
+                    "[metrics] tls_cert/tls_key are set, but the installed prometheus-client is too old "
+                    "to serve TLS (0.17 or newer needed); refusing to serve metrics in plain HTTP instead"
+                )
+            kwargs = {
+                "certfile": str(paths.host(config.metrics_tls_cert)),
+                "keyfile": str(paths.host(config.metrics_tls_key)),
+            }
+            if config.metrics_tls_client_ca:
+                kwargs.update(client_cafile=str(paths.host(config.metrics_tls_client_ca)), client_auth_required=True)
+        start_http_server(port, addr=host, registry=self.registry, **kwargs)
+        if self.usage is not None:
+            self.usage.start()
+        self.started = True
+        log.info("metrics on %s://%s/metrics", "https" if kwargs else "http", config.metrics_listen)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
