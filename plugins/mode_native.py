@@ -409,9 +409,10 @@ class NativeModePlugin:
 
     def _collect_orphans(self, ctx: PassContext, layout: Layout, keep: set[str]) -> None:
         """Remove share files nobody declares or remembers (e.g. after state was lost)."""
-        wanted = {layout.share_file(k).name for k in keep}
-        for path in layout.directory.glob("share-*.conf"):
-            if path.name not in wanted:
+        wanted = {share_file_name(k) for k in keep}
+        for name in os.listdir(layout.directory):
+            if name.startswith("share-") and name.endswith(".conf") and name not in wanted:
+                path = layout.directory / name
                 with contextlib.suppress(FileNotFoundError):
                     text = self._read_live(path) or ""
                     listed = f"include = {path}" in (self._read_live(layout.shares_list) or "")

@@ -224,6 +224,7 @@ class Agent:
             log.info("stopping; shares stay served")
             self.watcher.stop()
             self.control.stop()
+            self.exporter.stop()
         return 0
 
     def _retry_due(self) -> bool:

@@ -186,6 +186,15 @@ class Exporter:
         self.collector = AgentCollector(status, plugins, context, self.usage)
         self.registry.register(self.collector)
         self.started = False
+        self._server: Any = None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self.usage is not None:
+            self.usage.stop()
 
     def observe_pass(self, seconds: float) -> None:
         self.duration.observe(seconds)
@@ -206,7 +215,9 @@ class Exporter:
             }
             if config.metrics_tls_client_ca:
                 kwargs.update(client_cafile=str(paths.host(config.metrics_tls_client_ca)), client_auth_required=True)
-        start_http_server(port, addr=host, registry=self.registry, **kwargs)
+        # prometheus-client >= 0.17 returns (server, thread); 0.16 returns None.
+        started = start_http_server(port, addr=host, registry=self.registry, **kwargs)
+        self._server = started[0] if isinstance(started, tuple) else None
         if self.usage is not None:
             self.usage.start()
         self.started = True

@@ -135,7 +135,8 @@ class Reconciler:
         if full:
             keys = set(desired.shares) | set(applied)
         else:
-            keys = {k for k, spec in desired.shares.items() if applied.get(k) != spec}
+            # Identity first: unchanged files yield the very objects that were applied.
+            keys = {k for k, spec in desired.shares.items() if applied.get(k) is not spec and applied.get(k) != spec}
             keys |= set(applied) - set(desired.shares)
             keys |= set(self.backoff.attempts)
         plans = self._plan(ctx, keys, desired.shares, applied, report)

@@ -1,0 +1,197 @@
+"""The exporter: families built from a pass snapshot, plugin families, failures shown as
+failures, TLS served or refused according to the installed prometheus-client."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from smbgw_agent.background import BackgroundReading
+from smbgw_agent.config import AgentConfig
+from smbgw_agent.hookspecs import hookimpl
+from smbgw_agent.metrics import CollectContext, Exporter, MetricsConfigError, tls_supported
+from smbgw_agent.paths import Paths
+from smbgw_agent.pluginhost import PluginHost
+from smbgw_agent.runner import Runner
+from smbgw_agent.sandbox import free_port
+from smbgw_agent.usage import UsageIncomplete, disk_usage, usage_by_share
+
+SNAPSHOT: dict[str, Any] = {
+    "version": "9.9.9",
+    "node": "pve1",
+    "passes": 7,
+    "pass_errors": 2,
+    "last_success": 1_700_000_000.5,
+    "config": {"problems": []},
+    "files": {"a.toml": {"valid": True}, "bad.toml": {"valid": False}},
+    "shares": {
+        "a": {"mode": "native", "path": "/srv/a", "state": "served"},
+        "b": {"mode": "native", "path": "/srv/b", "state": "failed"},
+    },
+    "services": {},
+}
+
+
+class Contributor:
+    @hookimpl
+    def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
+        family = GaugeMetricFamily("smbgw_demo_thing", "demo", labels=["share"])
+        for name in ctx.status["shares"]:
+            family.add_metric([name], 1.0)
+        success = GaugeMetricFamily("smbgw_collector_success", "x", labels=["collector"])
+        success.add_metric(["demo_reading"], 0.0)
+        return [family, success]
+
+
+class Broken:
+    @hookimpl
+    def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
+        raise RuntimeError("boom")
+
+
+def scrape(exporter: Exporter) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    result: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(exporter.render().decode()):
+        for sample in family.samples:
+            result.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return result
+
+
+def make_exporter(plugins: dict[str, object], snapshot: dict[str, Any] | None = SNAPSHOT) -> Exporter:
+    host = PluginHost(plugins)
+    config = AgentConfig(node="pve1")
+    return Exporter(
+        status=lambda: snapshot,
+        plugins=lambda: host,
+        context=lambda status: CollectContext(Paths.under(None), config, Runner(), status),
+    )
+
+
+def test_core_families_follow_the_snapshot() -> None:
+    samples = scrape(make_exporter({}))
+    assert samples["smbgw_agent_info"] == {(("node", "pve1"), ("version", "9.9.9")): 1.0}
+    assert samples["smbgw_reconcile_total"] == {(): 7.0}
+    assert samples["smbgw_reconcile_errors_total"] == {(): 2.0}
+    assert samples["smbgw_last_reconcile_success_timestamp_seconds"] == {(): 1_700_000_000.5}
+    assert samples["smbgw_share_file_valid"] == {(("file", "a.toml"),): 1.0, (("file", "bad.toml"),): 0.0}
+    assert samples["smbgw_share_up"] == {(("share", "a"),): 1.0, (("share", "b"),): 0.0}
+    assert samples["smbgw_share_info"][(("mode", "native"), ("path", "/srv/b"), ("share", "b"))] == 1.0
+    assert samples["smbgw_collector_success"][(("collector", "core"),)] == 1.0
+
+
+def test_plugin_families_and_failures_are_attributed() -> None:
+    samples = scrape(make_exporter({"demo": Contributor(), "broken": Broken()}))
+    assert samples["smbgw_demo_thing"] == {(("share", "a"),): 1.0, (("share", "b"),): 1.0}
+    success = samples["smbgw_collector_success"]
+    assert success[(("collector", "demo"),)] == 1.0
+    assert success[(("collector", "demo_reading"),)] == 0.0  # merged from the plugin's own family
+    assert success[(("collector", "broken"),)] == 0.0
+    assert success[(("collector", "core"),)] == 1.0
+
+
+def test_before_the_first_pass_only_identity_is_exported() -> None:
+    samples = scrape(make_exporter({}, snapshot=None))
+    assert "smbgw_agent_info" in samples
+    assert "smbgw_share_up" not in samples
+
+
+def test_histogram_counts_passes() -> None:
+    exporter = make_exporter({})
+    exporter.observe_pass(0.02)
+    exporter.observe_pass(3.0)
+    samples = scrape(exporter)
+    assert samples["smbgw_reconcile_duration_seconds_count"] == {(): 2.0}
+    assert samples["smbgw_reconcile_duration_seconds_bucket"][(("le", "0.025"),)] == 1.0
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def test_tls_is_served_or_refused_by_what_the_installed_client_supports(tmp_path: Path) -> None:
+    """Runs under both `make test` (current PyPI: serves TLS) and Debian's 0.16 (refuses)."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    config = AgentConfig(
+        node="n", metrics_listen=f"127.0.0.1:{port}", metrics_tls_cert=str(cert), metrics_tls_key=str(key)
+    )
+    exporter = make_exporter({})
+    if not tls_supported():
+        with pytest.raises(MetricsConfigError, match="too old to serve TLS"):
+            exporter.start(config, Paths.under(None))
+        return
+    exporter.start(config, Paths.under(None))
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        body = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10).read()
+        assert b"smbgw_reconcile_total 7.0" in body
+        with pytest.raises(OSError):  # plain HTTP is not served on the TLS port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        exporter.stop()
+
+
+def test_background_reading_keeps_last_value_and_reports_failure() -> None:
+    calls = {"n": 0}
+
+    def read() -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("smbstatus timed out")
+        return calls["n"]
+
+    reading = BackgroundReading("demo", read, interval=3600)
+    reading.refresh_now()
+    assert (reading.value, reading.ok) == (1, True)
+    reading.refresh_now()
+    assert (reading.value, reading.ok, reading.error) == (1, False, "smbstatus timed out")
+    reading.refresh_now()
+    assert (reading.value, reading.ok) == (3, True)
+
+
+def test_background_reading_never_blocks_a_reader() -> None:
+    release = threading.Event()
+    reading = BackgroundReading("slow", lambda: release.wait(30), interval=3600)
+    reading.start()
+    started = time.monotonic()
+    assert reading.value is None and not reading.ok  # answered while the read hangs
+    assert time.monotonic() - started < 1
+    release.set()
+    reading.stop()
+
+
+def test_disk_usage_counts_allocated_bytes_once_per_path(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.bin").write_bytes(b"x" * 100_000)
+    (data / "sub" / "b.bin").write_bytes(b"y" * 50_000)
+    (data / "link").symlink_to("/usr")  # never followed
+    used = disk_usage(data, time.monotonic() + 30)
+    assert 150_000 <= used < 150_000 + 64 * 4096
+    result, failures = usage_by_share({"one": data, "two": data})
+    assert result == {"one": used, "two": used} and failures == []
+
+
+def test_disk_usage_gives_up_instead_of_reporting_a_partial_number(tmp_path: Path) -> None:
+    for index in range(50):
+        (tmp_path / f"f{index}").write_text("x")
+    with pytest.raises(UsageIncomplete):
+        disk_usage(tmp_path, time.monotonic() + 30, max_entries=10)
+    result, failures = usage_by_share({"big": tmp_path}, budget=0.0)
+    assert result == {} and failures
