@@ -58,7 +58,7 @@ def systemd_container(systemd_container_factory: ContainerFactory) -> nspawn.Sys
 
 from smbgw_agent.sandbox import Sandbox  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
-from tests.support.procs import private_sandbox  # noqa: E402
+from tests.support.procs import RestartableAgent, private_sandbox  # noqa: E402
 
 
 @pytest.fixture
@@ -76,6 +76,16 @@ def agent(sandbox: Sandbox) -> Iterator[AgentProcess]:
     """The agent running (as a real process) against the sandbox."""
     process = AgentProcess(sandbox)
     process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def restartable(sandbox: Sandbox) -> Iterator[RestartableAgent]:
+    """An agent the test starts, kills and restarts itself (not started yet)."""
+    process = RestartableAgent(sandbox)
     try:
         yield process
     finally:

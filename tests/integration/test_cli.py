@@ -18,7 +18,6 @@ from tests.support.agent import served, write_share
 from tests.support.procs import (
     RestartableAgent,
     describe_difference,
-    private_sandbox,
     run_agent_once,
     smbgwctl,
     snapshot_tree,
@@ -38,12 +37,6 @@ def root(tmp_path: Path) -> Path:
     (root / "etc/smbgw/agent.toml").write_text(AGENT_TOML)
     (root / "srv/data").mkdir(parents=True)
     return root
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with private_sandbox() as box:
-        yield box
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import random
 import re
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 
 from smbgw_agent.sandbox import Sandbox
 from tests.support.agent import served
-from tests.support.procs import RestartableAgent, check_with_testparm, private_sandbox, temporaries, wait_served
+from tests.support.procs import RestartableAgent, check_with_testparm, temporaries, wait_served
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +31,6 @@ INCLUDE = re.compile(r"^\s*include\s*=\s*(.+?)\s*$", re.IGNORECASE)
 # cleaned up yet (see test_leftovers_of_interrupted_writes_are_cleaned_up). While that bug
 # is open, the random-kill test tolerates exactly the leftovers present right after a kill.
 TOLERATE_UNCLEANED_CRASH_LEFTOVERS = False
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    with private_sandbox() as box:
-        yield box
-
-
-@pytest.fixture
-def agent(sandbox: Sandbox) -> Iterator[RestartableAgent]:
-    process = RestartableAgent(sandbox)
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -132,7 +116,7 @@ def converged(status: dict[str, Any], expected: dict[str, str]) -> bool:
 # ---- random kills ------------------------------------------------------------------------------
 
 
-def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, agent: RestartableAgent) -> None:
+def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, restartable: RestartableAgent) -> None:
     seed = int(os.environ.get("SMBGW_CRASH_SEED", random.SystemRandom().randrange(1 << 32)))
     rng = random.Random(seed)
     # One kill in each 30 ms slice of 0-300 ms after the files are in place, in random order.
@@ -150,7 +134,7 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, age
         current[name] = comment
         declare(box, name, comment)
 
-    agent.start()
+    restartable.start()
     before_kill: dict[str, str] = {}
     leftovers_seen: list[str] = []
     outcomes: list[str] = []  # how far each killed pass had got, for the log
@@ -174,7 +158,7 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, age
                     current[name] = comment
                     declare(box, name, comment)
         time.sleep(delay)
-        agent.kill()
+        restartable.kill()
 
         # What smbd would read right now must be a complete, valid configuration.
         problems = live_config_problems(box)
@@ -184,8 +168,8 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, age
         debris = crash_debris(box)
         leftovers_seen += [str(p.relative_to(box.root)) for p in debris]
 
-        agent.start()
-        status = agent.wait_status(lambda s: converged(s, current), timeout=90)
+        restartable.start()
+        status = restartable.wait_status(lambda s: converged(s, current), timeout=90)
         assert status["pass"]["failed"] == []
         live = generated_shares(box)
         assert set(live) == set(current), f"{context}: served {sorted(set(live) ^ set(current))[:10]} wrongly"
@@ -204,7 +188,7 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, age
         for name in rng.sample(sorted(current), 3):
             wait_served(box, name, timeout=20)
         before_kill = live
-    assert agent.stop(signal.SIGTERM) == 0
+    assert restartable.stop(signal.SIGTERM) == 0
     print(f"seed {seed}; state at each kill: {'; '.join(outcomes)}")
     if leftovers_seen:
         print(f"crash leftovers observed right after kills: {leftovers_seen}")
@@ -220,27 +204,27 @@ def generated_signature(box: Sandbox) -> dict[str, tuple[int, int, str]]:
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_restart_with_everything_in_place_changes_nothing(
-    sandbox: Sandbox, agent: RestartableAgent, how: str
+    sandbox: Sandbox, restartable: RestartableAgent, how: str
 ) -> None:
     names = [f"keep{i:02d}" for i in range(40)]
     for name in names:
         sandbox.share_dir(name)
         declare(sandbox, name, "steady")
-    agent.start()
-    agent.wait_status(lambda s: converged(s, dict.fromkeys(names, "steady")), timeout=60)
+    restartable.start()
+    restartable.wait_status(lambda s: converged(s, dict.fromkeys(names, "steady")), timeout=60)
     time.sleep(0.5)  # let any follow-up pass finish before taking the fingerprint
     if how == "sigterm":
-        assert agent.stop(signal.SIGTERM) == 0
+        assert restartable.stop(signal.SIGTERM) == 0
     else:
-        agent.kill()
+        restartable.kill()
     before = generated_signature(sandbox)
     smbd_log = sandbox.root / "var/log/samba/log.smbd"
     log_size = smbd_log.stat().st_size if smbd_log.exists() else 0
 
-    agent.start()
-    status = agent.wait_status(lambda s: converged(s, dict.fromkeys(names, "steady")), timeout=60)
+    restartable.start()
+    status = restartable.wait_status(lambda s: converged(s, dict.fromkeys(names, "steady")), timeout=60)
     time.sleep(1.0)  # and a little longer, for passes the watcher may trigger
-    status = agent.status() or status
+    status = restartable.status() or status
     assert status["pass"]["changed"] == []
     native = status["plugins"]["mode_native"]
     assert native["last_reload"] is None and native["reload_pending"] is False, "smbd was reloaded"
@@ -256,12 +240,12 @@ def test_restart_with_everything_in_place_changes_nothing(
 # ---- leftovers of interrupted writes -----------------------------------------------------------------
 
 
-def test_leftovers_of_interrupted_writes_are_cleaned_up(sandbox: Sandbox, agent: RestartableAgent) -> None:
+def test_leftovers_of_interrupted_writes_are_cleaned_up(sandbox: Sandbox, restartable: RestartableAgent) -> None:
     sandbox.share_dir("one")
     declare(sandbox, "one", "x")
-    agent.start()
-    agent.wait_status(lambda s: converged(s, {"one": "x"}))
-    agent.kill()
+    restartable.start()
+    restartable.wait_status(lambda s: converged(s, {"one": "x"}))
+    restartable.kill()
     # Exactly what a SIGKILL between mkstemp() and rename() leaves (fileio.atomic_write).
     debris = [
         sandbox.paths.samba_dir / ".shares.conf.k2j4h5g6.tmp",
@@ -271,7 +255,7 @@ def test_leftovers_of_interrupted_writes_are_cleaned_up(sandbox: Sandbox, agent:
     ]
     for path in debris:
         path.write_text("[global]\n\tserver min proto")
-    agent.start()
-    agent.wait_status(lambda s: converged(s, {"one": "x"}))
+    restartable.start()
+    restartable.wait_status(lambda s: converged(s, {"one": "x"}))
     remaining = [str(p) for p in debris if p.exists()]
     assert remaining == []

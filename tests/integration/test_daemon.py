@@ -10,7 +10,6 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from tests.support.agent import AgentProcess, served, wait_for, write_share
 from tests.support.procs import (
     NotifySocket,
     RestartableAgent,
-    private_sandbox,
     run_agent_once,
     smbgwctl,
     wait_served,
@@ -51,21 +49,6 @@ def add_share(box: Sandbox, name: str, extra: str = "") -> None:
     box.share_dir(name)
     write_share(box, f"{name}.toml", f'path = "/srv/smb/{name}"\n{extra}')
 
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    """Overrides conftest's: see `private_sandbox` for why."""
-    with private_sandbox() as box:
-        yield box
-
-
-@pytest.fixture
-def restartable(sandbox: Sandbox) -> Iterator[RestartableAgent]:
-    process = RestartableAgent(sandbox)
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 # ---- signals -----------------------------------------------------------------------------------
