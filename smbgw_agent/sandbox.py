@@ -212,7 +212,7 @@ smbgw-agent sandbox under {box.root}
   share files: {box.shares_dir}  (drop a *.toml there; it is served within a second)
   try:        smbclient -p {box.port} //127.0.0.1/finance -U '{box.user}%{box.password}' -c ls
   status:     smbgwctl --root {box.root} status
-  metrics:    http://127.0.0.1:9945/metrics (exporter: see docs; not part of this release yet)
+  metrics:    curl -s http://127.0.0.1:9945/metrics | grep ^smbgw_
 Ctrl-C stops the agent and smbd.
 """, flush=True)
     try:
