@@ -257,7 +257,7 @@ class Reconciler:
             if want is not None:
                 self.state.set_applied(want)
                 outcome.result = "applied"
-                log.info("share %s: applied (%s)", outcome.name, "; ".join(outcome.steps))
+                log.info("share %s (%s): applied (%s)", outcome.name, want.file, "; ".join(outcome.steps))
             else:
                 self.state.drop_applied(key)
                 outcome.result = "removed"
