@@ -25,7 +25,7 @@ deps:
 $(STAMP): pyproject.toml | deps
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
 	touch $(STAMP)
 
 venv: deps $(STAMP)
