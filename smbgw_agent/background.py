@@ -11,13 +11,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class BackgroundReading(Generic[T]):
+    # Bumped by every refresh of any reading: the exporter's cache key.
+    generation = 0
+    # Called after any reading refreshed (the exporter re-renders in the background).
+    listeners: ClassVar[list[Callable[[], None]]] = []
+
     def __init__(self, name: str, read: Callable[[], T], interval: float = 15.0) -> None:
         self.name = name
         self._read = read
@@ -54,6 +59,9 @@ class BackgroundReading(Generic[T]):
             log.warning("reading %s failed: %s", self.name, self.error)
         self.duration = time.monotonic() - started
         self.updated = time.time()
+        BackgroundReading.generation += 1
+        for listener in list(BackgroundReading.listeners):
+            listener()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

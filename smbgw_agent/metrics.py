@@ -9,8 +9,8 @@ never waits on a slow command). A reading that fails shows as
 
 from __future__ import annotations
 
-import inspect
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +18,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
 
 from . import __version__
 from .background import BackgroundReading
 from .config import AgentConfig
+from .metrics_http import ExpositionApp, MetricsServer, tls_context
 from .paths import Paths
 from .pluginhost import PluginHost
 from .runner import Runner
@@ -151,10 +151,6 @@ class AgentCollector:
         return [used]
 
 
-def tls_supported() -> bool:
-    return "certfile" in inspect.signature(start_http_server).parameters
-
-
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -185,43 +181,57 @@ class Exporter:
             self.usage = BackgroundReading("usage", read_usage, usage_interval)
         self.collector = AgentCollector(status, plugins, context, self.usage)
         self.registry.register(self.collector)
+        self._status = status
+        self._observed = 0
+        self.app = ExpositionApp(self.registry, self.version)
         self.started = False
-        self._server: Any = None
+        self._server: MetricsServer | None = None
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port if self._server else None
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
+        if self.app.warm in BackgroundReading.listeners:
+            BackgroundReading.listeners.remove(self.app.warm)
         if self.usage is not None:
             self.usage.stop()
 
     def observe_pass(self, seconds: float) -> None:
         self.duration.observe(seconds)
+        self._observed += 1
+        if self.started:
+            self.app.warm()
+
+    def version(self) -> tuple[object, int, int]:
+        """Changes whenever what a scrape would show changes: a new pass snapshot (its
+        time stamp), a pass observed by the histogram, or any background reading refreshed."""
+        snapshot = self._status()
+        return (snapshot.get("updated") if snapshot else None, self._observed, BackgroundReading.generation)
 
     def start(self, config: AgentConfig, paths: Paths) -> None:
-        """Listen on [metrics] listen; refuse TLS settings the installed client cannot serve."""
+        """Listen on [metrics] listen, over TLS when tls_cert and tls_key are set."""
         host, port = split_listen(config.metrics_listen)
-        kwargs: dict[str, Any] = {}
+        context = None
         if config.metrics_tls_cert and config.metrics_tls_key:
-            if not tls_supported():
-                raise MetricsConfigError(
-                    "[metrics] tls_cert/tls_key are set, but the installed prometheus-client is too old "
-                    "to serve TLS (0.17 or newer needed); refusing to serve metrics in plain HTTP instead"
+            client_ca = config.metrics_tls_client_ca
+            try:
+                context = tls_context(
+                    str(paths.host(config.metrics_tls_cert)), str(paths.host(config.metrics_tls_key)),
+                    str(paths.host(client_ca)) if client_ca else None,
                 )
-            kwargs = {
-                "certfile": str(paths.host(config.metrics_tls_cert)),
-                "keyfile": str(paths.host(config.metrics_tls_key)),
-            }
-            if config.metrics_tls_client_ca:
-                kwargs.update(client_cafile=str(paths.host(config.metrics_tls_client_ca)), client_auth_required=True)
-        # prometheus-client >= 0.17 returns (server, thread); 0.16 returns None.
-        started = start_http_server(port, addr=host, registry=self.registry, **kwargs)
-        self._server = started[0] if isinstance(started, tuple) else None
+            except (OSError, ssl.SSLError) as exc:
+                raise MetricsConfigError(f"cannot load the [metrics] TLS files: {exc}") from exc
+        self._server = MetricsServer(self.app, host, port, context)
+        self._server.start()
+        BackgroundReading.listeners.append(self.app.warm)
         if self.usage is not None:
             self.usage.start()
         self.started = True
-        log.info("metrics on %s://%s/metrics", "https" if kwargs else "http", config.metrics_listen)
+        log.info("metrics on %s://%s/metrics", "https" if context else "http", config.metrics_listen)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

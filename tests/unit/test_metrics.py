@@ -3,10 +3,12 @@ failures, TLS served or refused according to the installed prometheus-client."""
 
 from __future__ import annotations
 
+import gzip
 import ssl
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from smbgw_agent.background import BackgroundReading
 from smbgw_agent.config import AgentConfig
 from smbgw_agent.hookspecs import hookimpl
-from smbgw_agent.metrics import CollectContext, Exporter, MetricsConfigError, tls_supported
+from smbgw_agent.metrics import CollectContext, Exporter, MetricsConfigError
 from smbgw_agent.paths import Paths
 from smbgw_agent.pluginhost import PluginHost
 from smbgw_agent.runner import Runner
@@ -124,18 +126,14 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_tls_is_served_or_refused_by_what_the_installed_client_supports(tmp_path: Path) -> None:
-    """Runs under both `make test` (current PyPI: serves TLS) and Debian's 0.16 (refuses)."""
+def test_tls_is_served_on_every_client_version(tmp_path: Path) -> None:
+    """Runs under `make test` (current PyPI) and against Debian's prometheus-client 0.16."""
     cert, key = _self_signed(tmp_path)
     port = free_port()
     config = AgentConfig(
         node="n", metrics_listen=f"127.0.0.1:{port}", metrics_tls_cert=str(cert), metrics_tls_key=str(key)
     )
     exporter = make_exporter({})
-    if not tls_supported():
-        with pytest.raises(MetricsConfigError, match="too old to serve TLS"):
-            exporter.start(config, Paths.under(None))
-        return
     exporter.start(config, Paths.under(None))
     try:
         context = ssl.create_default_context(cafile=str(cert))
@@ -195,3 +193,68 @@ def test_disk_usage_gives_up_instead_of_reporting_a_partial_number(tmp_path: Pat
         disk_usage(tmp_path, time.monotonic() + 30, max_entries=10)
     result, failures = usage_by_share({"big": tmp_path}, budget=0.0)
     assert result == {} and failures
+
+
+def test_tls_client_certificate_is_required_when_a_ca_is_set(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    client_cert, client_key = _self_signed(client_dir)
+    port = free_port()
+    config = AgentConfig(
+        node="n", metrics_listen=f"127.0.0.1:{port}", metrics_tls_cert=str(cert), metrics_tls_key=str(key),
+        metrics_tls_client_ca=str(client_cert),
+    )
+    exporter = make_exporter({})
+    exporter.start(config, Paths.under(None))
+    try:
+        anonymous = ssl.create_default_context(cafile=str(cert))
+        with pytest.raises((ssl.SSLError, OSError)):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=anonymous, timeout=10).read()
+        known = ssl.create_default_context(cafile=str(cert))
+        known.load_cert_chain(str(client_cert), str(client_key))
+        body = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=known, timeout=10).read()
+        assert b"smbgw_agent_info" in body
+    finally:
+        exporter.stop()
+
+
+def test_unreadable_tls_files_are_a_clear_error(tmp_path: Path) -> None:
+    config = AgentConfig(
+        node="n", metrics_listen=f"127.0.0.1:{free_port()}", metrics_tls_cert=str(tmp_path / "missing.pem"),
+        metrics_tls_key=str(tmp_path / "missing.key"),
+    )
+    with pytest.raises(MetricsConfigError, match="TLS files"):
+        make_exporter({}).start(config, Paths.under(None))
+
+
+def test_scrapes_are_rendered_once_per_change_of_the_data() -> None:
+    snapshot = dict(SNAPSHOT, updated=1.0)
+    current = {"snapshot": snapshot}
+    host = PluginHost({})
+    exporter = Exporter(
+        status=lambda: current["snapshot"], plugins=lambda: host,
+        context=lambda status: CollectContext(Paths.under(None), AgentConfig(node="n"), Runner(), status),
+    )
+    exporter.start(AgentConfig(node="n", metrics_listen=f"127.0.0.1:{free_port()}"), Paths.under(None))
+    url = f"http://127.0.0.1:{exporter.port}/metrics"
+    try:
+        first = urllib.request.urlopen(url, timeout=10).read()
+        assert urllib.request.urlopen(url, timeout=10).read() == first
+        assert exporter.app.renders == 1
+        current["snapshot"] = dict(SNAPSHOT, updated=2.0, passes=8)  # a new pass...
+        exporter.observe_pass(0.1)  # ...which the daemon reports: re-rendered in the background
+        deadline = time.monotonic() + 10
+        while b"smbgw_reconcile_total 8.0" not in urllib.request.urlopen(url, timeout=10).read():
+            assert time.monotonic() < deadline, "the new pass never reached the scrape"
+            time.sleep(0.01)
+        assert exporter.app.renders == 2
+        gz = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(gz, timeout=10) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(response.read()).startswith(b"# HELP")
+        assert exporter.app.renders == 2
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
+    finally:
+        exporter.stop()
