@@ -283,7 +283,7 @@ class NativeModePlugin:
             not staged.writes
             and not staged.removals
             and self._read_live(layout.globals_file) == globals_text
-            and self._read_live(layout.shares_list) == self._final_list(layout, keep, ctx)
+            and self._read_live(layout.shares_list) == self._final_list(layout, keep)
             and not needs_include
         )
         if nothing_changed:
@@ -315,7 +315,7 @@ class NativeModePlugin:
                 keys.add(key)
         return keys
 
-    def _final_list(self, layout: Layout, keys: set[str], ctx: PassContext) -> str:
+    def _final_list(self, layout: Layout, keys: set[str]) -> str:
         directory = str(layout.directory)
         return render_shares_list([f"{directory}/{share_file_name(k)}" for k in sorted(keys)])
 
@@ -398,7 +398,7 @@ class NativeModePlugin:
             os.replace(layout.share_file(key, layout.staging), layout.share_file(key))
         fsync_dir(layout.directory)
         final = keep | set(staged.writes)
-        atomic_write(layout.shares_list, self._final_list(layout, final, ctx))
+        atomic_write(layout.shares_list, self._final_list(layout, final))
         atomic_write(layout.globals_file, render_globals(parameters, layout.shares_list))
         admin = self._read_live(layout.smb_conf)
         if admin is None or not has_managed_include(admin, layout.globals_file):

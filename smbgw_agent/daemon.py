@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any, ClassVar
 
 from . import __version__
+from .config import AgentConfig
 from .control import ControlServer, Request
 from .errors import ConfigError
 from .fileio import remove_stale_temporaries
@@ -106,7 +107,7 @@ class Agent:
             self.reconciler.config_problems.append(message)
 
     @property
-    def config(self):  # type: ignore[no-untyped-def]
+    def config(self) -> AgentConfig:
         return self.reconciler.config
 
     def _on_change(self) -> None:
