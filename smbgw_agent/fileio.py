@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 
-def write_durable(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    """Write a new file and fsync it, without the rename (for staging areas)."""
+def write_new(path: Path, data: bytes | str, mode: int = 0o644, fsync: bool = True) -> None:
+    """Write a file in place, without the rename (for staging areas nobody reads yet)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
@@ -25,7 +23,8 @@ def write_durable(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         handle.write(data)
         handle.flush()
         os.fchmod(handle.fileno(), mode)
-        os.fsync(handle.fileno())
+        if fsync:
+            os.fsync(handle.fileno())
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -45,10 +44,6 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, value: Any, mode: int = 0o644) -> None:
-    atomic_write(path, json.dumps(value, indent=1, sort_keys=True) + "\n", mode)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -86,15 +81,11 @@ def write_files_durably(files: dict[Path, str]) -> None:
     A few files: one fsync each. Many (a cold start of 2,000 shares): write them all,
     then one syncfs() of their filesystem, instead of 2,000 fsyncs.
     """
-    if len(files) <= BATCH_SYNC_THRESHOLD:
-        for path, text in files.items():
-            write_durable(path, text)
-        return
+    one_by_one = len(files) <= BATCH_SYNC_THRESHOLD
     for path, text in files.items():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-    syncfs(next(iter(files)).parent)
+        write_new(path, text, fsync=one_by_one)
+    if files and not one_by_one:
+        syncfs(next(iter(files)).parent)
 
 
 def syncfs(directory: Path) -> None:

@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from smbgw_agent.fileio import fsync_dir
+
 DEFAULT_PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -182,7 +184,7 @@ def ensure_base_image(
             )
             os.sync()  # a power cut must not leave a renamed-but-empty image behind
             os.rename(tmp, final)
-            _fsync_dir(MACHINES_DIR)
+            fsync_dir(MACHINES_DIR)
         except BaseException:
             _remove_tree(tmp)
             raise
@@ -273,14 +275,6 @@ def _prepare_image(root: Path) -> None:
         link.symlink_to("/dev/null")
     # Every clone gets its own machine-id (written into its upper layer at boot).
     (root / "etc/machine-id").write_text("")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _mounts_below(path: Path) -> list[str]:
