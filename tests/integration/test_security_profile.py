@@ -29,7 +29,10 @@ def sessions(box: Sandbox) -> list[dict[str, Any]]:
     out = subprocess.run(
         ["smbstatus", "-s", str(box.smb_conf), "--json"], capture_output=True, text=True, timeout=30, check=True
     ).stdout
-    return list(json.loads(out).get("sessions", {}).values())
+    # Only sessions that finished authenticating: one caught mid-setup has uid -1 and no
+    # encryption or signing negotiated yet.
+    every = json.loads(out).get("sessions", {}).values()
+    return [s for s in every if s.get("username") == box.user and s.get("uid", -1) != -1]
 
 
 def test_standard_profile_refuses_guests_and_smb1(sandbox: Sandbox, agent: AgentProcess) -> None:
