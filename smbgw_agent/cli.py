@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,7 @@ from . import __version__
 from .control import request
 from .errors import ConfigError
 from .paths import Paths
+from .printable import printable
 from .reconciler import Reconciler
 from .runner import Runner
 from .scanner import ShareScanner
@@ -24,10 +27,22 @@ from .services import ServiceControl
 from .setup import load_plugins_and_config
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+# status.json of 20,000 shares is a few MB; anything far larger is not ours.
+MAX_STATUS_BYTES = 64 << 20
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
+    # ensure_ascii: every control character in a file name or message comes out escaped.
+    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
+
+
+def out(*parts: object) -> None:
+    """Print for people: whatever came from files (names, messages) is escaped first."""
+    print(" ".join(printable(part) for part in parts))
+
+
+def err(*parts: object) -> None:
+    print(" ".join(printable(part) for part in parts), file=sys.stderr)
 
 
 def cmd_validate(paths: Paths, files: Sequence[str], as_json: bool) -> int:
@@ -60,11 +75,11 @@ def cmd_validate(paths: Paths, files: Sequence[str], as_json: bool) -> int:
         for item in results:
             if item["valid"]:
                 share = item["share"]
-                print(f"{item['file']}: ok: share [{share['name']}] -> {share['path']} ({share['mode']})")
+                out(f"{item['file']}: ok: share [{share['name']}] -> {share['path']} ({share['mode']})")
             for problem in item["problems"]:
                 where = problem["file"] + (f":{problem['line']}" if problem["line"] else "")
                 key = f"{problem['key']}: " if problem["key"] else ""
-                print(f"{where}: {key}{problem['message']}")
+                out(f"{where}: {key}{problem['message']}")
     return EXIT_OK if all(item["valid"] for item in results) else EXIT_PROBLEMS
 
 
@@ -87,99 +102,166 @@ def cmd_plan(paths: Paths, as_json: bool) -> int:
                      "pass_errors": report.errors})
     else:
         if not changes:
-            print("nothing to change")
+            out("nothing to change")
         for name, steps in sorted(changes.items()):
-            print(f"[{name}]")
+            out(f"[{name}]")
             for step in steps:
-                print(f"  - {step}")
+                out(f"  - {step}")
         for name, error in sorted(failures.items()):
-            print(f"[{name}] cannot be planned: {error}")
+            out(f"[{name}] cannot be planned: {error}")
         for problems in invalid.values():
             for problem in problems:
-                print(f"invalid: {problem}")
+                out(f"invalid: {problem}")
         for error in report.errors:
-            print(f"error: {error}")
+            out(f"error: {error}")
     return EXIT_PROBLEMS if failures or invalid or report.errors else EXIT_OK
 
 
-def _load_status(paths: Paths) -> dict[str, Any] | None:
+def read_status_file(path: Path) -> dict[str, Any]:
+    """status.json, read defensively: a regular file (not a FIFO that would block, not
+    /dev/zero), at most MAX_STATUS_BYTES, valid JSON holding an object. Raises
+    ValueError or OSError saying what is wrong."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        data = handle.read(MAX_STATUS_BYTES + 1)
+    if len(data) > MAX_STATUS_BYTES:
+        raise ValueError(f"larger than {MAX_STATUS_BYTES} bytes")
+    value = json.loads(data.decode("utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _load_status(paths: Paths) -> tuple[dict[str, Any] | None, str]:
     try:
-        data = json.loads(paths.status_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        return read_status_file(paths.status_file), ""
+    except FileNotFoundError:
+        return None, "is smbgw-agent running?"
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return None, f"unreadable ({reason})"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+HEALTHY_STATES = ("served", "pending", "removing")
+
+
+def status_problems(status: dict[str, Any]) -> list[str]:
+    """Why `status` should exit 1: anything an administrator must look at."""
+    problems = []
+    last = _dict(status.get("pass"))
+    if last and not last.get("ok"):
+        problems.append("the last pass did not fully succeed")
+    if _list(_dict(status.get("config")).get("problems")):
+        problems.append("agent.toml has problems")
+    if _dict(status.get("degraded")):
+        problems.append("the agent is degraded")
+    for name, share in _dict(status.get("shares")).items():
+        if _dict(share).get("state") not in HEALTHY_STATES:
+            problems.append(f"share {name} is {_dict(share).get('state')}")
+    for file, info in _dict(status.get("files")).items():
+        if not _dict(info).get("valid"):
+            problems.append(f"{file} is invalid")
+    return problems
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    last = _dict(status.get("pass"))
+    duration = last.get("duration_seconds", 0)
+    duration = duration if isinstance(duration, (int, float)) else 0
+    out(f"node {status.get('node')}  agent {status.get('version')}  passes {status.get('passes')}"
+        f"  last pass {'ok' if last.get('ok') else 'FAILED'} ({duration * 1000:.0f} ms)")
+    for reason, detail in sorted(_dict(status.get("degraded")).items()):
+        out(f"  DEGRADED ({reason}): {detail}")
+    for error in _list(last.get("errors")):
+        out(f"  error: {error}")
+    for message in _list(_dict(status.get("config")).get("problems")):
+        out(f"  agent.toml: {message}")
+    shares = {str(n): _dict(v) for n, v in _dict(status.get("shares")).items()}
+    width = max([len(printable(n)) for n in shares] + [5])
+    out(f"{'SHARE':<{width}}  {'STATE':<15}  {'MODE':<6}  PATH")
+    for name, share in sorted(shares.items()):
+        out(f"{printable(name):<{width}}  {share.get('state')!s:<15}  {share.get('mode')!s:<6}  {share.get('path')}")
+        if share.get("error"):
+            out(f"{'':<{width}}  error: {share['error']}")
+    keeping = {
+        "last-good": " (serving its last good version)", "applied": " (serving the live version)",
+        "refused": " (REFUSED: the share is down)",
+    }
+    for file, raw_info in sorted(_dict(status.get("files")).items()):
+        info = _dict(raw_info)
+        if not info.get("valid"):
+            out(f"invalid file {file}{keeping.get(str(info.get('serving')), '')}:")
+        for raw_problem in _list(info.get("problems")) + _list(info.get("warnings")):
+            problem = _dict(raw_problem)
+            where = f":{problem['line']}" if problem.get("line") else ""
+            key = f"{problem['key']}: " if problem.get("key") else ""
+            label = "" if not info.get("valid") else "warning: "
+            out(f"  {file}{where}: {label}{key}{problem.get('message')}")
 
 
 def cmd_status(paths: Paths, as_json: bool) -> int:
-    status = _load_status(paths)
+    status, problem = _load_status(paths)
     if status is None:
-        print(f"no status at {paths.status_file}: is smbgw-agent running?", file=sys.stderr)
+        err(f"no status at {paths.status_file}: {problem}")
         return EXIT_UNREACHABLE
     if as_json:
         _print_json(status)
     else:
-        last = status.get("pass") or {}
-        print(f"node {status.get('node')}  agent {status.get('version')}  passes {status.get('passes')}"
-              f"  last pass {'ok' if last.get('ok') else 'FAILED'} ({last.get('duration_seconds', 0) * 1000:.0f} ms)")
-        for error in last.get("errors", []):
-            print(f"  error: {error}")
-        for problem in status.get("config", {}).get("problems", []):
-            print(f"  agent.toml: {problem}")
-        shares = status.get("shares", {})
-        width = max([len(n) for n in shares] + [5])
-        print(f"{'SHARE':<{width}}  {'STATE':<8}  {'MODE':<6}  PATH")
-        for name, share in sorted(shares.items()):
-            print(f"{name:<{width}}  {share['state']:<8}  {share['mode']:<6}  {share['path']}")
-            if share.get("error"):
-                print(f"{'':<{width}}  error: {share['error']}")
-        for file, info in sorted(status.get("files", {}).items()):
-            if not info["valid"]:
-                keeping = {"last-good": " (serving its last good version)", "applied": " (serving the live version)"}
-                print(f"invalid file {file}{keeping.get(info['serving'], '')}:")
-                for problem in info["problems"]:
-                    where = f":{problem['line']}" if problem.get("line") else ""
-                    key = f"{problem['key']}: " if problem.get("key") else ""
-                    print(f"  {file}{where}: {key}{problem['message']}")
-    failing = [n for n, s in status.get("shares", {}).items() if s.get("state") == "failed"]
-    invalid = [f for f, i in status.get("files", {}).items() if not i.get("valid")]
-    return EXIT_PROBLEMS if failing or invalid else EXIT_OK
+        _print_status(status)
+    return EXIT_PROBLEMS if status_problems(status) else EXIT_OK
 
 
 def cmd_show(paths: Paths, share: str, as_json: bool) -> int:
-    status = _load_status(paths)
+    status, problem = _load_status(paths)
     if status is None:
-        print(f"no status at {paths.status_file}: is smbgw-agent running?", file=sys.stderr)
+        err(f"no status at {paths.status_file}: {problem}")
         return EXIT_UNREACHABLE
-    matches = {n: s for n, s in status.get("shares", {}).items() if n.casefold() == share.casefold()}
+    shares = _dict(status.get("shares"))
+    matches = {str(n): _dict(s) for n, s in shares.items() if str(n).casefold() == share.casefold()}
     if not matches:
-        print(f"no share named {share!r} on node {status.get('node')}", file=sys.stderr)
+        err(f"no share named {share!r} on node {status.get('node')}")
         return EXIT_PROBLEMS
     name, info = next(iter(matches.items()))
-    detail = {"name": name, **info, "file_status": status.get("files", {}).get(info.get("file"), {})}
+    detail = {"name": name, **info, "file_status": _dict(status.get("files")).get(str(info.get("file")), {})}
     if as_json:
         _print_json(detail)
     else:
         for key in ("state", "mode", "path", "file", "serving", "digest", "error", "failures"):
             if detail.get(key) not in (None, ""):
-                print(f"{key:<9} {detail[key]}")
-    return EXIT_PROBLEMS if info.get("state") == "failed" else EXIT_OK
+                out(f"{key:<9} {detail[key]}")
+    return EXIT_OK if info.get("state") in HEALTHY_STATES else EXIT_PROBLEMS
 
 
 def cmd_reconcile(paths: Paths, as_json: bool) -> int:
     try:
         reply = request(paths.control_socket, "reconcile")
     except (OSError, ValueError) as exc:
-        print(f"cannot reach smbgw-agent at {paths.control_socket}: {exc}", file=sys.stderr)
+        err(f"cannot reach smbgw-agent at {paths.control_socket}: {exc}")
         return EXIT_UNREACHABLE
     if as_json:
         _print_json(reply)
     else:
-        changed = ", ".join(reply.get("changed", [])) or "nothing"
-        print(f"pass {'ok' if reply.get('ok') else 'with failures'}: changed {changed}")
-        for name, error in (reply.get("failed") or {}).items():
-            print(f"  {name}: {error}")
-        for error in reply.get("errors", []):
-            print(f"  error: {error}")
+        if reply.get("error"):
+            out(f"error: {reply['error']}")
+        changed = ", ".join(str(n) for n in _list(reply.get("changed"))) or "nothing"
+        out(f"pass {'ok' if reply.get('ok') else 'with failures'}: changed {changed}")
+        for name, error in _dict(reply.get("failed")).items():
+            out(f"  {name}: {error}")
+        for name, reason in _dict(reply.get("held")).items():
+            out(f"  {name}: not served: {reason}")
+        for error in _list(reply.get("errors")):
+            out(f"  error: {error}")
     return EXIT_OK if reply.get("ok") else EXIT_PROBLEMS
 
 
@@ -219,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_reconcile(paths, args.json)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"{problem}", file=sys.stderr)
+            err(f"{problem}")
         return EXIT_USAGE
 
 

@@ -37,6 +37,9 @@ class AgentConfig:
     allowed_roots: tuple[str, ...] = ()
     disabled_plugins: tuple[str, ...] = ()
     allow_custom_options: bool = False
+    strict_path_owners: bool = False
+    require_mounts: tuple[str, ...] = ()
+    pass_timeout: float = 120.0
     security_profile: str = "standard"
     workgroup: str | None = None  # None: leave the workgroup of smb.conf alone
     smbd_unit: str = "smbd.service"
@@ -127,6 +130,9 @@ _CORE_TABLES: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
         "allowed_roots": ("allowed_roots", lambda v: tuple(_absolute_dir(r) for r in _string_list(v))),
         "disabled_plugins": ("disabled_plugins", _string_list),
         "allow_custom_options": ("allow_custom_options", _boolean),
+        "strict_path_owners": ("strict_path_owners", _boolean),
+        "require_mounts": ("require_mounts", lambda v: tuple(_absolute_dir(r) for r in _string_list(v))),
+        "pass_timeout": ("pass_timeout", lambda v: parse_duration(v, 10.0, 3600.0)),
     },
     "samba": {
         "security_profile": ("security_profile", _profile),
@@ -168,6 +174,10 @@ def parse_core(doc: TomlDocument) -> tuple[dict[str, Any], list[Problem]]:
         problems.append(doc.problem("tls_cert and tls_key must be set together", "metrics"))
     if values.get("metrics_tls_client_ca") and not values.get("metrics_tls_cert"):
         problems.append(doc.problem("tls_client_ca needs tls_cert and tls_key", "metrics", "tls_client_ca"))
+    for mount in values.get("require_mounts", ()):
+        if mount == "/":
+            message = "'/' is always mounted; name the storage's own mount points"
+            problems.append(doc.problem(message, "agent", "require_mounts"))
     if "allowed_roots" in values:
         for root in values["allowed_roots"]:
             if root == "/":

@@ -8,9 +8,11 @@ hangs stops the pings and systemd restarts the agent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -27,6 +29,7 @@ from .errors import ConfigError
 from .fileio import remove_stale_temporaries
 from .metrics import CollectContext, Exporter, MetricsConfigError
 from .paths import Paths
+from .printable import printable
 from .reconciler import PassReport, Reconciler
 from .runner import Runner
 from .sdnotify import Notifier
@@ -36,6 +39,9 @@ from .watcher import ShareDirWatcher
 
 log = logging.getLogger("smbgw_agent")
 EXIT_CONFIG = 2
+# How often the idle loop checks share paths and storage (one stat per share) and that
+# status.json still exists: a swapped-in symbolic link is taken down within this time.
+GUARD_INTERVAL = 2.0
 
 
 class JournalFormatter(logging.Formatter):
@@ -51,8 +57,30 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines() or [""])
 
 
+class PrintableFilter(logging.Filter):
+    """Escape control characters in every message: a share file named with an ESC
+    sequence or a newline must not rewrite a terminal or forge a journal line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = printable(record.getMessage())
+        record.args = None
+        return True
+
+
+def raise_file_limit() -> None:
+    """Use the hard limit of open files (systemd: 1024 soft, 524288 hard): a flood of
+    connections must not leave the reconciler without descriptors. Each listener also
+    caps its own connections (metrics_http, control)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, 1 << 20), hard))
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(PrintableFilter())
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
@@ -71,7 +99,9 @@ class Agent:
             log.warning("%s", warning)
         self.runner = Runner()
         self.services = ServiceControl(self.runner, use_systemd=use_systemd)
-        self.reconciler = Reconciler(paths, config, plugins, self.services, self.runner)
+        self.reconciler = Reconciler(
+            paths, config, plugins, self.services, self.runner, heartbeat=self._heartbeat
+        )
         self.wake = threading.Event()
         self.dirty = threading.Event()
         self.requests: queue.Queue[Request] = queue.Queue()
@@ -80,6 +110,7 @@ class Agent:
         self.watcher = ShareDirWatcher(self.reconciler.scanner.directory, self._on_change)
         self.control = ControlServer(paths.control_socket, self.requests, self.wake)
         self.next_resync = 0.0
+        self.next_guard = 0.0
         self.last_ping = 0.0
         self.exporter = Exporter(
             status=lambda: self.reconciler.snapshot,
@@ -172,6 +203,10 @@ class Agent:
             )
         return report
 
+    def _heartbeat(self) -> None:
+        """Called from inside a pass that is alive and within its time budget."""
+        self._ping(time.monotonic())
+
     def _ping(self, now: float) -> None:
         interval = self.notifier.watchdog_interval
         if interval and now - self.last_ping >= interval / 4:
@@ -179,10 +214,10 @@ class Agent:
             self.last_ping = now
 
     def _timeout(self, now: float) -> float:
-        deadlines = [self.next_resync]
+        deadlines = [self.next_resync, now + GUARD_INTERVAL]
         retry = self.reconciler.next_wakeup()
         if retry is not None:
-            deadlines.append(now + max(0.0, retry - time.time()))
+            deadlines.append(retry)
         if self.notifier.watchdog_interval:
             deadlines.append(self.last_ping + self.notifier.watchdog_interval / 4)
         return max(0.0, min(deadlines) - now)
@@ -226,12 +261,22 @@ class Agent:
                 if requests:
                     force = True
                 resync_due = now >= self.next_resync
-                if self.dirty.is_set() or resync_due or requests or force or self._retry_due():
+                guard_due = now >= self.next_guard
+                changed_paths = False
+                if guard_due:
+                    self.next_guard = now + GUARD_INTERVAL
+                    changed_paths = self._between_passes()
+                if (
+                    self.dirty.is_set() or resync_due or requests or force or changed_paths
+                    or self._retry_due()
+                ):
                     if self.dirty.is_set() and not resync_due:
                         self._debounce()
                     self.dirty.clear()
+                    if resync_due or force:
+                        # Forced passes (reconcile, SIGHUP) re-read and re-check everything.
+                        self.reconciler.forget()
                     if resync_due:
-                        self.reconciler.scanner.forget()
                         self.next_resync = time.monotonic() + self.config.resync_interval
                     report = self.run_pass(force=force, full=resync_due or force)
                     self._answer(requests, report)
@@ -248,7 +293,16 @@ class Agent:
 
     def _retry_due(self) -> bool:
         retry = self.reconciler.next_wakeup()
-        return retry is not None and retry <= time.time()
+        return retry is not None and retry <= time.monotonic()
+
+    def _between_passes(self) -> bool:
+        """Cheap checks while idle; True when they call for a pass."""
+        if self.reconciler.status_error:
+            self.reconciler.write_status()  # retried until it works (a full /run, EMFILE)
+        elif self.reconciler.status_missing():
+            log.warning("%s was removed; writing it again", self.paths.status_file)
+            self.reconciler.write_status()
+        return self.reconciler.poll_guard()
 
     def _drain_requests(self) -> list[Request]:
         items = []
@@ -267,6 +321,7 @@ class Agent:
                     o.name: o.error for o in report.outcomes.values() if o.result in ("failed", "waiting")
                 },
                 "errors": report.errors,
+                "held": {hold.spec.name: hold.reason for hold in report.held.values()},
                 "duration_seconds": report.duration,
             }
             request.done.set()
@@ -293,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     # the metrics and control threads answer within milliseconds meanwhile.
     sys.setswitchinterval(0.001)
     configure_logging(args.log_level)
+    raise_file_limit()
     paths = Paths.under(args.root)
     use_systemd = not (args.no_systemd or paths.sandboxed)
     try:

@@ -4,7 +4,10 @@ Pure logic, no I/O: the rules that decide what survives a broken or conflicting 
 live here so they can be tested exhaustively.
 
 - A valid file declares its share.
-- An invalid file keeps its share on the file's last good spec (if it ever had one).
+- An invalid file keeps its share on the file's last good spec (if it ever had one),
+  unless one of its problems is security-relevant (a path that now escapes, a name the
+  administrator's own smb.conf defines): then the share goes down at once, because the
+  last good spec may be exactly what became unsafe (fail closed).
 - Two valid files declaring the same name (case-insensitively) are both reported and
   neither wins: the share keeps what is live (its applied spec) until the conflict is
   resolved, so a stray copy of a file cannot change or remove a working share.
@@ -29,7 +32,12 @@ class FileStatus:
     valid: bool
     share: str | None
     problems: list[Problem] = field(default_factory=list)
-    serving: str = "none"  # "current", "last-good", "applied", "none", "other-node"
+    serving: str = "none"  # "current", "last-good", "applied", "none", "other-node", "refused"
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def unsafe(self) -> bool:
+        return any(p.security for p in self.problems)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -37,6 +45,7 @@ class FileStatus:
             "share": self.share,
             "serving": self.serving,
             "problems": [p.to_dict() for p in self.problems],
+            "warnings": [p.to_dict() for p in self.warnings],
         }
 
 
@@ -60,15 +69,19 @@ def resolve_desired(
     claims: dict[str, list[ShareSpec]] = defaultdict(list)
     fallbacks: dict[str, ShareSpec] = {}
     for name, result in scan.files.items():
+        warnings = list(getattr(result, "warnings", ()))
         if result.valid and result.spec is not None:
             claims[result.spec.key].append(result.spec)
-            files[name] = FileStatus(name, True, result.spec.name, serving="current")
+            files[name] = FileStatus(name, True, result.spec.name, serving="current", warnings=warnings)
         else:
             previous = lastgood.get(name)
-            files[name] = FileStatus(
-                name, False, previous.name if previous else None, list(result.problems)
+            status = FileStatus(
+                name, False, previous.name if previous else None, list(result.problems), warnings=warnings
             )
-            if previous is not None:
+            files[name] = status
+            if status.unsafe:
+                status.serving = "refused"
+            elif previous is not None:
                 fallbacks[previous.key] = previous
     shares: dict[str, ShareSpec] = {}
     updates: list[ShareSpec] = []

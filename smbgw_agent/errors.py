@@ -18,6 +18,9 @@ class Problem:
     message: str
     key: str | None = None
     line: int | None = None
+    # Security-relevant (a path that escapes, a name that would take over the admin's
+    # share): the share goes down at once instead of keeping its last good version.
+    security: bool = False
 
     def __str__(self) -> str:
         where = str(self.file)
@@ -28,7 +31,10 @@ class Problem:
         return f"{where}: {self.message}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"file": str(self.file), "key": self.key, "line": self.line, "message": self.message}
+        return {
+            "file": str(self.file), "key": self.key, "line": self.line, "message": self.message,
+            "security": self.security,
+        }
 
 
 class ConfigError(Exception):
@@ -49,3 +55,12 @@ class FieldError(ValueError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class UnsafeValueError(FieldError):
+    """A value that would expose what must not be served (a path that escapes its
+    allowed roots, a system directory, a name the administrator's own share has).
+
+    Unlike an ordinary mistake, which keeps a share on its last good version, this
+    takes the share down: the last good version may be exactly what became unsafe.
+    """

@@ -6,6 +6,7 @@ A plugin owns TOML sections and deployment modes. The core calls one hook per ph
     plan      -> smbgw_plan_share           (pure: what would change for one share)
     apply     -> smbgw_apply_share          (effects for one share, staged where possible)
     rollback  -> smbgw_rollback_share       (undo what apply staged for a share that failed)
+    recover   -> smbgw_live_shares          (what is live, read back after a restart)
     remove    -> smbgw_remove_share         (a share that is no longer declared here)
     commit    -> smbgw_commit               (once per pass: make the staged state live)
     globals   -> smbgw_smb_globals          (global smb.conf parameters)
@@ -134,6 +135,18 @@ def smbgw_smb_globals(config: AgentConfig) -> Sequence[tuple[str, str]]:
     """Global smb.conf parameters this plugin needs, as (name, value) pairs.
 
     The values are checked like every other string that reaches smb.conf.
+    """
+
+
+@hookspec
+def smbgw_live_shares(ctx: PassContext) -> Sequence[ShareSpec]:
+    """The shares this plugin serves right now, read back from what is live on the node
+    (its generated files, its containers, ...), never from the state database.
+
+    Called on the first pass after a start. The reconciler adopts every live share the
+    state does not know, so a lost, zeroed or older state database never makes a live
+    share look like an orphan to remove. Return only what this plugin itself created
+    and can identify with certainty; must not change anything.
     """
 
 

@@ -29,6 +29,7 @@ from .runner import Runner
 from .usage import usage_by_share
 
 log = logging.getLogger(__name__)
+DEGRADED_REASONS = ("state", "status")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -133,10 +134,22 @@ class AgentCollector:
             "smbgw_share_info", "Declared shares of this node (value always 1)", labels=["share", "mode", "path"]
         )
         up = GaugeMetricFamily("smbgw_share_up", "1 if the share is served as declared", labels=["share"])
+        state = GaugeMetricFamily(
+            "smbgw_share_state", "1 for the share's current state (served, pending, failed, refused, "
+            "storage-missing, removing)", labels=["share", "state"],
+        )
         for name, share in sorted(status.get("shares", {}).items()):
             share_info.add_metric([name, str(share.get("mode")), str(share.get("path"))], 1.0)
             up.add_metric([name], 1.0 if share.get("state") == "served" else 0.0)
-        return [info, passes, errors, last, config_ok, valid, share_info, up]
+            state.add_metric([name, str(share.get("state"))], 1.0)
+        degraded = GaugeMetricFamily(
+            "smbgw_agent_degraded", "1 while the agent cannot do part of its job (state: the state "
+            "database cannot be written; status: status.json cannot be written)", labels=["reason"],
+        )
+        current = status.get("degraded") or {}
+        for reason in DEGRADED_REASONS:
+            degraded.add_metric([reason], 1.0 if reason in current else 0.0)
+        return [info, passes, errors, last, config_ok, valid, share_info, up, state, degraded]
 
     def _usage_families(self, status: Mapping[str, Any] | None) -> list[Metric]:
         used = GaugeMetricFamily(

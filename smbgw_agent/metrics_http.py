@@ -10,7 +10,9 @@ prometheus-client version (0.16, in Debian 12, has none).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import socket
 import ssl
 import threading
@@ -24,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 StartResponse = Callable[..., Any]
+log = logging.getLogger(__name__)
 
 
 class ExpositionApp:
@@ -112,13 +115,79 @@ class ExpositionApp:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # Every read and write on the connection gives up after this long (idle clients,
+    # a TLS handshake that never comes); the server's reaper bounds the whole request.
+    timeout = 5
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every 15 s would drown the journal."""
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
+class BoundedServer(ThreadingMixIn, WSGIServer):
+    """A threading WSGI server that cannot be used to starve the agent.
+
+    - At most `max_connections` requests are served at once; a connection beyond that is
+      closed as soon as it is accepted, so a flood holds no threads and no descriptors.
+    - Each connection has `request_deadline` seconds in all (slow-header clients that
+      send a byte every few seconds included): the reaper shuts it down after that.
+    - Errors of single connections (resets, timeouts) are not worth a traceback.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
+    max_connections = 16
+    request_deadline = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._active: dict[Any, float] = {}
+        self._active_lock = threading.Lock()
+        self.refused = 0
+        self.reaped = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        with self._active_lock:
+            self._active[request] = time.monotonic() + self.request_deadline
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self._active_lock:
+            known = self._active.pop(request, None) is not None
+        if known:
+            self._slots.release()
+
+    def service_actions(self) -> None:
+        """Called by serve_forever about twice a second: cut connections past their deadline."""
+        now = time.monotonic()
+        with self._active_lock:
+            overdue = [request for request, ends in self._active.items() if ends <= now]
+        for request in overdue:
+            self.reaped += 1
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics connection from %s failed", client_address, exc_info=True)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
 
 
 def tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
@@ -135,7 +204,7 @@ class MetricsServer:
     def __init__(self, app: ExpositionApp, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-        class Server(_ThreadingServer):
+        class Server(BoundedServer):
             address_family = family
 
         self.server = make_server(host, port, app, Server, handler_class=_QuietHandler)

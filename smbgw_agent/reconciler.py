@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from . import deadline as pass_deadline
 from .backoff import Backoff
 from .config import AgentConfig
 from .context import PassContext
 from .desired import Desired, resolve_desired
 from .fileio import atomic_write
+from .guard import STORAGE_MISSING, UNSAFE, Hold, ShareGuard
 from .paths import Paths
 from .pluginhost import PluginHost
 from .runner import Runner
@@ -48,6 +49,7 @@ class PassReport:
     outcomes: dict[str, ShareOutcome] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     desired: Desired | None = None
+    held: dict[str, Hold] = field(default_factory=dict)
 
     @property
     def changed(self) -> list[str]:
@@ -61,7 +63,8 @@ class PassReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.errors
+        """No share failed, nothing went wrong node-wide, and no share is held back."""
+        return not self.failed and not self.errors and not self.held
 
 
 def _describe(exc: BaseException) -> str:
@@ -78,16 +81,30 @@ class Reconciler:
         runner: Runner | None = None,
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
+        """`clock` is wall time, only for what people read (status, metrics); every delay
+        and deadline uses `monotonic`, so a clock step never stalls a retry.
+        `heartbeat` is called while a pass is alive and within its time budget."""
         self.paths = paths
         self.config = config
         self.plugins = plugins
         self.services = services
         self.runner = runner or Runner()
         self.clock = clock
+        self.monotonic = monotonic
+        self.heartbeat = heartbeat
         self.scanner = ShareScanner(paths, plugins, config)
+        self.guard = ShareGuard(paths, config)
         self.state = StateStore(paths.state_dir, read_only=read_only)
         self.backoff = Backoff()
+        self.recovered = False
+        self.rebuilt: list[str] = []
+        self.status_error: str | None = None
+        self.internal_errors = 0
+        self._guard_dirty: set[str] = set()
+        self._logged_holds: dict[str, str] = {}
         self.last_report: PassReport | None = None
         self.last_success: float | None = None
         self.config_problems: list[str] = []
@@ -102,6 +119,24 @@ class Reconciler:
         self.config = config
         self.plugins = plugins
         self.scanner = ShareScanner(self.paths, plugins, config)
+        self.guard = ShareGuard(self.paths, config)
+
+    def forget(self) -> None:
+        """Re-read and re-check everything on the next pass (forced and periodic passes)."""
+        self.scanner.forget()
+        self.guard.forget()
+
+    def poll_guard(self) -> bool:
+        """Cheap check between passes (one stat per share): True when a share's directory
+        or storage changed, e.g. a directory swapped for a symbolic link; the next pass
+        then plans those shares."""
+        report = self.last_report
+        if report is None or report.desired is None:
+            return False
+        specs = [*report.desired.shares.values(), *(h.spec for h in report.held.values())]
+        changed = self.guard.poll(specs)
+        self._guard_dirty |= changed
+        return bool(changed)
 
     # ---- the pass -------------------------------------------------------------------
 
@@ -112,8 +147,36 @@ class Reconciler:
         `force` ignores backoff (an explicit request from the admin).
         """
         report = PassReport(started=self.clock(), dry_run=dry_run)
-        began = time.monotonic()
+        began = self.monotonic()
+        budget = pass_deadline.Deadline(self.config.pass_timeout, self.heartbeat, self.monotonic)
+        with pass_deadline.bounded(budget):
+            try:
+                self._pass(report, dry_run, force, full)
+            except Exception as exc:  # no exception may end the agent: count it, say where
+                self.internal_errors += 1
+                report.errors.append(f"internal error: {_describe(exc)} (see the log for the traceback)")
+                log.error("internal error in a pass: %s", _describe(exc), exc_info=True)
+                if not dry_run:
+                    self.state.rollback()
+        report.duration = self.monotonic() - began
+        if not dry_run:
+            self.passes += 1
+            if report.ok:
+                self.last_success = self.clock()
+            else:
+                self.pass_errors += 1
+            self.last_report = report
+            try:
+                self._observe_plugins(report)
+            except Exception as exc:
+                log.error("observing plugins failed: %s", _describe(exc))
+            self.write_status()
+        return report
+
+    def _pass(self, report: PassReport, dry_run: bool, force: bool, full: bool) -> None:
         scan = self.scanner.scan()
+        if not self.recovered:
+            self._recover_live(dry_run)
         applied = dict(self.state.applied)
         desired = resolve_desired(
             scan, self.scanner.directory, self.state.lastgood, applied, self.config.node
@@ -123,22 +186,32 @@ class Reconciler:
             report.errors.append(f"{scan.directory_problem}; keeping the shares that are live")
             desired.shares = dict(applied)
             desired.lastgood_drops = []
+        # Whatever spec a share would be served from, its path must still be safe and its
+        # storage present; held shares are taken down (or not created) this pass.
+        report.held = self.guard.check(desired.shares, self.scanner.admin_shares())
+        for key in report.held:
+            del desired.shares[key]
+        self._hold_refused_files(desired, report)
         report.desired = desired
         if not dry_run:
             self._log_file_problems(desired)
+            self._log_holds(report.held)
         ctx = PassContext(
             paths=self.paths, config=self.config, runner=self.runner, services=self.services,
             desired=desired.shares, applied=applied, dry_run=dry_run,
             hook=self.plugins.hook,
         )
-        now = self.clock()
+        self._ctx = ctx
+        now = self.monotonic()
         if full:
             keys = set(desired.shares) | set(applied)
         else:
             # Identity first: unchanged files yield the very objects that were applied.
             keys = {k for k, spec in desired.shares.items() if applied.get(k) is not spec and applied.get(k) != spec}
             keys |= set(applied) - set(desired.shares)
-            keys |= set(self.backoff.attempts)
+            keys |= set(self.backoff.attempts) & (set(desired.shares) | set(applied))
+            keys |= self._guard_dirty & (set(desired.shares) | set(applied))
+        self._guard_dirty = set()
         plans = self._plan(ctx, keys, desired.shares, applied, report)
         if not dry_run:
             try:
@@ -147,22 +220,65 @@ class Reconciler:
                 for file in desired.lastgood_drops:
                     self.state.drop_lastgood(file)
                 self._apply(ctx, plans, desired.shares, applied, report, now, force)
+            finally:
                 self.backoff.forget_missing(set(desired.shares) | set(self.state.applied))
                 self.state.commit()
-            except BaseException:
-                self.state.rollback()
-                raise
-        report.duration = time.monotonic() - began
-        if not dry_run:
-            self.passes += 1
-            if report.ok:
-                self.last_success = self.clock()
-            else:
-                self.pass_errors += 1
-            self.last_report = report
-            self._observe(ctx)
-            self.write_status()
-        return report
+        if self.state.error and not dry_run:
+            report.errors.append(self.state.error)
+
+    def _hold_refused_files(self, desired: Desired, report: PassReport) -> None:
+        """A file refused for a security problem takes its share down; show that share as
+        refused (under its last good version), not as if it had never existed."""
+        for name, status in desired.files.items():
+            previous = self.state.lastgood.get(name)
+            if status.serving != "refused" or previous is None:
+                continue
+            if previous.key in desired.shares or previous.key in report.held:
+                continue
+            reason = next((p.message for p in status.problems if p.security), "refused")
+            report.held[previous.key] = Hold(previous, UNSAFE, reason)
+            self.guard.remember(previous)
+
+    def _recover_live(self, dry_run: bool) -> None:
+        """Adopt what plugins serve but the state does not know (the database was lost,
+        zeroed or restored from an older copy), so nothing live is removed as unknown."""
+        self.recovered = True
+        ctx = PassContext(
+            paths=self.paths, config=self.config, runner=self.runner, services=self.services,
+            desired={}, applied=dict(self.state.applied), dry_run=dry_run, hook=self.plugins.hook,
+        )
+        adopted: list[str] = []
+        for plugin, specs, error in self.plugins.call_each("smbgw_live_shares", ctx=ctx):
+            if error is not None:
+                log.error("plugin %s could not report what it serves: %s", plugin, _describe(error))
+                continue
+            for spec in specs or ():
+                if self.state.adopt(spec):
+                    adopted.append(spec.name)
+        if not adopted:
+            return
+        self.rebuilt = sorted(adopted)
+        if self.state.lost:
+            log.warning(
+                "STATE LOST: %s; rebuilt %d live share(s) from what is served (%s): they keep "
+                "being served, and a share whose file is invalid keeps its live version",
+                self.state.lost, len(adopted), ", ".join(self.rebuilt),
+            )
+        else:
+            log.warning(
+                "the state database did not know %d live share(s) (%s); adopted them from what is served",
+                len(adopted), ", ".join(self.rebuilt),
+            )
+
+    def _log_holds(self, held: Mapping[str, Hold]) -> None:
+        current = {key: hold.reason for key, hold in held.items()}
+        for key, hold in held.items():
+            if self._logged_holds.get(key) != hold.reason:
+                what = "REFUSED (unsafe)" if hold.kind == UNSAFE else "not served (storage missing)"
+                log.error("share %s (%s): %s: %s", hold.spec.name, hold.spec.file, what, hold.reason)
+        for key in set(self._logged_holds) - set(current):
+            log.info("share %s: no longer held back", key)
+        self._logged_holds = current
 
     def _log_file_problems(self, desired: Desired) -> None:
         """Log each invalid file once per change of its problems (not every pass)."""
@@ -191,7 +307,10 @@ class Reconciler:
     ) -> dict[str, list[str]]:
         plans: dict[str, list[str]] = {}
         for key in sorted(keys):
+            pass_deadline.beat()
             want, have = desired.get(key), applied.get(key)
+            if want is None and have is None:
+                continue  # nothing declared and nothing live: nothing to plan
             name = (want or have).name  # type: ignore[union-attr]
             outcome = ShareOutcome(name)
             report.outcomes[key] = outcome
@@ -206,7 +325,7 @@ class Reconciler:
                     outcome.result, outcome.error = "failed", error
                     log.error("share %s: %s", name, error)
                 else:
-                    self._fail(ctx, key, outcome, have, error, self.clock())
+                    self._fail(ctx, key, outcome, have, error, self.monotonic())
                 continue
             if want is not None and have != want and not outcome.steps:
                 outcome.steps = ["record the new declaration (nothing to change on the node)"]
@@ -230,6 +349,7 @@ class Reconciler:
         hook = self.plugins.hook
         touched: list[str] = []
         for key in plans:
+            pass_deadline.beat()
             outcome = report.outcomes[key]
             want, have = desired.get(key), applied.get(key)
             if not force and self.backoff.waiting(key, now):
@@ -244,7 +364,7 @@ class Reconciler:
                 touched.append(key)
             except Exception as exc:
                 self._fail(ctx, key, outcome, have, f"{_describe(exc)}", now)
-                log.debug("%s", traceback.format_exc())
+                log.debug("share %s: traceback", outcome.name, exc_info=True)
         rejected = self._commit(ctx, touched, report)
         report.errors.extend(ctx.notes)
         for key in touched:
@@ -270,7 +390,7 @@ class Reconciler:
             if error is not None:
                 message = f"{plugin}: commit failed: {_describe(error)}"
                 log.error("%s", message)
-                log.debug("%s", "".join(traceback.format_exception(error)))
+                log.debug("%s: commit traceback", plugin, exc_info=error)
                 report.errors.append(message)
                 for key in touched:
                     rejected.setdefault(key, message)
@@ -294,9 +414,16 @@ class Reconciler:
             attempt.retry_at - now,
         )
 
+    def retry_wall_time(self, retry_at: float) -> float:
+        """A monotonic retry time as Unix time, for people and status.json."""
+        return self.clock() + (retry_at - self.monotonic())
+
     # ---- status -----------------------------------------------------------------------
 
-    def _observe(self, ctx: PassContext) -> None:
+    def _observe_plugins(self, report: PassReport) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None:
+            return
         self.observations: dict[str, Any] = {}
         for plugin, observed, error in self.plugins.call_each("smbgw_observe", ctx=ctx):
             self.observations[plugin] = {"error": _describe(error)} if error else dict(observed or {})
@@ -304,18 +431,33 @@ class Reconciler:
     def next_wakeup(self) -> float | None:
         return self.backoff.next_retry()
 
+    def degraded(self) -> dict[str, str]:
+        """Conditions that keep the agent from doing its whole job, by reason."""
+        reasons: dict[str, str] = {}
+        if self.state.error:
+            reasons["state"] = self.state.error
+        if self.status_error:
+            reasons["status"] = self.status_error
+        return reasons
+
     def status(self) -> dict[str, Any]:
         report = self.last_report
         desired = report.desired if report else None
+        held = report.held if report else {}
         shares: dict[str, Any] = {}
-        keys = set(self.state.applied) | (set(desired.shares) if desired else set())
+        keys = set(self.state.applied) | (set(desired.shares) if desired else set()) | set(held)
         for key in sorted(keys):
             applied = self.state.applied.get(key)
             want = desired.shares.get(key) if desired else None
-            spec = want or applied
+            hold = held.get(key)
+            spec = want or (hold.spec if hold else None) or applied
             assert spec is not None
             attempt = self.backoff.attempts.get(key)
-            if attempt:
+            error = attempt.error if attempt else None
+            if hold is not None:
+                state = "refused" if hold.kind == UNSAFE else STORAGE_MISSING
+                error = hold.reason
+            elif attempt:
                 state = "failed"
             elif want is not None and applied == want:
                 state = "served"
@@ -330,9 +472,9 @@ class Reconciler:
                 "state": state,
                 "serving": "declared" if applied == want and applied else ("previous" if applied else "none"),
                 "digest": spec.digest(),
-                "error": attempt.error if attempt else None,
+                "error": error,
                 "failures": attempt.failures if attempt else 0,
-                "retry_at": attempt.retry_at if attempt else None,
+                "retry_at": self.retry_wall_time(attempt.retry_at) if attempt else None,
             }
         return {
             "version": __version__,
@@ -355,7 +497,16 @@ class Reconciler:
             },
             "passes": self.passes,
             "pass_errors": self.pass_errors,
+            "internal_errors": self.internal_errors,
             "last_success": self.last_success,
+            "degraded": self.degraded(),
+            "state": {
+                "database": str(self.state.database),
+                "saved": not self.state.unsaved,
+                "error": self.state.error,
+                "lost": self.state.lost or None,
+                "rebuilt": list(self.rebuilt),
+            },
             "shares": shares,
             "files": {n: s.to_dict() for n, s in sorted(desired.files.items())} if desired else {},
             "other_node": dict(desired.other_node) if desired else {},
@@ -367,8 +518,27 @@ class Reconciler:
         }
 
     def write_status(self) -> None:
-        """Write status.json and publish the same snapshot for scrapes (a new object each
-        pass, never mutated afterwards, so readers in other threads need no lock)."""
+        """Publish a new snapshot for scrapes (a new object each pass, never mutated
+        afterwards, so readers in other threads need no lock) and write status.json.
+
+        A status file that cannot be written (a full /run, no file descriptors left) is
+        reported as degraded and retried; it never stops the agent.
+        """
+        previous, self.status_error = self.status_error, None  # what the file will say if written
         snapshot = self.status()
-        atomic_write(self.paths.status_file, json.dumps(snapshot, separators=(",", ":")))
+        try:
+            atomic_write(self.paths.status_file, json.dumps(snapshot, separators=(",", ":")))
+        except OSError as exc:
+            message = f"cannot write {self.paths.status_file}: {exc.strerror or exc}"
+            if message != previous:
+                log.error("%s; retrying", message)
+            self.status_error = message
+            self.snapshot = {**snapshot, "degraded": self.degraded()}
+            return
         self.snapshot = snapshot
+        if previous:
+            log.warning("%s written again", self.paths.status_file)
+
+    def status_missing(self) -> bool:
+        """status.json was deleted (by hand, or by a tmpfs cleaner) or never written."""
+        return self.snapshot is not None and not self.paths.status_file.exists()

@@ -64,16 +64,25 @@ def retarget_include(smb_conf_text: str, old: Path, new: Path) -> str:
     return text if found else with_managed_include(text, new)
 
 
+# testparm prints this on stderr once it has parsed the whole configuration. Without
+# it the run is not an answer (a stand-in, a crash, garbage), whatever the exit code.
+LOADED_OK = "Loaded services file OK."
+TESTPARM_TIMEOUT = 30.0
+
+
 @dataclass(frozen=True)
 class TestparmResult:
     ok: bool
     errors: tuple[str, ...]
     returncode: int = 0
     stderr: str = ""
+    # No verdict at all: testparm missing, hanging, killed, or saying nothing we know.
+    # Bisecting would only repeat the failure per share, so callers fail the lot at once.
+    unavailable: bool = False
 
     def excluding(self, baseline: Sequence[str]) -> TestparmResult:
         """The same run judged again without the errors the admin's own config causes."""
-        if not self.stderr and not self.returncode:
+        if self.unavailable or (not self.stderr and not self.returncode):
             return self  # the command itself failed: nothing to subtract
         errors = testparm_errors(self.returncode, self.stderr, baseline)
         return TestparmResult(not errors, errors, self.returncode, self.stderr)
@@ -94,10 +103,16 @@ def testparm_errors(returncode: int, stderr: str, baseline: Sequence[str] = ()) 
 
 def run_testparm(runner: Runner, smb_conf: Path, baseline: Sequence[str] = ()) -> TestparmResult:
     try:
-        result = runner.run(["testparm", "-s", "--suppress-prompt", str(smb_conf)], check=False, timeout=60)
+        result = runner.run(
+            ["testparm", "-s", "--suppress-prompt", str(smb_conf)], check=False, timeout=TESTPARM_TIMEOUT
+        )
     except CommandError as exc:
-        return TestparmResult(False, (str(exc),))
+        return TestparmResult(False, (str(exc),), unavailable=True)
     errors = testparm_errors(result.returncode, result.stderr, baseline)
+    if not errors and LOADED_OK not in result.stderr:
+        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1][:200]
+        message = f"testparm gave no recognisable answer (exit {result.returncode}: {last!r})"
+        return TestparmResult(False, (message,), result.returncode, result.stderr, unavailable=True)
     return TestparmResult(not errors, errors, result.returncode, result.stderr)
 
 

@@ -15,9 +15,17 @@ from .errors import ConfigError, Problem
 from .paths import Paths
 from .pluginhost import PluginHost
 from .shares import ShareSpec, parse_share
+from .smbconf import AdminShares, read_admin_shares
 from .tomlsource import InputFileError, read_toml
 
 MAX_SHARE_FILES = 20000
+
+
+def _depends_on_the_filesystem(result: FileResult) -> bool:
+    """A verdict about the path (a link that escapes, a missing directory, a name the
+    admin's smb.conf has) can change without the file changing: read such files again
+    every pass, so the share comes back as soon as the cause is gone."""
+    return any(p.security or p.key == "path" for p in result.problems)
 
 
 def is_share_file_name(name: str) -> bool:
@@ -32,6 +40,7 @@ class FileResult:
     file: str
     spec: ShareSpec | None
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -50,10 +59,33 @@ class ShareScanner:
         self.plugins = plugins
         self.config = config
         self._cache: dict[str, tuple[tuple[int, ...], FileResult]] = {}
+        self._admin: AdminShares | None = None
+        self._admin_signature: tuple[tuple[int, ...], ...] = ()
 
     def forget(self) -> None:
         """Drop the cache: validation also depends on the filesystem (symlinks, dirs)."""
         self._cache.clear()
+        self._admin = None
+
+    def admin_shares(self) -> AdminShares:
+        """The shares of the admin's own smb.conf, re-read when any of its files changed."""
+        signature = self._admin_files_signature()
+        if self._admin is None or signature != self._admin_signature:
+            self._admin = read_admin_shares(self.paths.smb_conf, self.paths.samba_dir)
+            self._admin_signature = self._admin_files_signature()
+            self._cache.clear()  # a name may have become (un)available
+        return self._admin
+
+    def _admin_files_signature(self) -> tuple[tuple[int, ...], ...]:
+        files = self._admin.files if self._admin is not None else (str(self.paths.smb_conf),)
+        signature: list[tuple[int, ...]] = []
+        for name in files:
+            try:
+                info = os.stat(name)
+                signature.append((info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+            except OSError:
+                signature.append(())
+        return tuple(signature)
 
     @property
     def directory(self) -> Path:
@@ -72,6 +104,7 @@ class ShareScanner:
             return ScanResult({}, f"{directory} is not a directory")
         except OSError as exc:
             return ScanResult({}, f"cannot list {directory}: {exc.strerror}")
+        self.admin_shares()
         problem = None
         if len(names) > MAX_SHARE_FILES:
             problem = f"{len(names)} share files; only the first {MAX_SHARE_FILES} are read"
@@ -93,7 +126,7 @@ class ShareScanner:
         if cached and signature and cached[0] == signature:
             return cached[1]
         result = self.read_one(path)
-        if signature:
+        if signature and not _depends_on_the_filesystem(result):
             self._cache[path.name] = (signature, result)
         return result
 
@@ -105,8 +138,9 @@ class ShareScanner:
             return FileResult(path.name, None, [exc.problem])
         if not isinstance(doc.data, dict):  # pragma: no cover - tomllib always gives a dict
             return FileResult(path.name, None, [Problem(path, "not a TOML table")])
+        warnings: list[Problem] = []
         try:
-            spec = parse_share(doc, self.config, self.paths, self.plugins)
+            spec = parse_share(doc, self.config, self.paths, self.plugins, self.admin_shares(), warnings)
         except ConfigError as exc:
-            return FileResult(path.name, None, exc.problems)
-        return FileResult(path.name, spec)
+            return FileResult(path.name, None, exc.problems, warnings)
+        return FileResult(path.name, spec, warnings=warnings)

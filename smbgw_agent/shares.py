@@ -18,9 +18,11 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from .config import AgentConfig
-from .errors import ConfigError, FieldError, Problem
+from .errors import ConfigError, FieldError, Problem, UnsafeValueError
 from .paths import Paths
+from .pathsafety import owner_message, writable_ancestors
 from .pluginhost import PluginHost
+from .smbconf import AdminShares
 from .smbvalues import check_parameter_name, check_principal, check_share_name, check_text
 from .tomlsource import TomlDocument, display_key
 
@@ -120,7 +122,7 @@ def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
     if not value.startswith("/"):
         raise FieldError(f"{value!r} is relative; share paths must be absolute")
     if ".." in PurePosixPath(value).parts:
-        raise FieldError(f"{value!r} contains '..'")
+        raise UnsafeValueError(f"{value!r} contains '..'")
     declared = posixpath.normpath(value)
     declared = "/" + declared.lstrip("/")
     _check_location(declared, config)
@@ -130,14 +132,14 @@ def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
     real = os.path.realpath(host)
     root = str(paths.root)
     if paths.sandboxed and not (real == root or real.startswith(root + "/")):
-        raise FieldError(f"{value!r} resolves outside the sandbox root (to {real})")
+        raise UnsafeValueError(f"{value!r} resolves outside the sandbox root (to {real})")
     resolved = "/" + os.path.relpath(real, root) if paths.sandboxed else real
     resolved = posixpath.normpath(resolved)
     if resolved != declared:
         try:
             _check_location(resolved, config, _resolved_roots(config, paths))
         except FieldError as exc:
-            raise FieldError(f"{value!r} is a symbolic link to {resolved}: {exc}") from exc
+            raise UnsafeValueError(f"{value!r} is a symbolic link to {resolved}: {exc}") from exc
     if os.path.lexists(host) and not os.path.isdir(real):
         raise FieldError(f"{value!r} exists but is not a directory")
     return declared
@@ -164,13 +166,13 @@ def _resolved_roots(config: AgentConfig, paths: Paths) -> tuple[str, ...]:
 
 def _check_location(path: str, config: AgentConfig, extra_roots: tuple[str, ...] = ()) -> None:
     if path == "/":
-        raise FieldError("'/' cannot be shared")
+        raise UnsafeValueError("'/' cannot be shared")
     for system in SYSTEM_DIRECTORIES:
         if _within(path, system):
-            raise FieldError(f"{path!r} is inside the system directory {system}")
+            raise UnsafeValueError(f"{path!r} is inside the system directory {system}")
     roots = (*config.allowed_roots, *extra_roots)
     if config.allowed_roots and not any(_within(path, root) for root in roots):
-        raise FieldError(
+        raise UnsafeValueError(
             f"{path!r} is outside the allowed roots ({', '.join(config.allowed_roots)})"
         )
 
@@ -233,10 +235,27 @@ def _options(value: object, config: AgentConfig) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(result.items()))
 
 
+def admin_name_message(name: str, admin: AdminShares) -> str | None:
+    """Why `name` may not be declared, if the administrator's own smb.conf has it."""
+    section = admin.get(name)
+    if section is None:
+        return None
+    return (
+        f"share name {name!r} is already defined by hand as [{section.name}] in {section.where()}; "
+        "Samba would merge the two sections, so smbgw-agent never declares a share the "
+        "administrator wrote (rename this share, or remove that section first)"
+    )
+
+
 def parse_share(
-    doc: TomlDocument, config: AgentConfig, paths: Paths, plugins: PluginHost
+    doc: TomlDocument, config: AgentConfig, paths: Paths, plugins: PluginHost,
+    admin: AdminShares | None = None, warnings: list[Problem] | None = None,
 ) -> ShareSpec:
-    """Turn a parsed share file into a ShareSpec, or raise ConfigError with every problem."""
+    """Turn a parsed share file into a ShareSpec, or raise ConfigError with every problem.
+
+    `admin` holds the shares of the administrator's own smb.conf (a name clash is a
+    security problem); `warnings` collects what is allowed but risky (see pathsafety).
+    """
     data = doc.data
     problems: list[Problem] = []
     values: dict[str, Any] = {}
@@ -252,7 +271,7 @@ def parse_share(
         except FieldError as exc:
             nested = f"{key}.{display_key(exc.key)}" if exc.key else key
             line = (doc.line_of(key, exc.key) if exc.key else None) or doc.line_of("", key)
-            problems.append(Problem(doc.path, str(exc), nested, line))
+            problems.append(Problem(doc.path, str(exc), nested, line, isinstance(exc, UnsafeValueError)))
 
     attempt("name", lambda v: check_share_name(_text(v, "share name", 80)))
     if "name" not in data:
@@ -263,6 +282,21 @@ def parse_share(
     if "path" not in data:
         problems.append(Problem(doc.path, "required key is missing", "path"))
     attempt("path", lambda v: check_share_path(v, config, paths))
+    if "path" in values:
+        findings = writable_ancestors(values["path"], paths)
+        if findings:
+            problem = Problem(
+                doc.path, owner_message(values["path"], findings), "path", doc.line_of("", "path"),
+                security=config.strict_path_owners,
+            )
+            if config.strict_path_owners:
+                problems.append(problem)
+            elif warnings is not None:
+                warnings.append(problem)
+    if admin is not None and "name" in values:
+        clash = admin_name_message(values["name"], admin)
+        if clash:
+            problems.append(Problem(doc.path, clash, "name", doc.line_of("", "name"), security=True))
     modes = plugins.modes()
 
     def mode(v: object) -> str:

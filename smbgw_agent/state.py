@@ -8,10 +8,12 @@ one fsync — and a crash mid-pass leaves the previous pass's state, never half 
 
     applied(key, spec)    what the last successful pass made live for each share
     lastgood(file, spec)  the last valid spec read from each share file
+    meta(key, value)      'created': tells a database this agent wrote from an empty one
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -23,10 +25,20 @@ log = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (key TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS lastgood (file TEXT PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
 class StateStore:
+    """In-memory maps, mirrored to SQLite once per pass.
+
+    The maps are the truth while the agent runs; the database is how they survive a
+    restart. A write that fails (disk full, read-only file system, a database that
+    went bad under us) never fails the pass: the agent keeps serving from memory,
+    `error` says why the state is not saved, and the next commit writes the whole state
+    again, so it catches up by itself once there is space.
+    """
+
     def __init__(self, directory: Path, read_only: bool = False) -> None:
         """`read_only` (for `smbgwctl plan`) never creates, repairs or writes the database."""
         self.directory = directory
@@ -36,6 +48,11 @@ class StateStore:
         self.lastgood: dict[str, ShareSpec] = {}
         self._db: sqlite3.Connection | None = None
         self._pending = False
+        self.unsaved = False
+        self.error: str | None = None
+        # Why the state on disk could not be trusted at start ("" when it could): the
+        # reconciler then rebuilds what is live instead of removing it as unknown.
+        self.lost = ""
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None and self.read_only:
@@ -43,31 +60,64 @@ class StateStore:
         if self._db is None:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
 
     def load(self) -> list[str]:
         """Read everything; returns warnings about unreadable records (they are skipped)."""
         warnings: list[str] = []
-        if self.read_only and not self.database.exists():
+        existed = self.database.exists()
+        if self.read_only and not existed:
+            self.lost = f"{self.database} does not exist"
             return warnings
         try:
             db = self._connect()
             applied_rows = db.execute("SELECT key, spec FROM applied").fetchall()
             lastgood_rows = db.execute("SELECT file, spec FROM lastgood").fetchall()
-        except sqlite3.DatabaseError as exc:
+            try:
+                marked = bool(db.execute("SELECT 1 FROM meta WHERE key = 'created'").fetchall())
+            except sqlite3.OperationalError:  # written by a version without the meta table
+                marked = False
+            marked = marked or bool(applied_rows or lastgood_rows)
+        except (sqlite3.OperationalError, OSError) as exc:
+            # Disk full, I/O error, locked: the file may be fine. Do not set it aside;
+            # run from what is live and write everything once it works again.
+            warnings.append(f"state database {self.database} cannot be read now ({exc})")
+            self.lost = f"{self.database} could not be read ({exc})"
+            if not self.read_only:
+                self._failed(exc)
+            return warnings
+        except sqlite3.Error as exc:  # not a database, or corrupt: it will not get better
             if self.read_only:
                 warnings.append(f"state database {self.database} is unreadable ({exc})")
+                self.lost = f"{self.database} is unreadable ({exc})"
                 return warnings
             warnings.append(f"state database {self.database} is unreadable ({exc}); starting afresh")
+            self.lost = f"{self.database} was unreadable ({exc})"
             self._reset()
             return warnings
+        if not existed:
+            self.lost = f"{self.database} did not exist"
+        elif not marked:
+            self.lost = f"{self.database} was empty"
+        if not marked and not self.read_only:
+            self._mark_created()
         self.applied = self._decode(applied_rows, warnings, "applied")
         self.lastgood = self._decode(lastgood_rows, warnings, "lastgood")
         return warnings
+
+    def _mark_created(self) -> None:
+        try:
+            self._connect().execute("INSERT OR REPLACE INTO meta VALUES ('created', datetime('now'))")
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
 
     def _reset(self) -> None:
         if self._db is not None:
@@ -76,10 +126,18 @@ class StateStore:
         broken = self.database.with_suffix(".sqlite.broken")
         for suffix in ("", "-wal", "-shm"):
             path = Path(str(self.database) + suffix)
-            if path.exists():
-                path.replace(Path(str(broken) + suffix))
+            try:
+                if path.exists():
+                    path.replace(Path(str(broken) + suffix))
+            except OSError as exc:
+                self._failed(exc)
         self.applied, self.lastgood = {}, {}
-        self._connect()
+        try:
+            self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+            return
+        self._mark_created()
 
     @staticmethod
     def _decode(rows: list[tuple[str, str]], warnings: list[str], table: str) -> dict[str, ShareSpec]:
@@ -91,6 +149,34 @@ class StateStore:
                 warnings.append(f"ignoring unreadable {table} record {key!r}: {exc}")
         return result
 
+    # ---- failures -----------------------------------------------------------------------
+
+    def _failed(self, exc: BaseException) -> None:
+        """Remember that memory and disk differ; the next commit rewrites everything."""
+        message = f"cannot save the state in {self.database}: {exc}"
+        if self.error != message:
+            log.error("%s; serving on from memory and retrying every pass", message)
+        self.error = message
+        self.unsaved = True
+        self._abort()
+
+    def _abort(self) -> None:
+        """End a transaction that may or may not still be open (SQLite ends some itself)."""
+        self._pending = False
+        db = self._db
+        if db is None:
+            return
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except (sqlite3.Error, OSError):
+            # The connection is unusable; a fresh one is opened on the next write.
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            self._db = None
+
+    # ---- the pass's transaction -------------------------------------------------------
+
     def begin(self) -> None:
         """Start the pass's transaction; `commit()` makes all its changes durable at once."""
         if self.read_only:
@@ -100,19 +186,48 @@ class StateStore:
             self._pending = True
 
     def commit(self) -> None:
-        if self._pending:
-            self._connect().execute("COMMIT")
-            self._pending = False
+        """Make this pass's changes durable, or (after a failure) the whole state again."""
+        if self.read_only:
+            return
+        try:
+            if self.unsaved:
+                self._rewrite_all()
+            if self._pending:
+                self._connect().execute("COMMIT")
+                self._pending = False
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+            return
+        if self.unsaved:
+            log.warning("state saved to %s again", self.database)
+        self.unsaved = False
+        self.error = None
+
+    def _rewrite_all(self) -> None:
+        self._abort()
+        self.begin()
+        db = self._connect()
+        db.execute("DELETE FROM applied")
+        db.execute("DELETE FROM lastgood")
+        db.executemany("INSERT INTO applied VALUES (?, ?)", [(k, s.to_json()) for k, s in self.applied.items()])
+        db.executemany("INSERT INTO lastgood VALUES (?, ?)", [(f, s.to_json()) for f, s in self.lastgood.items()])
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('created', datetime('now'))")
 
     def rollback(self) -> None:
+        """Abandon the database side of a pass that failed unexpectedly; the maps in
+        memory still describe what is live, so they are written again next time."""
         if self._pending:
-            self._connect().execute("ROLLBACK")
-            self._pending = False
-            self.load()
+            self._abort()
+            self.unsaved = True
 
     def _write(self, sql: str, *args: str) -> None:
-        self.begin()
-        self._connect().execute(sql, args)
+        if self.unsaved or self.read_only:
+            return  # the next commit rewrites everything anyway
+        try:
+            self.begin()
+            self._connect().execute(sql, args)
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
 
     def set_applied(self, spec: ShareSpec) -> None:
         if self.applied.get(spec.key) == spec:
@@ -134,8 +249,24 @@ class StateStore:
         if self.lastgood.pop(file, None) is not None:
             self._write("DELETE FROM lastgood WHERE file = ?", file)
 
+    def adopt(self, spec: ShareSpec) -> bool:
+        """Record a share found live but unknown here (state lost or out of date): it
+        becomes applied, and the last good version of its file unless one is known.
+        Returns whether anything was new. Read-only stores adopt in memory only."""
+        if spec.key in self.applied:
+            return False
+        if self.read_only:
+            self.applied[spec.key] = spec
+            self.lastgood.setdefault(spec.file, spec)
+            return True
+        self.set_applied(spec)
+        if spec.file not in self.lastgood:
+            self.set_lastgood(spec)
+        return True
+
     def close(self) -> None:
         self.commit()
         if self._db is not None:
-            self._db.close()
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
             self._db = None

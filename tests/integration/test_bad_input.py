@@ -264,7 +264,9 @@ def test_bad_inputs_are_reported_and_good_shares_keep_serving(sandbox: Sandbox, 
     failures += check_report("alpha.toml", files.get("alpha.toml"), "alpha_copy.toml")
     assert files["alpha.toml"]["serving"] == "applied", files["alpha.toml"]
     assert files["gamma.toml"]["serving"] == "last-good", files["gamma.toml"]
-    assert files["beta.toml"] == {"valid": True, "share": "beta", "serving": "current", "problems": []}
+    assert files["beta.toml"] == {
+        "valid": True, "share": "beta", "serving": "current", "problems": [], "warnings": [],
+    }
     # Big or deep input is refused with a bounded report, not a flood.
     assert len(files["hundred_k_keys.toml"]["problems"]) <= 100
     assert not failures, "\n".join(failures)

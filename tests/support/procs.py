@@ -71,16 +71,21 @@ class RestartableAgent(AgentProcess):
     the start), not for a status file a previous process left behind.
     """
 
-    def __init__(self, box: Sandbox, env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, box: Sandbox, env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         super().__init__(box, extra_args)
         self.env = env or {}
+        # Put in front of the command, e.g. ["prlimit", "--nofile=1024:1024", "--"].
+        self.prefix = prefix or []
 
     def start(self, wait: bool = True, timeout: float = 60) -> None:  # type: ignore[override]
         assert self.proc is None or self.proc.poll() is not None, "agent already running"
         since = time.time()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "smbgw_agent", "--root", str(self.box.root),
+                [*self.prefix, sys.executable, "-m", "smbgw_agent", "--root", str(self.box.root),
                  "--log-level", "debug", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=agent_env(self.env),

@@ -197,7 +197,11 @@ def test_status_dict() -> None:
     desired = resolve([invalid("bad.toml", "boom")])
     assert desired.files["bad.toml"].to_dict() == {
         "valid": False, "share": None, "serving": "none",
-        "problems": [{"file": str(DIR / "bad.toml"), "key": "read_only", "line": 2, "message": "boom"}],
+        "problems": [{
+            "file": str(DIR / "bad.toml"), "key": "read_only", "line": 2, "message": "boom",
+            "security": False,
+        }],
+        "warnings": [],
     }
 
 

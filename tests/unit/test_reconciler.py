@@ -175,6 +175,7 @@ class Witness:
 def root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     (root / "etc/smbgw/shares.d").mkdir(parents=True)
+    (root / "srv").mkdir()  # the storage the shares live on
     return root
 
 
@@ -191,7 +192,7 @@ def reconciler(root: Path, plugins: PluginHost, clock: FakeClock, node: str = "n
     runner = Runner()
     return Reconciler(
         Paths.under(root), config_for(node), plugins, ServiceControl(runner, use_systemd=False), runner,
-        clock=clock,
+        clock=clock, monotonic=clock,
     )
 
 
@@ -635,11 +636,15 @@ def test_status_json_is_replaced_atomically(root: Path, clock: FakeClock, monkey
 
     monkeypatch.setattr(os, "replace", crash)
     declare(root, "beta")
-    with pytest.raises(OSError, match="simulated crash"):
-        rec.run_pass()
+    report = rec.run_pass()  # a status file that cannot be written never fails the pass
     monkeypatch.undo()
+    assert report.outcomes["beta"].result == "failed"  # its commit used os.replace too
     assert (root / "run/smbgw/status.json").read_bytes() == good
     assert [p.name for p in (root / "run/smbgw").iterdir()] == ["status.json"]
+    assert rec.snapshot is not None and "status" in rec.snapshot["degraded"]
+    rec.run_pass(force=True)
+    assert status_file(root)["shares"]["beta"]["state"] == "served"
+    assert status_file(root)["degraded"] == {}
 
 
 # ---- status.json ---------------------------------------------------------------------------------
@@ -684,7 +689,9 @@ def test_status_json_content(root: Path, clock: FakeClock) -> None:
     typo = status["files"]["typo.toml"]
     assert typo["valid"] is False and typo["share"] is None
     assert typo["problems"][0]["key"] == "foo" and typo["problems"][0]["line"] == 3
-    assert status["files"]["good.toml"] == {"valid": True, "share": "good", "serving": "current", "problems": []}
+    assert status["files"]["good.toml"] == {
+        "valid": True, "share": "good", "serving": "current", "problems": [], "warnings": [],
+    }
     assert status["plugins"]["files"] == {"files": ["good.conf"]}
     # A clean pass later: last_success and counters move with the injected clock.
     del mode.fail_apply["bad"]

@@ -73,7 +73,9 @@ def test_problem_names_file_key_and_line() -> None:
     problem = doc.problem("must be a size", "quota", "size")
     assert (problem.file, problem.key, problem.line) == (FILE, "quota.size", 8)
     assert str(problem) == f"{FILE}:8: quota.size: must be a size"
-    assert problem.to_dict() == {"file": str(FILE), "key": "quota.size", "line": 8, "message": "must be a size"}
+    assert problem.to_dict() == {
+        "file": str(FILE), "key": "quota.size", "line": 8, "message": "must be a size", "security": False,
+    }
 
 
 def test_problem_keys_are_shown_safely() -> None:
