@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := samba smbclient systemd-container debootstrap python3-venv python3-gi \
 	python3-pydbus iproute2 procps debhelper dh-python pybuild-plugin-pyproject python3-all \
-	lintian man-db prometheus prometheus-alertmanager
+	lintian man-db prometheus prometheus-alertmanager libfaketime
 DEBIAN_PY_PACKAGES := python3-pluggy python3-prometheus-client python3-pyroute2 \
-	python3-watchdog python3-jinja2 python3-pytest
+	python3-watchdog python3-jinja2 python3-pytest python3-hypothesis
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint typecheck check deps venv bench clean test-debian
+.PHONY: run test test-long unit integration lint typecheck check deps venv bench clean test-debian
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES) $(DEBIAN_PY_PACKAGES); do \
@@ -55,6 +55,13 @@ test-debian: deps
 test: venv lint typecheck test-debian
 	$(PY) -m pytest -q
 
+# The long runs, not part of `make test` (CI): the model-based reconciler test with 200
+# random examples of up to 30 steps each against real smbd (about 40 minutes), and every
+# parser's property test with 10,000 generated inputs.
+test-long: venv
+	SMBGW_MODEL_EXAMPLES=200 SMBGW_MODEL_STEPS=30 $(PY) -m pytest -q -s tests/reliability/test_model_reconciler.py
+	SMBGW_PROPERTY_EXAMPLES=10000 $(PY) -m pytest -q tests/unit/test_parser_properties.py
+
 bench: venv
 	$(PY) bench/latency.py
 
@@ -84,3 +91,8 @@ deb: deps
 .PHONY: bench-scrape
 bench-scrape: venv
 	$(PY) bench/scrape.py
+
+# What the per-pass path checks cost at 2,000 shares, against validating every path anew.
+.PHONY: bench-guard
+bench-guard: venv
+	$(PY) bench/guard.py

@@ -352,15 +352,15 @@ class NativeModePlugin:
         finally:
             shutil.rmtree(layout.staging, ignore_errors=True)
         self._collect_orphans(ctx, layout, keep | set(staged.writes))
-        self._prune_caches(ctx, layout)
+        self._prune_caches(ctx, layout, staged.removals - set(staged.writes))
         self.reload_pending = True
         rejected.update(self._reload_if_pending(ctx, layout))
         return rejected
 
-    def _prune_caches(self, ctx: PassContext, layout: Layout) -> None:
+    def _prune_caches(self, ctx: PassContext, layout: Layout, removed: set[str]) -> None:
         """Forget renderings and file reads of shares that are gone, so memory follows the
         shares that exist, not every share name ever seen."""
-        current = set(ctx.desired) | set(ctx.applied)
+        current = set(ctx.desired) | (set(ctx.applied) - removed)
         for key in set(self._rendered) - current:
             del self._rendered[key]
         keep = {layout.share_file(k) for k in current} | {layout.globals_file, layout.shares_list, layout.smb_conf}

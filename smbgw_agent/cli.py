@@ -97,9 +97,10 @@ def cmd_plan(paths: Paths, as_json: bool) -> int:
         for name, status in (report.desired.files.items() if report.desired else [])
         if not status.valid
     }
+    held = {hold.spec.name: hold.reason for hold in report.held.values()}
     if as_json:
         _print_json({"changes": changes, "errors": failures, "invalid_files": invalid,
-                     "pass_errors": report.errors})
+                     "held": held, "pass_errors": report.errors})
     else:
         if not changes:
             out("nothing to change")
@@ -109,12 +110,14 @@ def cmd_plan(paths: Paths, as_json: bool) -> int:
                 out(f"  - {step}")
         for name, error in sorted(failures.items()):
             out(f"[{name}] cannot be planned: {error}")
+        for name, reason in sorted(held.items()):
+            out(f"[{name}] not served: {reason}")
         for problems in invalid.values():
             for problem in problems:
                 out(f"invalid: {problem}")
         for error in report.errors:
             out(f"error: {error}")
-    return EXIT_PROBLEMS if failures or invalid or report.errors else EXIT_OK
+    return EXIT_PROBLEMS if failures or invalid or held or report.errors else EXIT_OK
 
 
 def read_status_file(path: Path) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class Agent:
             log.warning("%s", warning)
         self.runner = Runner()
         self.services = ServiceControl(self.runner, use_systemd=use_systemd)
+        self.services.cancelled = lambda: self.stop_requested
         self.reconciler = Reconciler(
             paths, config, plugins, self.services, self.runner, heartbeat=self._heartbeat
         )
@@ -249,40 +250,12 @@ class Agent:
         self.dirty.set()
         try:
             while not self.stop_requested:
-                now = time.monotonic()
-                self._ping(now)
-                force = False
-                if self.reload_requested:
-                    self.reload_requested = False
-                    self.reload_config()
-                    self.next_resync = 0.0
-                    force = True
-                requests = self._drain_requests()
-                if requests:
-                    force = True
-                resync_due = now >= self.next_resync
-                guard_due = now >= self.next_guard
-                changed_paths = False
-                if guard_due:
-                    self.next_guard = now + GUARD_INTERVAL
-                    changed_paths = self._between_passes()
-                if (
-                    self.dirty.is_set() or resync_due or requests or force or changed_paths
-                    or self._retry_due()
-                ):
-                    if self.dirty.is_set() and not resync_due:
-                        self._debounce()
-                    self.dirty.clear()
-                    if resync_due or force:
-                        # Forced passes (reconcile, SIGHUP) re-read and re-check everything.
-                        self.reconciler.forget()
-                    if resync_due:
-                        self.next_resync = time.monotonic() + self.config.resync_interval
-                    report = self.run_pass(force=force, full=resync_due or force)
-                    self._answer(requests, report)
-                    continue
-                self.wake.wait(self._timeout(time.monotonic()))
-                self.wake.clear()
+                try:
+                    self._step()
+                except Exception as exc:  # the loop outlives anything one round throws
+                    self.reconciler.internal_errors += 1
+                    log.error("internal error in the agent's loop: %s", exc, exc_info=True)
+                    self.wake.wait(1.0)
         finally:
             self.notifier.stopping()
             log.info("stopping; shares stay served")
@@ -290,6 +263,43 @@ class Agent:
             self.control.stop()
             self.exporter.stop()
         return 0
+
+    def _step(self) -> None:
+        """One round of the loop: answer signals and requests, run a pass if one is due,
+        otherwise sleep until something wakes the agent or a deadline comes."""
+        now = time.monotonic()
+        self._ping(now)
+        force = False
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload_config()
+            self.next_resync = 0.0
+            force = True
+        requests = self._drain_requests()
+        if requests:
+            force = True
+        resync_due = now >= self.next_resync
+        changed_paths = False
+        if now >= self.next_guard:
+            self.next_guard = now + GUARD_INTERVAL
+            changed_paths = self._between_passes()
+        if self.dirty.is_set() or resync_due or requests or force or changed_paths or self._retry_due():
+            if self.dirty.is_set() and not resync_due:
+                self._debounce()
+            self.dirty.clear()
+            if resync_due or force:
+                # Forced passes (reconcile, SIGHUP) re-read and re-check everything.
+                self.reconciler.forget()
+            if resync_due:
+                self.next_resync = time.monotonic() + self.config.resync_interval
+            report = None
+            try:
+                report = self.run_pass(force=force, full=resync_due or force)
+            finally:
+                self._answer(requests, report)
+            return
+        self.wake.wait(self._timeout(time.monotonic()))
+        self.wake.clear()
 
     def _retry_due(self) -> bool:
         retry = self.reconciler.next_wakeup()
@@ -312,8 +322,12 @@ class Agent:
             except queue.Empty:
                 return items
 
-    def _answer(self, requests: list[Request], report: PassReport) -> None:
+    def _answer(self, requests: list[Request], report: PassReport | None) -> None:
         for request in requests:
+            if report is None:
+                request.reply = {"ok": False, "error": "the pass failed before it could report"}
+                request.done.set()
+                continue
             request.reply = {
                 "ok": report.ok,
                 "changed": report.changed,

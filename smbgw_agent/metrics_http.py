@@ -201,11 +201,18 @@ def tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
 
 
 class MetricsServer:
-    def __init__(self, app: ExpositionApp, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, app: ExpositionApp, host: str, port: int, tls: ssl.SSLContext | None = None,
+        max_connections: int = BoundedServer.max_connections,
+        request_deadline: float = BoundedServer.request_deadline,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        connections, deadline = max_connections, request_deadline
 
         class Server(BoundedServer):
             address_family = family
+            max_connections = connections
+            request_deadline = deadline
 
         self.server = make_server(host, port, app, Server, handler_class=_QuietHandler)
         if tls is not None:

@@ -99,6 +99,9 @@ class Reconciler:
         self.guard = ShareGuard(paths, config)
         self.state = StateStore(paths.state_dir, read_only=read_only)
         self.backoff = Backoff()
+        # Node-wide problems (a reload that failed, a commit that raised) have no share to
+        # retry them: a pass is scheduled again with the same capped backoff.
+        self.pass_backoff = Backoff()
         self.recovered = False
         self.rebuilt: list[str] = []
         self.status_error: str | None = None
@@ -160,6 +163,10 @@ class Reconciler:
                     self.state.rollback()
         report.duration = self.monotonic() - began
         if not dry_run:
+            if report.errors:
+                self.pass_backoff.failed("pass", self.monotonic(), "; ".join(report.errors)[:500])
+            else:
+                self.pass_backoff.succeeded("pass")
             self.passes += 1
             if report.ok:
                 self.last_success = self.clock()
@@ -429,7 +436,9 @@ class Reconciler:
             self.observations[plugin] = {"error": _describe(error)} if error else dict(observed or {})
 
     def next_wakeup(self) -> float | None:
-        return self.backoff.next_retry()
+        """Monotonic time of the next retry (a share's, or a pass after node-wide errors)."""
+        times = [t for t in (self.backoff.next_retry(), self.pass_backoff.next_retry()) if t is not None]
+        return min(times, default=None)
 
     def degraded(self) -> dict[str, str]:
         """Conditions that keep the agent from doing its whole job, by reason."""

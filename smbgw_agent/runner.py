@@ -92,13 +92,16 @@ class Runner:
         argv = tuple(argv)
         shown = self.redact(" ".join(argv))
         limit = self.default_timeout if timeout is None else timeout
+        shown_limit = f"{limit:g}s"
         budget = pass_deadline.current()
         if budget is not None:
             if budget.expired:
                 raise CommandError(
                     f"{shown}: not started: the pass used up its {budget.seconds:g}s", failed_to_run=True
                 )
-            limit = min(limit, budget.remaining())
+            if budget.remaining() < limit:
+                limit = budget.remaining()
+                shown_limit = f"{limit:.3g}s, what was left of the pass's {budget.seconds:g}s"
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -112,7 +115,7 @@ class Runner:
         except OSError as exc:
             raise CommandError(f"{shown}: cannot run: {exc.strerror}", failed_to_run=True) from exc
         try:
-            out, err = self._exchange(proc, stdin, started + limit, shown, limit, max_output)
+            out, err = self._exchange(proc, stdin, started + limit, shown, shown_limit, max_output)
         finally:
             _stop(proc)
         stdout = out.decode("utf-8", errors="replace")
@@ -134,7 +137,7 @@ class Runner:
 
     @staticmethod
     def _exchange(
-        proc: subprocess.Popen[bytes], stdin: str | None, ends: float, shown: str, limit: float,
+        proc: subprocess.Popen[bytes], stdin: str | None, ends: float, shown: str, limit: str,
         max_output: int,
     ) -> tuple[bytes, bytes]:
         """Feed stdin and read both pipes until the command exits, in slices that feed the
@@ -155,7 +158,7 @@ class Runner:
             while selector.get_map():
                 left = ends - time.monotonic()
                 if left <= 0:
-                    raise CommandError(f"{shown}: timed out after {limit:g}s", failed_to_run=True)
+                    raise CommandError(f"{shown}: timed out after {limit}", failed_to_run=True)
                 exited = proc.poll() is not None
                 ready = selector.select(min(0.05 if exited else HEARTBEAT_SLICE, left))
                 if not ready and exited:
@@ -188,7 +191,7 @@ class Runner:
         try:
             proc.wait(max(0.0, ends - time.monotonic()))
         except subprocess.TimeoutExpired:
-            raise CommandError(f"{shown}: timed out after {limit:g}s", failed_to_run=True) from None
+            raise CommandError(f"{shown}: timed out after {limit}", failed_to_run=True) from None
         return b"".join(received[proc.stdout.fileno()]), b"".join(received[proc.stderr.fileno()])
 
 

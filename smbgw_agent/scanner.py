@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AgentConfig
+from .deadline import beat
 from .errors import ConfigError, Problem
 from .paths import Paths
 from .pluginhost import PluginHost
+from .printable import printable
 from .shares import ShareSpec, parse_share
 from .smbconf import AdminShares, read_admin_shares
 from .tomlsource import InputFileError, read_toml
@@ -26,6 +28,16 @@ def _depends_on_the_filesystem(result: FileResult) -> bool:
     admin's smb.conf has) can change without the file changing: read such files again
     every pass, so the share comes back as soon as the cause is gone."""
     return any(p.security or p.key == "path" for p in result.problems)
+
+
+def _is_text(name: str) -> bool:
+    """Python hands undecodable bytes of file names over as lone surrogates; such a name
+    cannot go into status.json, the state database or a metric label as it is."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_share_file_name(name: str) -> bool:
@@ -109,7 +121,18 @@ class ShareScanner:
         if len(names) > MAX_SHARE_FILES:
             problem = f"{len(names)} share files; only the first {MAX_SHARE_FILES} are read"
             names = names[:MAX_SHARE_FILES]
-        files = {name: self._read(directory / name) for name in names}
+        files = {}
+        for name in names:
+            if not _is_text(name):
+                shown = printable(name)
+                files[shown] = FileResult(shown, None, [Problem(
+                    directory / shown,
+                    "the file name is not valid UTF-8 (undecodable bytes shown as \\udcXX); "
+                    "a share file's name must be text, rename it",
+                )])
+                continue
+            files[name] = self._read(directory / name)
+            beat()
         for gone in set(self._cache) - set(files):
             del self._cache[gone]
         return ScanResult(files, problem)

@@ -43,6 +43,8 @@ class ServiceControl:
         self._manager: SystemdManager | None = None
         self.unavailable_reason = "disabled (sandbox)" if not use_systemd else ""
         self.reports: dict[str, ServiceReport] = {}
+        # True once the agent is stopping: waits for systemd jobs are abandoned at once.
+        self.cancelled: Callable[[], bool] = lambda: False
 
     def manager(self) -> SystemdManager | None:
         if not self.use_systemd:
@@ -52,11 +54,15 @@ class ServiceControl:
         if self._manager is None:
             try:
                 self._manager = self._connect()
+                self._manager.cancelled = self._stopping
                 self.unavailable_reason = ""
             except SystemdUnavailable as exc:
                 self.unavailable_reason = str(exc)
                 return None
         return self._manager
+
+    def _stopping(self) -> bool:
+        return self.cancelled()  # looked up at call time: the daemon sets `cancelled` later
 
     @property
     def mode(self) -> str:
@@ -94,7 +100,12 @@ class ServiceControl:
                     self._manager = None
                 raise ServiceError(f"reloading {unit} through systemd failed: {exc}") from exc
         try:
-            self.runner.run(direct_argv, timeout=15)
+            result = self.runner.run(direct_argv, timeout=15)
         except CommandError as exc:
             raise ServiceError(f"reloading {unit} failed: {exc}") from exc
+        said = (result.stdout.strip() or result.stderr.strip()).splitlines()
+        if said:
+            # A reload command says nothing when it worked (`smbcontrol ... reload-config`);
+            # anything else is not a confirmation, so the reload is tried again.
+            raise ServiceError(f"reloading {unit}: {direct_argv[0]} answered {said[0][:200]!r}, not silence")
         return "direct"

@@ -71,6 +71,9 @@ def check_principal(value: str) -> str:
 
 
 def check_parameter_name(name: str) -> str:
+    if _control_characters(name):
+        # Checked before white space is folded: "name\nx" must not become "name x".
+        raise FieldError(f"{name!r} contains control characters; not a valid smb.conf parameter name")
     normalized = " ".join(name.lower().split())
     if not _PARAMETER_NAME.match(normalized):
         raise FieldError(f"{name!r} is not a valid smb.conf parameter name")

@@ -33,6 +33,8 @@ from typing import Any
 from gi.repository import Gio, GLib
 from pydbus.bus import Bus
 
+from . import deadline as pass_deadline
+
 __all__ = [
     "SystemdError",
     "SystemdManager",
@@ -47,6 +49,9 @@ _MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 _UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 _PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 _JOB_MODE = "replace"
+# One blocking D-Bus call's limit (see SystemdManager._call_limit); the unit's WatchdogSec
+# is 30 s, three times this.
+CALL_TIMEOUT = 10.0
 
 # Remote error names that mean "nobody (sane) is answering", not "the unit is at fault".
 _UNAVAILABLE_REMOTE_ERRORS = frozenset(
@@ -135,9 +140,16 @@ def _iterate_until(ctx: Any, done: Callable[[], bool], timeout: float) -> bool:
         expired = True
         return False  # one-shot
 
+    def on_tick(*_args: Any) -> bool:
+        pass_deadline.beat()  # a pass waiting on a job is alive: keep the watchdog fed
+        return True  # repeat
+
     source = GLib.timeout_source_new(max(0, math.ceil(timeout * 1000)))
     source.set_callback(on_timeout)
     source.attach(ctx)
+    ticker = GLib.timeout_source_new(1000)
+    ticker.set_callback(on_tick)
+    ticker.attach(ctx)
     try:
         while not done():
             if expired:
@@ -145,6 +157,7 @@ def _iterate_until(ctx: Any, done: Callable[[], bool], timeout: float) -> bool:
             ctx.iteration(True)
         return True
     finally:
+        ticker.destroy()
         source.destroy()
 
 
@@ -227,6 +240,8 @@ class SystemdManager:
         self._bus = bus
         self._address = address
         self._timeout = timeout
+        # Checked while waiting for a job (about once a second): True abandons the wait.
+        self.cancelled: Callable[[], bool] = lambda: False
         try:
             manager_object = bus.get(_SYSTEMD, _MANAGER_PATH, timeout=timeout)
             self._manager = manager_object[_MANAGER_IFACE]
@@ -261,6 +276,13 @@ class SystemdManager:
         except BaseException:
             _close_quietly(connection)
             raise
+
+    @staticmethod
+    def _call_limit(limit: float) -> float:
+        """A single D-Bus call blocks without feeding the watchdog, so it gets at most
+        CALL_TIMEOUT (systemd answers in milliseconds; only a hung bus takes longer).
+        Waiting for a job to finish iterates and keeps the watchdog fed."""
+        return min(limit, CALL_TIMEOUT)
 
     @property
     def address(self) -> str:
@@ -319,11 +341,11 @@ class SystemdManager:
             subscription = self._manager.JobRemoved.connect(on_job_removed)
             try:
                 try:
-                    job = str(getattr(self._manager, method)(unit, _JOB_MODE, timeout=limit))
+                    job = str(getattr(self._manager, method)(unit, _JOB_MODE, timeout=self._call_limit(limit)))
                 except GLib.Error as exc:
                     raise self._call_error(exc, verb, unit) from None
                 remaining = deadline - time.monotonic()
-                if not _iterate_until(ctx, lambda: job in finished, remaining):
+                if not _iterate_until(ctx, lambda: job in finished or self.cancelled(), remaining):
                     raise UnitJobFailed(
                         f"{verb} {unit}: timed out after {limit:g}s waiting for job {job}",
                         unit=unit,
@@ -332,6 +354,13 @@ class SystemdManager:
                     )
             finally:
                 subscription.unsubscribe()
+        if job not in finished:
+            # Stopping: the job is left to systemd. Our own stop job may be what it waits
+            # for (the unit is ordered after smbd), so waiting on would only deadlock.
+            raise UnitJobFailed(
+                f"{verb} {unit}: stopped waiting for job {job}: the agent is stopping",
+                unit=unit, verb=verb, result="abandoned",
+            )
         result = finished[job]
         if result != "done":
             raise UnitJobFailed(
@@ -346,7 +375,7 @@ class SystemdManager:
     def state(self, unit: str, *, timeout: float | None = None) -> UnitState:
         """Both states from one GetAll, so they belong to the same moment."""
         self._check_open("state", unit)
-        limit = self._timeout if timeout is None else timeout
+        limit = self._call_limit(self._timeout if timeout is None else timeout)
         try:
             path = self._manager.LoadUnit(unit, timeout=limit)
             unit_object = self._bus.get(_SYSTEMD, path, timeout=limit)

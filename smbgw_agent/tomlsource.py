@@ -7,6 +7,7 @@ exact for the flat files this project reads (tables and key = value lines).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -23,8 +24,10 @@ else:  # pragma: no cover - Python < 3.11
 from .errors import Problem
 
 MAX_FILE_BYTES = 1 << 20
-_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(?:#.*)?$")
-_ASSIGN = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY_PART = r"(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)"
+_ASSIGN = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
+_DOT = re.compile(r"\s*\.\s*")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
 # tomllib keeps O(depth^2) bookkeeping per dotted key (`a.b.c...`), so a few hundred KB
 # of deeply dotted keys take gigabytes: refuse such keys before handing the text over.
@@ -61,12 +64,27 @@ class TomlDocument:
                 continue
             assign = _ASSIGN.match(line)
             if assign:
-                key = assign.group(1).strip("\"'")
-                self._lines.setdefault((table, key), number)
+                # `a.b.c = 1` defines key `a` (a table) here too: problems about `a` need a line.
+                parts = [_unquote(part) for part in _DOT.split(assign.group(1))]
+                for depth in range(1, len(parts) + 1):
+                    self._lines.setdefault((table, ".".join(parts[:depth])), number)
+                if len(parts) > 1:
+                    self._lines.setdefault((".".join(filter(None, (table, parts[0]))), ""), number)
 
     def problem(self, message: str, table: str = "", key: str | None = None) -> Problem:
         dotted = ".".join(display_key(part) for part in (table, key) if part) or None
         return Problem(self.path, message, key=dotted, line=self.line_of(table, key))
+
+
+def _unquote(part: str) -> str:
+    """A key as TOML reads it: basic strings have escapes (`"name\\nx"` is `name` NL `x`)."""
+    if part.startswith('"') and part.endswith('"') and len(part) >= 2:
+        try:
+            value = json.loads(part)  # TOML's basic-string escapes are JSON's (plus \\U, rare)
+            return value if isinstance(value, str) else part.strip('"')
+        except ValueError:
+            return part.strip('"')
+    return part.strip("'")
 
 
 def display_key(key: str) -> str:

@@ -28,28 +28,14 @@ import pytest
 
 from smbgw_agent.control import request
 from smbgw_agent.sandbox import Sandbox, free_port
-from tests.support.agent import served
-from tests.support.procs import RestartableAgent, wait_served
+from tests.support.agent import served, wait_for
+from tests.support.procs import RestartableAgent, scrape, wait_served, write_agent_toml
 
 pytestmark = pytest.mark.integration
 
 
 def agent_toml(box: Sandbox, extra: str = "", port: int | None = None) -> None:
-    (box.root / "etc/smbgw/agent.toml").write_text(
-        '[agent]\nnode = "sandbox"\nallowed_roots = ["/srv"]\n' + extra
-        + f'\n[metrics]\nlisten = "127.0.0.1:{port or free_port()}"\n'
-    )
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s")
-        time.sleep(interval)
+    write_agent_toml(box, extra, port)
 
 
 # ---- 1. a share file must never take over the administrator's own share ----------------------
@@ -65,7 +51,7 @@ def test_a_share_file_cannot_take_over_a_hand_written_share(sandbox: Sandbox, re
         handle.write(admin_section)
     agent_toml(box)
     restartable.start()
-    wait_until(lambda: served(box, "Payroll"))
+    wait_for(lambda: served(box, "Payroll"))
 
     # validate refuses it, naming the admin's section and where it is.
     candidate = box.root / "payroll.toml"
@@ -131,7 +117,7 @@ def test_a_share_swapped_for_a_symlink_goes_down_at_once(sandbox: Sandbox, resta
     os.rename(docs, team / "docs.old")
     os.symlink(box.root / "etc", docs)
     swapped = time.monotonic()
-    wait_until(lambda: not served(box, "docs"), timeout=10)
+    wait_for(lambda: not served(box, "docs"), timeout=10)
     taken_down_after = time.monotonic() - swapped
     got = box.smbclient("docs", f"get passwd {box.root / 'stolen'}")
     assert got.returncode != 0 and not (box.root / "stolen").exists()
@@ -248,21 +234,9 @@ def test_a_connection_flood_on_the_metrics_port_does_not_stop_reconciling(
         for sock in slow:
             sock.close()
     # And the endpoint works again.
-    body = wait_until(lambda: _scrape(port), timeout=15)
+    body = wait_for(lambda: scrape(port), timeout=15, interval=0.1)
     assert "smbgw_reconcile_total" in body
     assert restartable.running
-
-
-def _scrape(port: int) -> str | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        return data.decode(errors="replace") if data.startswith(b"HTTP/1.0 200") else None
-    except OSError:
-        return None
 
 
 # ---- 4. smbgwctl must not trust what it reads ---------------------------------------------------
@@ -372,7 +346,7 @@ def test_status_exit_codes_deleted_status_and_control_bursts(sandbox: Sandbox, r
     # status.json deleted by hand comes back without waiting for a pass.
     status_file = box.root / "run/smbgw/status.json"
     status_file.unlink()
-    wait_until(status_file.exists, timeout=5)
+    wait_for(status_file.exists, timeout=5)
 
     # 200 clients at once all get an answer.
     socket_path = box.root / "run/smbgw/control.sock"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import sqlite3
 import subprocess
 import time
@@ -20,36 +19,13 @@ import pytest
 from smbgw_agent.sandbox import Sandbox, free_port
 from tests.support.agent import served
 from tests.support.faults import fill, small_tmpfs
-from tests.support.procs import RestartableAgent, wait_served
+from tests.support.procs import RestartableAgent, wait_metric, wait_served, write_agent_toml
 
 pytestmark = pytest.mark.integration
 
 
 def agent_toml(box: Sandbox, port: int, extra: str = "") -> None:
-    (box.root / "etc/smbgw/agent.toml").write_text(
-        f'[agent]\nnode = "sandbox"\nallowed_roots = ["/srv"]\n{extra}\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-    )
-
-
-def scrape(port: int) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data.decode(errors="replace")
-
-
-def wait_metric(port: int, line: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    body = ""
-    while time.monotonic() < deadline:
-        body = scrape(port)
-        if line in body.splitlines():
-            return
-        time.sleep(0.2)
-    shown = [x for x in body.splitlines() if x.startswith(line.split("{")[0].split(" ")[0])]
-    raise AssertionError(f"{line!r} not scraped within {timeout}s; saw {shown}")
+    write_agent_toml(box, extra, port)
 
 
 def declare(box: Sandbox, name: str) -> None:

@@ -278,3 +278,45 @@ def private_sandbox() -> Iterator[Sandbox]:
         box.stop_smbd()
         if not os.environ.get("SMBGW_KEEP_SANDBOX"):
             shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- agent.toml and metrics for reliability tests ----------------------------------------
+
+
+def write_agent_toml(box: Sandbox, extra: str = "", port: int | None = None) -> int:
+    """The sandbox's agent.toml with `[agent]` lines added and metrics on a port of its
+    own (tests run one after another, but a port still in TIME_WAIT must not collide).
+    Returns the metrics port."""
+    port = port or free_port()
+    (box.root / "etc/smbgw/agent.toml").write_text(
+        f'[agent]\nnode = "sandbox"\nallowed_roots = ["/srv"]\n{extra}\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    return port
+
+
+def scrape(port: int) -> str | None:
+    """One plain-HTTP scrape of the agent's /metrics: the body, or None if it failed."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return body.decode(errors="replace") if head.startswith(b"HTTP/1.0 200") else None
+
+
+def wait_metric(port: int, line: str, timeout: float = 20) -> None:
+    """Wait until a scrape holds `line` exactly (e.g. 'smbgw_x{a="b"} 1.0')."""
+    deadline = time.monotonic() + timeout
+    body: str | None = ""
+    while time.monotonic() < deadline:
+        body = scrape(port)
+        if body is not None and line in body.splitlines():
+            return
+        time.sleep(0.2)
+    name = line.split("{")[0].split(" ")[0]
+    shown = [x for x in (body or "").splitlines() if x.startswith(name)]
+    raise AssertionError(f"{line!r} not scraped within {timeout}s; saw {shown}")

@@ -744,3 +744,26 @@ def native_box(tmp_path: Path) -> Iterator[Any]:
         yield box
     finally:
         box.stop_smbd()
+
+
+def test_native_caches_follow_the_shares_that_exist(native_box: Any, clock: FakeClock) -> None:
+    """Renderings and file reads of deleted shares are forgotten: memory does not grow with
+    every share name ever seen."""
+    plugins = PluginHost({"mode_native": NATIVE_TARGET})
+    native = plugins.manager.get_plugin("mode_native")
+    runner = Runner()
+    rec = Reconciler(
+        native_box.paths, config_for("sandbox"), plugins, ServiceControl(runner, use_systemd=False), runner,
+        clock=clock, monotonic=clock,
+    )
+    for round_ in range(3):
+        names = [f"gen{round_}_{i}" for i in range(40)]
+        for name in names:
+            (native_box.shares_dir / f"{name}.toml").write_text(f'path = "/srv/smb/{name}"\n')
+        assert rec.run_pass().ok
+        assert len(native._rendered) == 40
+        for name in names:
+            (native_box.shares_dir / f"{name}.toml").unlink()
+        assert rec.run_pass().ok
+        assert native._rendered == {}
+        assert len(native._live) <= 3  # globals.conf, shares.conf, smb.conf
