@@ -28,7 +28,13 @@ from smbgw_agent.background import BackgroundReading
 from smbgw_agent.config import AgentConfig
 from smbgw_agent.context import PassContext
 from smbgw_agent.errors import FieldError
-from smbgw_agent.fileio import atomic_write, fsync_dir, remove_stale_temporaries, write_files_durably
+from smbgw_agent.fileio import (
+    atomic_write,
+    fsync_dir,
+    make_share_directory,
+    remove_stale_temporaries,
+    write_files_durably,
+)
 from smbgw_agent.hookspecs import hookimpl
 from smbgw_agent.metrics import CollectContext
 from smbgw_agent.samba import (
@@ -40,7 +46,7 @@ from smbgw_agent.samba import (
     with_managed_include,
 )
 from smbgw_agent.services import ServiceError
-from smbgw_agent.shares import ShareSpec, check_share_path
+from smbgw_agent.shares import ShareSpec
 from smbgw_agent.smbstatus import ShareActivity, parse_smbstatus
 from smbgw_agent.smbvalues import check_parameter_name, check_text, format_list, safe_file_stem
 
@@ -264,14 +270,11 @@ class NativeModePlugin:
             return
         host_path = ctx.paths.host(desired.path)
         if not host_path.is_dir():
-            # Validated when the file was read; check again right before creating it, and
-            # after, so a symbolic link swapped in meanwhile cannot redirect the mkdir.
-            check_share_path(desired.path, ctx.config, ctx.paths)
-            # Never parents=True: a missing parent means storage that is not mounted, and
-            # a directory made on the root file system would be served empty (the core
-            # holds such shares back; this is the last line of defence).
-            host_path.mkdir(mode=0o755)
-            check_share_path(desired.path, ctx.config, ctx.paths)
+            # Through the pinned parent, re-checked where it really leads; never with its
+            # parents: a missing parent is storage that is not mounted, and a directory
+            # made on the root file system would be served empty (the core holds such
+            # shares back; this is the last line of defence).
+            make_share_directory(host_path, desired.path, ctx.config, ctx.paths)
             log.info("share %s: created directory %s", name, desired.path)
         staged.writes[name.casefold()] = (desired, self._render(desired, host_path))
 
@@ -363,9 +366,12 @@ class NativeModePlugin:
         current = set(ctx.desired) | (set(ctx.applied) - removed)
         for key in set(self._rendered) - current:
             del self._rendered[key]
-        keep = {layout.share_file(k) for k in current} | {layout.globals_file, layout.shares_list, layout.smb_conf}
-        for path in set(self._live) - keep:
-            del self._live[path]
+        if len(self._live) <= len(current) + 3:
+            return  # nothing stale (globals, the include list and smb.conf are the +3)
+        wanted = {share_file_name(k) for k in current}
+        for path in list(self._live):
+            if path.parent == layout.directory and path.name.startswith("share-") and path.name not in wanted:
+                del self._live[path]
 
     def _live_share_keys(self, ctx: PassContext, layout: Layout) -> set[str]:
         """Shares whose live file should stay included: desired or still applied, and present."""

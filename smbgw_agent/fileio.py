@@ -13,6 +13,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from .config import AgentConfig
+from .paths import Paths
+from .shares import check_resolved
+
 
 def write_new(path: Path, data: bytes | str, mode: int = 0o644, fsync: bool = True) -> None:
     """Write a file in place, without the rename (for staging areas nobody reads yet)."""
@@ -97,5 +101,22 @@ def syncfs(directory: Path) -> None:
             os.sync()
     except (OSError, AttributeError):
         os.sync()
+    finally:
+        os.close(fd)
+
+
+def make_share_directory(host_path: Path, declared: str, config: AgentConfig, paths: Paths) -> None:
+    """Create a share directory (0755) exactly where validation said it would be.
+
+    The parent is opened first and the directory is made relative to that descriptor, so
+    a parent swapped for a symbolic link between the check and the mkdir cannot redirect
+    it: what is checked (the real path of the open descriptor) is where it lands. The
+    parent must exist: a missing one is storage that is not there, never created here.
+    """
+    fd = os.open(host_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        real_parent = os.readlink(f"/proc/self/fd/{fd}")
+        check_resolved(declared, declared, os.path.join(real_parent, host_path.name), config, paths)
+        os.mkdir(host_path.name, 0o755, dir_fd=fd)
     finally:
         os.close(fd)

@@ -15,14 +15,16 @@ that is live), and holds back the ones that fail:
   is down until the storage is back, and comes back by itself.
 
 Checking is cheap when nothing changed: the result is kept per share with the identity
-(device, inode) of the directory it resolved to, so a pass costs one `stat` per share,
-and `poll()` lets the daemon notice a swap within seconds instead of at the next resync.
+(device, inode) of the directory it resolved to, so a full pass costs one `stat` per
+share; a pass for a file event checks only the shares it touches, those held back and
+those `poll()` saw change. The daemon polls every 2 s (one `stat` per share), so a swap
+is noticed within seconds, not at the next resync.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from .config import AgentConfig
@@ -33,6 +35,7 @@ from .shares import ShareSpec, admin_name_message, check_share_path
 from .smbconf import AdminShares
 
 UNSAFE = "unsafe"
+MAX_REMEMBERED = 20000
 STORAGE_MISSING = "storage-missing"
 
 
@@ -59,6 +62,7 @@ class ShareGuard:
         self._verdicts: dict[str, tuple[Signature, str, Hold | None]] = {}
         self._seen: dict[str, Signature] = {}
         self._admin: AdminShares | None = None
+        self._hosts: dict[str, str] = {}
 
     def forget(self) -> None:
         """Check everything from scratch (forced and periodic full passes)."""
@@ -67,10 +71,19 @@ class ShareGuard:
     def _mounted(self) -> dict[str, bool]:
         return {m: os.path.ismount(self.paths.host(m)) for m in self.config.require_mounts}
 
+    def _host(self, declared: str) -> str:
+        """The host path of a declared path, memoised: a pass asks for every share's."""
+        host = self._hosts.get(declared)
+        if host is None:
+            if len(self._hosts) > 4 * MAX_REMEMBERED:
+                self._hosts.clear()
+            host = self._hosts[declared] = str(self.paths.host(declared))
+        return host
+
     def _signature(self, spec: ShareSpec, mounted: Mapping[str, bool]) -> Signature:
         """What changes when the share's directory is swapped, removed or comes back:
         its identity, or while it is missing, its parent's; and its mounts' state."""
-        host = self.paths.host(spec.path)
+        host = self._host(spec.path)
         identity: object = None
         parent: object = None
         try:
@@ -78,10 +91,12 @@ class ShareGuard:
             identity = (info.st_dev, info.st_ino)
         except OSError:
             try:
-                above = os.stat(host.parent)
+                above = os.stat(os.path.dirname(host))
                 parent = (above.st_dev, above.st_ino)
             except OSError:
                 parent = None
+        if not mounted:
+            return (spec.path, identity, parent)
         mounts = tuple(sorted(m for m, up in mounted.items() if up and _within(spec.path, m)))
         return (spec.path, identity, parent, mounts)
 
@@ -117,8 +132,14 @@ class ShareGuard:
                 return owner_message(spec.path, findings)
         return None
 
-    def check(self, specs: Mapping[str, ShareSpec], admin: AdminShares) -> dict[str, Hold]:
-        """The shares among `specs` that must not be served now, with why."""
+    def check(
+        self, specs: Mapping[str, ShareSpec], admin: AdminShares, fresh: Set[str] = frozenset(),
+        complete: bool = True,
+    ) -> dict[str, Hold]:
+        """The shares among `specs` that must not be served now, with why. `fresh` names
+        the share files parsed (and so path-checked) in this very pass: only their storage
+        is checked here. `complete`: `specs` are all the shares there are (a full pass);
+        otherwise only those a pass touches, and what is known of the others is kept."""
         if admin is not self._admin:  # the admin's smb.conf was read again: names may clash now
             self._verdicts.clear()
             self._admin = admin
@@ -133,7 +154,7 @@ class ShareGuard:
                 verdict = cached[2]
             else:
                 verdict = None
-                unsafe = self._unsafe_problem(spec, admin)
+                unsafe = None if spec.file in fresh else self._unsafe_problem(spec, admin)
                 if unsafe:
                     verdict = Hold(spec, UNSAFE, unsafe)
                 else:
@@ -143,8 +164,12 @@ class ShareGuard:
             verdicts[key] = (signature, digest, verdict)
             if verdict is not None:
                 holds[key] = verdict
-        self._verdicts = verdicts
-        self._seen = {key: v[0] for key, v in verdicts.items()}
+        if complete:
+            self._verdicts = verdicts
+            self._seen = {key: v[0] for key, v in verdicts.items()}
+        else:
+            self._verdicts.update(verdicts)
+            self._seen.update((key, v[0]) for key, v in verdicts.items())
         return holds
 
     def remember(self, spec: ShareSpec) -> None:

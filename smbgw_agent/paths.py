@@ -6,6 +6,7 @@ builds an absolute host path by itself, it asks `Paths`.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,6 +17,16 @@ STATE_DIR = "/var/lib/smbgw"
 RUN_DIR = "/run/smbgw"
 SAMBA_OUTPUT_DIR = "/etc/samba/smbgw"
 SMB_CONF = "/etc/samba/smb.conf"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _host(root: Path, declared: str) -> Path:
+    """Memoised: a pass maps every share's path several times, and pathlib parsing is the
+    cost (Path objects are immutable, so sharing them is safe)."""
+    path = PurePosixPath(declared)
+    if not path.is_absolute():
+        raise ValueError(f"{declared} is not absolute")
+    return root.joinpath(*path.parts[1:])
 
 
 @dataclass(frozen=True)
@@ -32,10 +43,7 @@ class Paths:
 
     def host(self, declared: str | PurePosixPath) -> Path:
         """Map a path as written in a config file (absolute) to the path on this host."""
-        declared = PurePosixPath(declared)
-        if not declared.is_absolute():
-            raise ValueError(f"{declared} is not absolute")
-        return self.root.joinpath(*declared.parts[1:])
+        return _host(self.root, str(declared))
 
     def declared(self, host_path: Path) -> PurePosixPath:
         """Inverse of `host`, for messages that should show what the admin wrote."""

@@ -30,10 +30,13 @@ def _writer(info: os.stat_result) -> str | None:
     return None
 
 
-def writable_ancestors(declared: str, paths: Paths) -> list[str]:
+def writable_ancestors(
+    declared: str, paths: Paths, seen: dict[str, str | None] | None = None
+) -> list[str]:
     """Descriptions of the directories above the share directory that a non-root user
     could change, after resolving symbolic links. In a `--root` sandbox only the
-    directories inside the sandbox are checked (its parents are the test machine's)."""
+    directories inside the sandbox are checked (its parents are the test machine's).
+    `seen` memoises directories within one scan (shares usually share their parents)."""
     host = Path(os.path.realpath(paths.host(declared)))
     root = Path(os.path.realpath(paths.root))
     try:
@@ -50,11 +53,17 @@ def writable_ancestors(declared: str, paths: Paths) -> list[str]:
     if paths.sandboxed:
         candidates = candidates[1:]  # the sandbox root is the test's, not the node's
     for directory in candidates:
-        try:
-            info = os.stat(directory)
-        except OSError:
-            break  # does not exist yet: created by the agent (root) when needed
-        writer = _writer(info)
+        key = str(directory)
+        if seen is not None and key in seen:
+            writer = seen[key]
+        else:
+            try:
+                info = os.stat(directory)
+            except OSError:
+                break  # does not exist yet: created by the agent (root) when needed
+            writer = _writer(info)
+            if seen is not None:
+                seen[key] = writer
         if writer:
             shown = str(paths.declared(directory)) if paths.sandboxed else str(directory)
             findings.append(f"{shown} is writable by {writer}")

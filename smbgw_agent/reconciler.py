@@ -195,7 +195,18 @@ class Reconciler:
             desired.lastgood_drops = []
         # Whatever spec a share would be served from, its path must still be safe and its
         # storage present; held shares are taken down (or not created) this pass.
-        report.held = self.guard.check(desired.shares, self.scanner.admin_shares())
+        fresh = {name for name in self.scanner.fresh if desired.files.get(name, None) is not None
+                 and desired.files[name].serving == "current"}
+        if full:
+            to_check: Mapping[str, ShareSpec] = desired.shares
+        else:
+            # A file event's pass checks what it touches, what is held back, what is being
+            # retried and what the idle poll saw change: its cost follows the change.
+            held_before = self.last_report.held if self.last_report else {}
+            watch = set(held_before) | self._guard_dirty | set(self.backoff.attempts)
+            watch |= {k for k, spec in desired.shares.items() if applied.get(k) is not spec and applied.get(k) != spec}
+            to_check = {k: desired.shares[k] for k in watch if k in desired.shares}
+        report.held = self.guard.check(to_check, self.scanner.admin_shares(), fresh, complete=full)
         for key in report.held:
             del desired.shares[key]
         self._hold_refused_files(desired, report)

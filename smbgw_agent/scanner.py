@@ -72,6 +72,10 @@ class ShareScanner:
         self.config = config
         self._cache: dict[str, tuple[tuple[int, ...], FileResult]] = {}
         self._admin: AdminShares | None = None
+        self._ancestors: dict[str, str | None] = {}
+        # Files parsed (not served from the cache) by the last scan: their paths were
+        # checked moments ago, so the guard need not check them again in this pass.
+        self.fresh: set[str] = set()
         self._admin_signature: tuple[tuple[int, ...], ...] = ()
 
     def forget(self) -> None:
@@ -83,9 +87,11 @@ class ShareScanner:
         """The shares of the admin's own smb.conf, re-read when any of its files changed."""
         signature = self._admin_files_signature()
         if self._admin is None or signature != self._admin_signature:
-            self._admin = read_admin_shares(self.paths.smb_conf, self.paths.samba_dir)
+            admin = read_admin_shares(self.paths.smb_conf, self.paths.samba_dir)
+            if self._admin is None or admin.sections != self._admin.sections:
+                self._admin = admin
+                self._cache.clear()  # a name may have become (un)available
             self._admin_signature = self._admin_files_signature()
-            self._cache.clear()  # a name may have become (un)available
         return self._admin
 
     def _admin_files_signature(self) -> tuple[tuple[int, ...], ...]:
@@ -117,6 +123,8 @@ class ShareScanner:
         except OSError as exc:
             return ScanResult({}, f"cannot list {directory}: {exc.strerror}")
         self.admin_shares()
+        self._ancestors = {}
+        self.fresh = set()
         problem = None
         if len(names) > MAX_SHARE_FILES:
             problem = f"{len(names)} share files; only the first {MAX_SHARE_FILES} are read"
@@ -149,6 +157,7 @@ class ShareScanner:
         if cached and signature and cached[0] == signature:
             return cached[1]
         result = self.read_one(path)
+        self.fresh.add(path.name)
         if signature and not _depends_on_the_filesystem(result):
             self._cache[path.name] = (signature, result)
         return result
@@ -163,7 +172,9 @@ class ShareScanner:
             return FileResult(path.name, None, [Problem(path, "not a TOML table")])
         warnings: list[Problem] = []
         try:
-            spec = parse_share(doc, self.config, self.paths, self.plugins, self.admin_shares(), warnings)
+            spec = parse_share(
+                doc, self.config, self.paths, self.plugins, self.admin_shares(), warnings, self._ancestors
+            )
         except ConfigError as exc:
             return FileResult(path.name, None, exc.problems, warnings)
         return FileResult(path.name, spec, warnings=warnings)

@@ -130,6 +130,16 @@ def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
     # Resolve even when the directory does not exist yet: a symlinked parent
     # (/srv/smb/link -> /etc) must not let the share, or its creation, land elsewhere.
     real = os.path.realpath(host)
+    check_resolved(value, declared, real, config, paths)
+    if os.path.lexists(host) and not os.path.isdir(real):
+        raise FieldError(f"{value!r} exists but is not a directory")
+    return declared
+
+
+def check_resolved(value: str, declared: str, real: str, config: AgentConfig, paths: Paths) -> None:
+    """Where a declared share path really leads (`real`, a host path with every link
+    resolved) must itself be an allowed place. Shared by validation and by the code that
+    creates share directories through a pinned parent (see fileio.make_share_directory)."""
     root = str(paths.root)
     if paths.sandboxed and not (real == root or real.startswith(root + "/")):
         raise UnsafeValueError(f"{value!r} resolves outside the sandbox root (to {real})")
@@ -140,9 +150,6 @@ def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
             _check_location(resolved, config, _resolved_roots(config, paths))
         except FieldError as exc:
             raise UnsafeValueError(f"{value!r} is a symbolic link to {resolved}: {exc}") from exc
-    if os.path.lexists(host) and not os.path.isdir(real):
-        raise FieldError(f"{value!r} exists but is not a directory")
-    return declared
 
 
 def _within(path: str, root: str) -> bool:
@@ -250,11 +257,13 @@ def admin_name_message(name: str, admin: AdminShares) -> str | None:
 def parse_share(
     doc: TomlDocument, config: AgentConfig, paths: Paths, plugins: PluginHost,
     admin: AdminShares | None = None, warnings: list[Problem] | None = None,
+    ancestors: dict[str, str | None] | None = None,
 ) -> ShareSpec:
     """Turn a parsed share file into a ShareSpec, or raise ConfigError with every problem.
 
     `admin` holds the shares of the administrator's own smb.conf (a name clash is a
-    security problem); `warnings` collects what is allowed but risky (see pathsafety).
+    security problem); `warnings` collects what is allowed but risky (see pathsafety);
+    `ancestors` memoises the ownership of parent directories within one scan.
     """
     data = doc.data
     problems: list[Problem] = []
@@ -283,7 +292,7 @@ def parse_share(
         problems.append(Problem(doc.path, "required key is missing", "path"))
     attempt("path", lambda v: check_share_path(v, config, paths))
     if "path" in values:
-        findings = writable_ancestors(values["path"], paths)
+        findings = writable_ancestors(values["path"], paths, ancestors)
         if findings:
             problem = Problem(
                 doc.path, owner_message(values["path"], findings), "path", doc.line_of("", "path"),
