@@ -531,6 +531,12 @@ def test_strict_dropin_from_the_readme(node: Node) -> None:
     wait_for("outside forgotten", lambda: "outside" not in node.status().get("shares", {}), timeout=20)
 
 
+def reloaded_status(node: Node) -> dict[str, Any] | None:
+    """The native plugin's status once it records a reload, else None."""
+    native: dict[str, Any] = node.status().get("plugins", {}).get("mode_native", {})
+    return native if native.get("last_reload") else None
+
+
 def test_smbcontrol_fallback_works_inside_the_sandbox(node: Node) -> None:
     """Without systemd the agent reloads smbd with smbcontrol: the hardening must allow it."""
     ensure_finance(node)
@@ -543,7 +549,8 @@ def test_smbcontrol_fallback_works_inside_the_sandbox(node: Node) -> None:
         wait_ready(node, old)
         node.container.write_file(f"{SHARES_D}/direct.toml", share_file(f"{SHARE_ROOT}/direct", "Direct"))
         wait_for("direct served", lambda: served(node, "direct"), timeout=20, interval=0.3)
-        native = node.status()["plugins"]["mode_native"]
+        # smbd can answer before the pass that reloaded it has written status.json.
+        native = wait_for("status after the reload", lambda: reloaded_status(node), timeout=10)
         assert (native["reload_via"], native["last_reload"], native["error"]) == ("direct", "direct", None), native
     finally:
         node.run("rm", "-f", dropin, f"{SHARES_D}/direct.toml")
