@@ -1,7 +1,7 @@
 """agent.toml: the node-wide settings, every key optional.
 
 Core tables are checked here key by key; plugin tables are handed to the plugin that
-owns them. Tables that the contract (DESIGN.md) reserves for plugins are accepted with
+owns them. Tables reserved for plugins (see README, agent.toml) are accepted with
 a warning when no enabled plugin owns them, so that disabling a plugin, or upgrading
 from a version without it, never makes an existing agent.toml unusable.
 """
@@ -23,7 +23,7 @@ from .units import parse_duration
 if TYPE_CHECKING:
     from .pluginhost import PluginHost
 
-# Tables DESIGN.md assigns to plugins; accepted (with a warning) when no plugin owns them.
+# Tables reserved for plugins; accepted (with a warning) when no plugin owns them.
 RESERVED_PLUGIN_TABLES = frozenset({"ad", "ctdb", "proxmox", "backup", "quota", "vip", "lxc", "vm"})
 SECURITY_PROFILES = ("standard", "high")
 

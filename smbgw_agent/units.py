@@ -14,7 +14,7 @@ MAX_SIZE_BYTES = 1 << 60
 
 
 def parse_size(value: object) -> int:
-    """Bytes from `500G`, `1.5T`, `10MiB` or a plain integer; binary units as DESIGN.md says."""
+    """Bytes from `500G`, `1.5T`, `10MiB` or a plain integer; binary units (K = KiB, as README documents)."""
     if isinstance(value, bool):
         raise FieldError("must be a size such as \"500G\" or a number of bytes, not a boolean")
     if isinstance(value, int):

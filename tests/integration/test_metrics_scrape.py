@@ -37,7 +37,7 @@ PROMETHEUS_ACCEPT = (
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
 
-# Contract metrics (DESIGN.md §1) and the two extra ones the agent exports today:
+# Contract metrics (docs/metrics.md) and the two extra ones the agent exports today:
 # sample name -> (type of its family in the text format, label names).
 EXPORTED_TODAY: dict[str, tuple[str, set[str]]] = {
     "smbgw_agent_info": ("gauge", {"version", "node"}),

@@ -1,4 +1,4 @@
-"""agent.toml: every table DESIGN.md shows, every key optional, errors with file, key and line."""
+"""agent.toml: every documented table, every key optional, errors with file, key and line."""
 
 from __future__ import annotations
 

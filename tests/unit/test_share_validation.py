@@ -1,4 +1,4 @@
-"""Share files: every rule of DESIGN.md "A share file", with file, key and line in each error.
+"""Share files: every rule of a share file (README), with file, key and line in each error.
 
 Paths are resolved under a sandbox root (smbgw_agent.paths.Paths), as `--root` does, so
 the symlink and system-directory checks run against real directories without touching

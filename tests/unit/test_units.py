@@ -1,4 +1,4 @@
-"""Sizes and durations as written in the TOML files (DESIGN.md: K/M/G/T binary, or bytes)."""
+"""Sizes and durations as written in the TOML files (README: K/M/G/T binary, or bytes)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ KiB, MiB, GiB, TiB, PiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50
         ("1k", KiB),
         ("10M", 10 * MiB),
         ("10MiB", 10 * MiB),
-        ("10MB", 10 * MiB),  # binary, as DESIGN.md says, even when written "MB"
+        ("10MB", 10 * MiB),  # binary, as documented, even when written "MB"
         ("1.5T", int(1.5 * TiB)),
         ("2P", 2 * PiB),
         (" 7 G ", 7 * GiB),
