@@ -195,8 +195,12 @@ class Reconciler:
             desired.lastgood_drops = []
         # Whatever spec a share would be served from, its path must still be safe and its
         # storage present; held shares are taken down (or not created) this pass.
-        fresh = {name for name in self.scanner.fresh if desired.files.get(name, None) is not None
-                 and desired.files[name].serving == "current"}
+        fresh = {
+            name for name in self.scanner.fresh
+            if name in desired.files and desired.files[name].serving == "current"
+        }
+        # Identity first: unchanged files yield the very objects that were applied.
+        changed = {k for k, spec in desired.shares.items() if applied.get(k) is not spec and applied.get(k) != spec}
         if full:
             to_check: Mapping[str, ShareSpec] = desired.shares
         else:
@@ -204,7 +208,7 @@ class Reconciler:
             # retried and what the idle poll saw change: its cost follows the change.
             held_before = self.last_report.held if self.last_report else {}
             watch = set(held_before) | self._guard_dirty | set(self.backoff.attempts)
-            watch |= {k for k, spec in desired.shares.items() if applied.get(k) is not spec and applied.get(k) != spec}
+            watch |= changed
             to_check = {k: desired.shares[k] for k in watch if k in desired.shares}
         report.held = self.guard.check(to_check, self.scanner.admin_shares(), fresh, complete=full)
         for key in report.held:
@@ -224,8 +228,7 @@ class Reconciler:
         if full:
             keys = set(desired.shares) | set(applied)
         else:
-            # Identity first: unchanged files yield the very objects that were applied.
-            keys = {k for k, spec in desired.shares.items() if applied.get(k) is not spec and applied.get(k) != spec}
+            keys = changed & set(desired.shares)  # shares held back this pass are removals below
             keys |= set(applied) - set(desired.shares)
             keys |= set(self.backoff.attempts) & (set(desired.shares) | set(applied))
             keys |= self._guard_dirty & (set(desired.shares) | set(applied))
