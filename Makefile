@@ -31,10 +31,10 @@ $(STAMP): pyproject.toml | deps
 venv: deps $(STAMP)
 
 run: venv
-	$(PY) -m smbgw_agent.sandbox --root sandbox --port 4450
+	$(PY) -m devtools.sandbox --root sandbox --port 4450
 
 lint: venv
-	$(VENV)/bin/ruff check smbgw_agent plugins tests bench
+	$(VENV)/bin/ruff check smbgw_agent plugins devtools tests bench
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -45,11 +45,12 @@ unit: venv
 integration: venv
 	$(PY) -m pytest tests/integration -q
 
-# The unit tests and the core serving tests once more against Debian's own python3-*
-# packages (pluggy 1.0, prometheus-client 0.16, pyroute2 0.7.2, watchdog 2.2, pytest 7):
-# what the .deb runs with. No virtualenv: /usr/bin/python3 with PYTHONPATH=. only.
+# The unit tests, the plugin conformance suite and the core serving tests once more
+# against Debian's own python3-* packages (pluggy 1.0, prometheus-client 0.16, pyroute2
+# 0.7.2, watchdog 2.2, pytest 7): what the .deb runs with. No virtualenv:
+# /usr/bin/python3 with PYTHONPATH=. only.
 test-debian: deps
-	PYTHONPATH=. /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/unit \
+	PYTHONPATH=. /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/unit tests/conformance \
 		tests/integration/test_native_serving.py
 
 test: venv lint typecheck test-debian

@@ -23,11 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from smbgw_agent.config import AgentConfig  # noqa: E402
-from smbgw_agent.guard import ShareGuard  # noqa: E402
-from smbgw_agent.paths import Paths  # noqa: E402
-from smbgw_agent.shares import ShareSpec, check_share_path  # noqa: E402
-from smbgw_agent.smbconf import AdminShares  # noqa: E402
+from smbgw_agent.model.config import AgentConfig  # noqa: E402
+from smbgw_agent.model.paths import Paths  # noqa: E402
+from smbgw_agent.model.shares import ShareSpec, check_share_path  # noqa: E402
+from smbgw_agent.model.smbconf import AdminShares  # noqa: E402
+from smbgw_agent.reconcile.guard import ShareGuard  # noqa: E402
 
 
 def timed(rounds: int, action: object) -> list[float]:

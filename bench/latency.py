@@ -3,7 +3,12 @@
 Real smbd on loopback, the real agent process, real smbclient. Prints medians and
 percentiles; asserts nothing (timing assertions are flaky on shared machines).
 
-    .venv/bin/python bench/latency.py [--changes 50] [--sizes 500,2000]
+    .venv/bin/python bench/latency.py [--changes 50] [--sizes 500,2000] [--baseline REV]
+
+With `--baseline REV` (a git revision, e.g. the previous release) the same benchmarks run
+first against that revision's agent, then against this tree's, on the same machine in the
+same run, and the medians are compared. Both agents run with Debian's /usr/bin/python3 and
+its python3-* packages (what the .deb uses), each from its own source tree.
 
 Measured:
   drop -> served   write a new share file; time until `smbclient //127.0.0.1/<share> -c ls`
@@ -30,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from smbgw_agent.sandbox import Sandbox, free_port  # noqa: E402
+from devtools.sandbox import Sandbox, free_port  # noqa: E402
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -40,6 +45,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def summary(label: str, values_ms: list[float]) -> None:
+    RESULTS.setdefault(label.strip(), {})[Path(AGENT["tree"]).name] = statistics.median(values_ms)
     print(
         f"{label:<44} n={len(values_ms):<4} p50={statistics.median(values_ms):8.1f} ms  "
         f"p90={percentile(values_ms, 90):8.1f} ms  p99={percentile(values_ms, 99):8.1f} ms  "
@@ -47,8 +53,13 @@ def summary(label: str, values_ms: list[float]) -> None:
     )
 
 
+# The agent measured: its source tree and interpreter (see --baseline).
+AGENT: dict[str, Path | str] = {"tree": REPO, "python": sys.executable}
+RESULTS: dict[str, dict[str, float]] = {}  # label -> {tree name: median ms}
+
+
 def agent_env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(AGENT["tree"])}
     env.pop("NOTIFY_SOCKET", None)
     return env
 
@@ -88,7 +99,7 @@ def write_shares(box: Sandbox, count: int, prefix: str = "s") -> None:
 
 def start_agent(box: Sandbox) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smbgw_agent", "--root", str(box.root), "--log-level", "warning"],
+        [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--log-level", "warning"],
         env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(box.root / "agent.log", "ab"),  # noqa: SIM115
     )
@@ -141,7 +152,7 @@ def bench_cold_start(base: Path, count: int, repeats: int = 3) -> None:
         try:
             started = time.monotonic()
             subprocess.run(
-                [sys.executable, "-m", "smbgw_agent", "--root", str(box.root), "--once",
+                [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--once",
                  "--log-level", "warning"], env=agent_env(), check=True,
             )
             walls.append((time.monotonic() - started) * 1000)
@@ -154,20 +165,48 @@ def bench_cold_start(base: Path, count: int, repeats: int = 3) -> None:
     summary(f"cold start {count} shares: reconcile pass", passes)
 
 
+def run_all(base: Path, changes: int, sizes: list[int]) -> None:
+    print(f"== agent from {AGENT['tree']} ({AGENT['python']})")
+    bench_drop_latency(base, changes, 0)
+    for size in sizes:
+        bench_cold_start(base, size)
+    if sizes:
+        bench_drop_latency(base, max(10, changes // 2), max(sizes))
+
+
+def checkout(revision: str, into: Path) -> Path:
+    """`revision`'s source tree (git archive: no worktree bookkeeping left behind)."""
+    tree = into / f"baseline-{revision.replace('/', '_')}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--changes", type=int, default=50)
     parser.add_argument("--sizes", default="500,2000")
+    parser.add_argument("--baseline", help="git revision to compare with, measured in the same run")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     base = Path(tempfile.mkdtemp(prefix="smbgw-bench-", dir="/var/tmp"))
     base.chmod(0o755)
     try:
-        bench_drop_latency(base, args.changes, 0)
-        for size in sizes:
-            bench_cold_start(base, size)
-        if sizes:
-            bench_drop_latency(base, max(10, args.changes // 2), max(sizes))
+        trees = [REPO]
+        if args.baseline:
+            AGENT["python"] = "/usr/bin/python3"
+            trees.insert(0, checkout(args.baseline, base))
+        for tree in trees:
+            AGENT["tree"] = tree
+            run_all(base, args.changes, sizes)
+        if len(trees) == 2:
+            old, new = trees[0].name, trees[1].name
+            print(f"\n== medians: {args.baseline} vs this tree")
+            for label, medians in RESULTS.items():
+                if old in medians and new in medians:
+                    ratio = medians[new] / medians[old] if medians[old] else float("nan")
+                    print(f"{label:<50} {medians[old]:9.1f} ms -> {medians[new]:9.1f} ms  ({ratio:.2f}x)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -1,5 +1,5 @@
 import sys
 
-from .daemon import main
+from smbgw_agent.daemon import main
 
 sys.exit(main())

@@ -7,24 +7,26 @@ Exit codes: 0 fine, 1 problems found (invalid file, failing shares), 2 usage err
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .control import request
-from .errors import ConfigError
-from .paths import Paths
-from .printable import printable
-from .reconciler import Reconciler
-from .runner import Runner
-from .scanner import ShareScanner
-from .services import ServiceControl
-from .setup import load_plugins_and_config
+from smbgw_agent import __version__
+from smbgw_agent.assembly import load_plugins_and_config
+from smbgw_agent.control import request
+from smbgw_agent.effects.runner import Runner
+from smbgw_agent.effects.services import ServiceControl
+from smbgw_agent.model.errors import ConfigError
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.printable import printable
+from smbgw_agent.reconcile.desired import SERVING_NOTES, resolve_desired
+from smbgw_agent.reconcile.reconciler import Reconciler
+from smbgw_agent.reconcile.scanner import FileResult, ScanResult, ShareScanner
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 # status.json of 20,000 shares is a few MB; anything far larger is not ours.
@@ -46,28 +48,32 @@ def err(*parts: object) -> None:
 
 
 def cmd_validate(paths: Paths, files: Sequence[str], as_json: bool) -> int:
+    """The files as the agent would judge them beside the files already in shares.d: the
+    same parsing, and the same rule for a name declared twice (`resolve_desired`, in one
+    go for all of them, so validating every file of a large shares.d stays linear)."""
     plugins, config = load_plugins_and_config(paths)
     scanner = ShareScanner(paths, plugins, config)
-    declared: dict[str, list[Path]] = {}
-    for other, other_result in scanner.scan().files.items():
-        if other_result.spec is not None:
-            declared.setdefault(other_result.spec.key, []).append(scanner.directory / other)
-    results: list[dict[str, Any]] = []
+    # Candidates are keyed by their full path, so a file of the same name in shares.d
+    # stays a separate file; a candidate that is itself in shares.d replaces its entry.
+    candidates: dict[str, FileResult] = {}
     for name in files:
-        path = Path(name)
-        result = scanner.read_one(path)
-        problems = [p.to_dict() for p in result.problems]
-        if result.spec is not None and result.spec.key in declared:
-            resolved = path.resolve()
-            for other_path in declared[result.spec.key]:
-                if other_path.resolve() != resolved:
-                    problems.append({
-                        "file": str(path), "key": "name", "line": None,
-                        "message": f"share name {result.spec.name!r} is already declared in {other_path}",
-                    })
+        shown = str(Path(name))
+        result = scanner.read_one(Path(name))
+        spec = dataclasses.replace(result.spec, file=shown) if result.spec is not None else None
+        candidates[shown] = dataclasses.replace(result, file=shown, spec=spec)
+    validated = {Path(name).resolve() for name in candidates}
+    others = {
+        name: result for name, result in scanner.scan().files.items()
+        if (scanner.directory / name).resolve() not in validated
+    }
+    desired = resolve_desired(ScanResult({**others, **candidates}), scanner.directory, {}, {}, config.node)
+    results: list[dict[str, Any]] = []
+    for shown, candidate in candidates.items():
+        problems = [p.to_dict() for p in desired.files[shown].problems]
         results.append({
-            "file": str(path), "valid": not problems,
-            "share": result.spec.to_dict() if result.spec else None, "problems": problems,
+            "file": shown, "valid": not problems,
+            "share": candidate.spec.to_dict() if candidate.spec and not problems else None,
+            "problems": problems,
         })
     if as_json:
         _print_json(results)
@@ -90,8 +96,9 @@ def cmd_plan(paths: Paths, as_json: bool) -> int:
         paths, config, plugins, ServiceControl(runner, use_systemd=False), runner, read_only=True
     )
     report = reconciler.run_pass(dry_run=True)
-    changes = {o.name: o.steps for o in report.outcomes.values() if o.steps}
+    changes = report.changes
     failures = {o.name: o.error for o in report.outcomes.values() if o.error}
+    failures.update({o.id: o.error for o in report.resources.values() if o.error})
     invalid = {
         name: [str(p) for p in status.problems]
         for name, status in (report.desired.files.items() if report.desired else [])
@@ -99,17 +106,19 @@ def cmd_plan(paths: Paths, as_json: bool) -> int:
     }
     held = {hold.spec.name: hold.reason for hold in report.held.values()}
     if as_json:
-        _print_json({"changes": changes, "errors": failures, "invalid_files": invalid,
+        _print_json({"changes": [c.to_dict() for c in changes], "errors": failures, "invalid_files": invalid,
                      "held": held, "pass_errors": report.errors})
     else:
         if not changes:
             out("nothing to change")
-        for name, steps in sorted(changes.items()):
-            out(f"[{name}]")
-            for step in steps:
-                out(f"  - {step}")
+        resource = None
+        for change in changes:
+            if change.resource != resource:
+                resource = change.resource
+                out(f"{resource}")
+            out(f"  {change.action:<6} {change.detail}  ({change.plugin})")
         for name, error in sorted(failures.items()):
-            out(f"[{name}] cannot be planned: {error}")
+            out(f"{name} cannot be planned: {error}")
         for name, reason in sorted(held.items()):
             out(f"[{name}] not served: {reason}")
         for problems in invalid.values():
@@ -175,7 +184,26 @@ def status_problems(status: dict[str, Any]) -> list[str]:
     for file, info in _dict(status.get("files")).items():
         if not _dict(info).get("valid"):
             problems.append(f"{file} is invalid")
+    for resource, info in _dict(status.get("resources")).items():
+        if _dict(info).get("state") == "failed":
+            problems.append(f"{resource} is failing")
+    for finding in _list(status.get("health")):
+        if not _dict(finding).get("ok"):
+            problems.append(f"{_dict(finding).get('plugin')}: {_dict(finding).get('check')} is unhealthy")
     return problems
+
+
+def _print_table(title: str, rows: dict[str, dict[str, Any]], columns: Callable[[dict[str, Any]], str],
+                 header: str, always: bool = False) -> None:
+    """Name, then `columns`, one row each, with the row's error below it."""
+    if not rows and not always:
+        return
+    width = max([len(printable(n)) for n in rows] + [len(title)])
+    out(f"{title:<{width}}  {header}")
+    for name, row in sorted(rows.items()):
+        out(f"{printable(name):<{width}}  {columns(row)}")
+        if row.get("error"):
+            out(f"{'':<{width}}  error: {row['error']}")
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -191,20 +219,27 @@ def _print_status(status: dict[str, Any]) -> None:
     for message in _list(_dict(status.get("config")).get("problems")):
         out(f"  agent.toml: {message}")
     shares = {str(n): _dict(v) for n, v in _dict(status.get("shares")).items()}
-    width = max([len(printable(n)) for n in shares] + [5])
-    out(f"{'SHARE':<{width}}  {'STATE':<15}  {'MODE':<6}  PATH")
-    for name, share in sorted(shares.items()):
-        out(f"{printable(name):<{width}}  {share.get('state')!s:<15}  {share.get('mode')!s:<6}  {share.get('path')}")
-        if share.get("error"):
-            out(f"{'':<{width}}  error: {share['error']}")
-    keeping = {
-        "last-good": " (serving its last good version)", "applied": " (serving the live version)",
-        "refused": " (REFUSED: the share is down)",
-    }
+    _print_table("SHARE", shares, lambda s: f"{s.get('state')!s:<15}  {s.get('mode')!s:<6}  {s.get('path')}",
+                 f"{'STATE':<15}  {'MODE':<6}  PATH", always=True)
+    resources = {str(n): _dict(v) for n, v in _dict(status.get("resources")).items()}
+    _print_table("RESOURCE", resources, lambda r: f"{r.get('state')!s:<15}  {r.get('plugin')}",
+                 f"{'STATE':<15}  PLUGIN")
+    for raw in _list(status.get("health")):
+        finding = _dict(raw)
+        if not finding.get("ok"):
+            where = f" ({finding.get('resource')})" if finding.get("resource") else ""
+            out(f"UNHEALTHY {finding.get('plugin')}: {finding.get('check')}{where}: {finding.get('detail')}")
+    for job_id, raw in sorted(_dict(status.get("jobs")).items()):
+        job = _dict(raw)
+        if job.get("state") in ("running", "queued", "failed", "timed-out"):
+            progress = f": {job.get('progress')}" if job.get("progress") else ""
+            error = f": {job.get('error')}" if job.get("error") else ""
+            out(f"job {job_id} ({job.get('plugin')}) {job.get('state')}{progress}{error}")
     for file, raw_info in sorted(_dict(status.get("files")).items()):
         info = _dict(raw_info)
         if not info.get("valid"):
-            out(f"invalid file {file}{keeping.get(str(info.get('serving')), '')}:")
+            note = SERVING_NOTES.get(str(info.get("serving")))
+            out(f"invalid file {file}{f' ({note})' if note else ''}:")
         for raw_problem in _list(info.get("problems")) + _list(info.get("warnings")):
             problem = _dict(raw_problem)
             where = f":{problem['line']}" if problem.get("line") else ""

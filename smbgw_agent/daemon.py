@@ -22,20 +22,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
-from . import __version__
-from .config import AgentConfig
-from .control import ControlServer, Request
-from .errors import ConfigError
-from .fileio import remove_stale_temporaries
-from .metrics import CollectContext, Exporter, MetricsConfigError
-from .paths import Paths
-from .printable import printable
-from .reconciler import PassReport, Reconciler
-from .runner import Runner
-from .sdnotify import Notifier
-from .services import ServiceControl
-from .setup import load_plugins_and_config
-from .watcher import ShareDirWatcher
+from smbgw_agent import __version__
+from smbgw_agent.assembly import load_plugins_and_config
+from smbgw_agent.control import ControlServer, Request
+from smbgw_agent.effects.fileio import remove_stale_temporaries
+from smbgw_agent.effects.runner import Runner
+from smbgw_agent.effects.sdnotify import Notifier
+from smbgw_agent.effects.services import ServiceControl
+from smbgw_agent.effects.watcher import ShareDirWatcher
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.errors import ConfigError
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.printable import printable
+from smbgw_agent.observe.metrics import Exporter, MetricsConfigError
+from smbgw_agent.platform.context import CollectContext
+from smbgw_agent.platform.jobs import JobRunner
+from smbgw_agent.reconcile.reconciler import PassReport, Reconciler
 
 log = logging.getLogger("smbgw_agent")
 EXIT_CONFIG = 2
@@ -100,14 +102,16 @@ class Agent:
         self.runner = Runner()
         self.services = ServiceControl(self.runner, use_systemd=use_systemd)
         self.services.cancelled = lambda: self.stop_requested
-        self.reconciler = Reconciler(
-            paths, config, plugins, self.services, self.runner, heartbeat=self._heartbeat
-        )
         self.wake = threading.Event()
+        self.jobs = JobRunner(on_finished=self._on_job_finished)
+        self.reconciler = Reconciler(
+            paths, config, plugins, self.services, self.runner, heartbeat=self._heartbeat, jobs=self.jobs,
+        )
         self.dirty = threading.Event()
         self.requests: queue.Queue[Request] = queue.Queue()
         self.stop_requested = False
         self.reload_requested = False
+        self.job_finished = False
         self.watcher = ShareDirWatcher(self.reconciler.scanner.directory, self._on_change)
         self.control = ControlServer(paths.control_socket, self.requests, self.wake)
         self.next_resync = 0.0
@@ -144,6 +148,11 @@ class Agent:
 
     def _on_change(self) -> None:
         self.dirty.set()
+        self.wake.set()
+
+    def _on_job_finished(self) -> None:
+        """A job's outcome is for its plugin's next plan to read: run a pass soon."""
+        self.job_finished = True
         self.wake.set()
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -221,6 +230,9 @@ class Agent:
             deadlines.append(retry)
         if self.notifier.watchdog_interval:
             deadlines.append(self.last_ping + self.notifier.watchdog_interval / 4)
+        scheduled = self.jobs.next_due()
+        if scheduled is not None:
+            deadlines.append(now + max(0.0, scheduled - time.time()))
         return max(0.0, min(deadlines) - now)
 
     def _debounce(self) -> None:
@@ -240,6 +252,7 @@ class Agent:
         remove_stale_temporaries(self.paths.run_dir)
         self.control.start()
         self.watcher.start()
+        self.reconciler.start_plugins()
         self.start_metrics()
         self.notifier.ready(self._status_line())
         log.info(
@@ -259,6 +272,8 @@ class Agent:
         finally:
             self.notifier.stopping()
             log.info("stopping; shares stay served")
+            self.jobs.stop()
+            self.reconciler.stop_plugins()
             self.watcher.stop()
             self.control.stop()
             self.exporter.stop()
@@ -279,11 +294,14 @@ class Agent:
         if requests:
             force = True
         resync_due = now >= self.next_resync
+        self.jobs.run_due()
+        job_finished, self.job_finished = self.job_finished, False
         changed_paths = False
         if now >= self.next_guard:
             self.next_guard = now + GUARD_INTERVAL
             changed_paths = self._between_passes()
-        if self.dirty.is_set() or resync_due or requests or force or changed_paths or self._retry_due():
+        due = resync_due or requests or force or changed_paths or job_finished or self._retry_due()
+        if self.dirty.is_set() or due:
             if self.dirty.is_set() and not resync_due:
                 self._debounce()
             self.dirty.clear()
@@ -373,7 +391,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("refusing to start with an invalid %s", paths.agent_config)
         return EXIT_CONFIG
     if args.once:
-        report = agent.run_pass(force=True)
+        agent.reconciler.start_plugins()
+        try:
+            report = agent.run_pass(force=True)
+        finally:
+            agent.jobs.stop()
+            agent.reconciler.stop_plugins()
         return 0 if report.ok else 1
     return agent.serve()
 

@@ -56,7 +56,7 @@ def systemd_container(systemd_container_factory: ContainerFactory) -> nspawn.Sys
 
 # ---- sandboxed agent with real smbd --------------------------------------------------
 
-from smbgw_agent.sandbox import Sandbox  # noqa: E402
+from devtools.sandbox import Sandbox  # noqa: E402
 from tests.support.agent import AgentProcess  # noqa: E402
 from tests.support.procs import RestartableAgent, private_sandbox  # noqa: E402
 

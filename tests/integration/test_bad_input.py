@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess, served, wait_for, write_share
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.support.agent import served, write_share
 from tests.support.procs import (
     RestartableAgent,
@@ -105,7 +105,7 @@ def test_validate_reports_a_name_already_declared_in_shares_d(root: Path, tmp_pa
     copy = write(tmp_path / "finance.toml", 'path = "/srv/data"\ncomment = "copy"\n')
     result = smbgwctl(root, "validate", str(copy))
     assert result.returncode == 1
-    assert "already declared" in result.stdout and str(live) in result.stdout
+    assert "also declared in" in result.stdout and str(live) in result.stdout
     # The file in shares.d does not conflict with itself.
     assert smbgwctl(root, "validate", str(live)).returncode == 0
 
@@ -232,14 +232,20 @@ def test_plan_shows_adds_updates_removals_and_has_no_effects(sandbox: Sandbox) -
         result = smbgwctl(sandbox.root, "plan")
         assert result.returncode == 0, result.stdout + result.stderr
         text = result.stdout
-        assert "[keep]" not in text
-        assert "[new]" in text and "add [new]" in text and "create directory /srv/smb/new" in text
-        assert "[edit]" in text and "update [edit]" in text
-        assert "[gone]" in text and "stop serving [gone]" in text
+        assert "share:keep" not in text
+        assert "share:new" in text and "add [new]" in text and "create directory /srv/smb/new" in text
+        assert "share:edit" in text and "update [edit]" in text
+        assert "share:gone" in text and "stop serving [gone]" in text
         result = smbgwctl(sandbox.root, "plan", "--json")
         assert result.returncode == 0
         plan = json.loads(result.stdout)
-        assert set(plan["changes"]) == {"new", "edit", "gone"}
+        # Typed changes: which plugin, on which resource, what it does.
+        changes = {(c["resource"], c["action"], c["plugin"]) for c in plan["changes"]}
+        assert changes == {
+            ("share:new", "create", "mode_native"), ("share:edit", "update", "mode_native"),
+            ("share:gone", "delete", "mode_native"),
+        }, plan["changes"]
+        assert all(set(c) == {"plugin", "resource", "action", "detail"} for c in plan["changes"])
         assert plan["errors"] == {} and plan["invalid_files"] == {} and plan["pass_errors"] == []
 
         after = snapshot_tree(sandbox.root, exclude=[*samba_owned, agent.log])
@@ -251,7 +257,8 @@ def test_plan_shows_adds_updates_removals_and_has_no_effects(sandbox: Sandbox) -
         once = run_agent_once(sandbox.root, "--once")
         assert once.returncode == 0, once.stderr[-2000:]
         status = json.loads(sandbox.paths.status_file.read_text())
-        assert status["pass"]["changed"] == sorted(plan["changes"])
+        assert status["pass"]["changed"] == sorted(c["resource"].removeprefix("share:") for c in plan["changes"]
+                                                   if c["detail"].startswith(("add", "update", "stop")))
         wait_served(sandbox, "new")
         assert not served(sandbox, "gone")
         result = smbgwctl(sandbox.root, "plan")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.support.agent import served
 from tests.support.procs import RestartableAgent, check_with_testparm, temporaries, wait_served
 

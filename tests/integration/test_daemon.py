@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess, served, wait_for, write_share
 from tests.support.procs import (
     NotifySocket,

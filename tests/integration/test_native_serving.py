@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess, served, wait_for, write_share
 
 pytestmark = pytest.mark.integration

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smbgw_agent.sandbox import Sandbox, free_port
+from devtools.sandbox import Sandbox, free_port
 from tests.integration.test_metrics_scrape import start_agent_with_metrics
 from tests.support.agent import AgentProcess, served, wait_for, write_share
 from tests.unit.test_alert_rules import dashboard_queries

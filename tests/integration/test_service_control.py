@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.runner import Runner
-from smbgw_agent.services import ServiceControl, ServiceError
-from smbgw_agent.systemd import SystemdManager
+from smbgw_agent.effects.runner import Runner
+from smbgw_agent.effects.services import ServiceControl, ServiceError
+from smbgw_agent.effects.systemd import SystemdManager
 from tests.support.nspawn import SystemdContainer
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from gi.repository import GLib
 
-from smbgw_agent.systemd import (
+from smbgw_agent.effects.systemd import (
     SystemdError,
     SystemdManager,
     SystemdUnavailable,

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.sandbox import Sandbox, free_port
 from smbgw_agent.control import request
-from smbgw_agent.sandbox import Sandbox, free_port
 from tests.support.agent import served, wait_for
 from tests.support.procs import RestartableAgent, scrape, wait_served, write_agent_toml
 

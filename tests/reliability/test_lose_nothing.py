@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox, free_port
+from devtools.sandbox import Sandbox, free_port
 from tests.support.agent import served
 from tests.support.faults import fill, small_tmpfs
 from tests.support.procs import RestartableAgent, wait_metric, wait_served, write_agent_toml

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.support.procs import RestartableAgent, private_sandbox, temporaries, write_agent_toml
 
 pytestmark = pytest.mark.integration

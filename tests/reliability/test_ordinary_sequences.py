@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 from tests.support.faults import small_tmpfs
 from tests.support.procs import RestartableAgent, wait_served, write_agent_toml
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.sandbox import Sandbox, free_port
+from devtools.sandbox import Sandbox, free_port
 from tests.support.faults import PLUGIN_TOOLS, ToolShed, faketime_library, small_tmpfs
 from tests.support.procs import NotifySocket, RestartableAgent, wait_served
 

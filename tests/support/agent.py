@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smbgw_agent.sandbox import Sandbox
+from devtools.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 

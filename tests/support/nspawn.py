@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from smbgw_agent.fileio import fsync_dir
+from smbgw_agent.effects.fileio import fsync_dir
 
 DEFAULT_PACKAGES: tuple[str, ...] = (
     "systemd",
@@ -57,7 +57,6 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "libnss-myhostname",
 )
 SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MACHINES_DIR = Path("/var/lib/machines")
 # Units that would fight the tests (nmbd wants a network, samba-ad-dc conflicts with smbd)
 # or start work at random times (timers).  All *.timer units are masked in addition.
@@ -173,7 +172,7 @@ def ensure_base_image(
         tmp = MACHINES_DIR / f".{final.name}.tmp-{os.getpid()}"
         log = MACHINES_DIR / f".{final.name}.build.log"
         try:
-            _debootstrap(tmp, packages, suite, mirror or DEFAULT_MIRROR, log, timeout, lock_fd)
+            _debootstrap(tmp, packages, suite, mirror or host_mirror(suite), log, timeout, lock_fd)
             _prepare_image(tmp)
             (tmp / _MARKER).write_text(
                 json.dumps(
@@ -189,6 +188,36 @@ def ensure_base_image(
             _remove_tree(tmp)
             raise
     return final
+
+
+def host_mirror(suite: str, apt_dir: Path = Path("/etc/apt")) -> str | None:
+    """The Debian archive this machine's own apt uses for `suite`'s family, or None
+    (debootstrap then uses its built-in default). Read from deb822 `*.sources` files and
+    the one-line `sources.list` format; no archive host name lives in this repository."""
+    family = {"bookworm", "trixie", "bullseye", "sid", "testing", "stable", "oldstable"}
+    candidates: list[tuple[str, list[str]]] = []
+    for file in sorted((apt_dir / "sources.list.d").glob("*.sources")):
+        for stanza in file.read_text(errors="replace").split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                key, sep, value = line.partition(":")
+                if sep and not line.startswith((" ", "#")):
+                    fields[key.strip().lower()] = value.strip()
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
+                for uri in fields.get("uris", "").split():
+                    candidates.append((uri, fields.get("suites", "").split()))
+    legacy = apt_dir / "sources.list"
+    if legacy.exists():
+        for line in legacy.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb":
+                uri_index = next((i for i, p in enumerate(parts[1:], 1) if "://" in p), None)
+                if uri_index is not None and uri_index + 1 < len(parts):
+                    candidates.append((parts[uri_index], [parts[uri_index + 1]]))
+    for uri, suites in candidates:
+        if any(s in family or s == suite for s in suites) and uri.startswith(("http://", "https://", "file:")):
+            return uri
+    return None
 
 
 @contextlib.contextmanager
@@ -216,7 +245,7 @@ def _locked(path: Path, timeout: float) -> Iterator[int]:
 
 
 def _debootstrap(
-    target: Path, packages: Sequence[str], suite: str, mirror: str, log: Path, timeout: float, lock_fd: int
+    target: Path, packages: Sequence[str], suite: str, mirror: str | None, log: Path, timeout: float, lock_fd: int
 ) -> None:
     argv = [
         "unshare",
@@ -229,7 +258,7 @@ def _debootstrap(
         f"--include={','.join(sorted(set(packages)))}",
         suite,
         str(target),
-        mirror,
+        *([mirror] if mirror else []),
     ]
     env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8", DEBIAN_FRONTEND="noninteractive")
     with log.open("w") as out:

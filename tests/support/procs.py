@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smbgw_agent.sandbox import Sandbox, free_port
+from devtools.sandbox import Sandbox, free_port
 from tests.support.agent import REPO, AgentProcess
 
 SDNOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")

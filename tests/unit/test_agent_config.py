@@ -8,20 +8,19 @@ from typing import Any
 
 import pytest
 
-from smbgw_agent.config import (
+from smbgw_agent.assembly import load_plugins_and_config
+from smbgw_agent.model.config import (
     RESERVED_PLUGIN_TABLES,
     AgentConfig,
     config_from_document,
     default_node_name,
     load_agent_config,
-    shares_dir,
 )
-from smbgw_agent.errors import ConfigError, FieldError, Problem
-from smbgw_agent.hookspecs import hookimpl
-from smbgw_agent.paths import Paths
-from smbgw_agent.pluginhost import PluginHost
-from smbgw_agent.setup import load_plugins_and_config
-from smbgw_agent.tomlsource import parse_toml
+from smbgw_agent.model.errors import ConfigError, FieldError, Problem
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.tomlsource import parse_toml
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.pluginhost import PluginHost
 
 NATIVE = "smbgw_plugins.mode_native:NativeModePlugin"
 FILE = Path("/etc/smbgw/agent.toml")
@@ -255,7 +254,7 @@ def test_load_from_root_and_shares_dir_stay_under_the_root(tmp_path: Path, nativ
     paths.agent_config.write_text('[agent]\nnode = "sandbox"\nshares_dir = "/etc/pve/smbgw/shares.d"\n')
     config = load_agent_config(paths, native)
     assert config.node == "sandbox"
-    assert shares_dir(paths, config) == tmp_path / "etc/pve/smbgw/shares.d"
+    assert paths.host(config.shares_dir) == tmp_path / "etc/pve/smbgw/shares.d"
 
 
 def test_setup_disables_plugins_and_warns_about_unknown_names(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The desired set: what survives a broken or conflicting file, and what is placed here.
 
-The pure rules (smbgw_agent.desired) are tested with hand-made scan results; the end of
+The pure rules (smbgw_agent.reconcile.desired) are tested with hand-made scan results; the end of
 the file runs the real scanner over a real shares.d so the rules are seen as a pass
 sees them (file edits, last-good bookkeeping, duplicates).
 """
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.config import AgentConfig
-from smbgw_agent.desired import Desired, FileStatus, resolve_desired
-from smbgw_agent.errors import Problem
-from smbgw_agent.paths import Paths
-from smbgw_agent.pluginhost import PluginHost
-from smbgw_agent.scanner import FileResult, ScanResult, ShareScanner, is_share_file_name
-from smbgw_agent.shares import ShareSpec
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.errors import Problem
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.platform.pluginhost import PluginHost
+from smbgw_agent.reconcile.desired import Desired, FileStatus, resolve_desired
+from smbgw_agent.reconcile.scanner import FileResult, ScanResult, ShareScanner, is_share_file_name
 
 DIR = Path("/etc/smbgw/shares.d")
 NODE = "pve1"

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent import deadline as pass_deadline
 from smbgw_agent.cli import status_problems
-from smbgw_agent.config import AgentConfig
-from smbgw_agent.guard import STORAGE_MISSING, UNSAFE, ShareGuard
-from smbgw_agent.paths import Paths
-from smbgw_agent.pathsafety import writable_ancestors
-from smbgw_agent.printable import printable
-from smbgw_agent.runner import CommandError, Runner
-from smbgw_agent.samba import run_testparm
-from smbgw_agent.shares import ShareSpec
-from smbgw_agent.smbconf import AdminShares, read_admin_shares
-from smbgw_agent.state import StateStore
+from smbgw_agent.effects import deadline as pass_deadline
+from smbgw_agent.effects.runner import CommandError, Runner
+from smbgw_agent.effects.samba import run_testparm
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.pathsafety import writable_ancestors
+from smbgw_agent.model.printable import printable
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
+from smbgw_agent.reconcile.guard import STORAGE_MISSING, UNSAFE, ShareGuard
+from smbgw_agent.reconcile.state import StateStore
 
 # ---- the admin's smb.conf ------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ def test_lost_state_is_told_apart_from_a_first_start(tmp_path: Path, damage: str
 
 
 def test_a_wall_clock_step_does_not_move_a_retry(tmp_path: Path) -> None:
-    from smbgw_agent.backoff import Backoff
+    from smbgw_agent.reconcile.backoff import Backoff
 
     backoff = Backoff()
     monotonic = 100.0
@@ -331,7 +331,7 @@ def test_the_metrics_server_caps_connections_and_cuts_slow_ones() -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from smbgw_agent.metrics_http import ExpositionApp, MetricsServer
+    from smbgw_agent.observe.metrics_http import ExpositionApp, MetricsServer
 
     app = ExpositionApp(CollectorRegistry(), lambda: 1)
     server = MetricsServer(app, "127.0.0.1", 0, max_connections=3, request_deadline=1.5)
@@ -367,7 +367,7 @@ def test_the_metrics_server_caps_connections_and_cuts_slow_ones() -> None:
 
 
 def test_a_fragment_carries_its_declaration() -> None:
-    from smbgw_agent.pluginhost import load_target
+    from smbgw_agent.platform.pluginhost import load_target
 
     native = load_target("smbgw_plugins.mode_native:NativeModePlugin")  # also from a bare checkout
     module = sys.modules[type(native).__module__]
@@ -386,9 +386,9 @@ def test_a_fragment_carries_its_declaration() -> None:
 def test_an_internal_error_is_counted_and_the_next_pass_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from smbgw_agent.pluginhost import PluginHost
-    from smbgw_agent.reconciler import Reconciler
-    from smbgw_agent.services import ServiceControl
+    from smbgw_agent.effects.services import ServiceControl
+    from smbgw_agent.platform.pluginhost import PluginHost
+    from smbgw_agent.reconcile.reconciler import Reconciler
 
     root = tmp_path / "root"
     (root / "etc/smbgw/shares.d").mkdir(parents=True)

@@ -12,15 +12,15 @@ from typing import Any
 import pluggy
 import pytest
 
-from smbgw_agent import hookspecs, pluginhost
-from smbgw_agent.config import AgentConfig
-from smbgw_agent.errors import ConfigError, FieldError
-from smbgw_agent.hookspecs import hookimpl
-from smbgw_agent.paths import Paths
-from smbgw_agent.pluginhost import PluginHost, discover_plugins
-from smbgw_agent.scanner import ShareScanner
-from smbgw_agent.setup import load_plugins_and_config
-from smbgw_agent.shares import ShareSpec
+from smbgw_agent.assembly import load_plugins_and_config
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.errors import ConfigError, FieldError
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.platform import hookspecs, pluginhost
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.pluginhost import PluginHost, discover_plugins
+from smbgw_agent.reconcile.scanner import ShareScanner
 
 NATIVE_TARGET = "smbgw_plugins.mode_native:NativeModePlugin"
 
@@ -72,7 +72,7 @@ def test_the_docstring_check_catches_an_undocumented_hook() -> None:
 
 def test_hookspecs_are_what_the_manager_knows() -> None:
     host = PluginHost({})
-    known = {name for name in dir(host.hook) if name.startswith("smbgw_")}
+    known = {name for name in dir(host.manager.hook) if name.startswith("smbgw_")}
     assert known == set(hookspec_functions(hookspecs))
     assert all(name.startswith("smbgw_") for name in known)
 
@@ -87,7 +87,7 @@ def test_builtin_plugin_is_loaded_through_the_entry_point_group() -> None:
     plugin = host.manager.get_plugin("mode_native")
     assert type(plugin).__name__ == "NativeModePlugin"
     assert "native" in host.modes()
-    implementers = {impl.plugin_name for impl in host.hook.smbgw_plan_share.get_hookimpls()}
+    implementers = {impl.plugin_name for impl in host.manager.hook.smbgw_plan_share.get_hookimpls()}
     assert "mode_native" in implementers
 
 
@@ -228,7 +228,7 @@ def demo_host(**extra: object) -> tuple[PluginHost, DemoPlugin]:
 
 def test_third_party_plugin_owns_and_validates_its_share_table(root: Path) -> None:
     host, demo = demo_host()
-    assert host.names == ["demo", "mode_native"]
+    assert host.names == ["mode_native", "demo"]  # by rank: a mode before an unranked plugin
     assert "demo" in host.share_sections()
     config = AgentConfig(node="n1", allowed_roots=("/srv",))
     scanner = ShareScanner(Paths.under(root), host, config)
@@ -278,7 +278,7 @@ def test_third_party_plugin_errors_carry_file_key_and_line(root: Path) -> None:
 
 
 def test_third_party_plugin_owns_an_agent_table(root: Path) -> None:
-    from smbgw_agent.config import load_agent_config
+    from smbgw_agent.model.config import load_agent_config
 
     host, _ = demo_host()
     paths = Paths.under(root)
@@ -316,7 +316,7 @@ def test_third_party_plugin_registered_through_an_entry_point(
     """A package installed anywhere on sys.path with an `smbgw` entry point is picked up."""
     site = tmp_path / "site"
     write(site / "smbgw_demo_plugin.py", """
-        from smbgw_agent.hookspecs import hookimpl
+        from smbgw_agent.platform.hookspecs import hookimpl
 
         class Plugin:
             @hookimpl
@@ -342,3 +342,27 @@ def test_third_party_plugin_registered_through_an_entry_point(
     assert {"demo", "mode_native"} <= set(host.names)
     assert "demo" in host.share_sections()
     assert "demo" not in PluginHost.load(disabled=["demo"]).names
+
+
+# ---- the contract is documented as it is ---------------------------------------------------------
+
+
+def signature_line(function: Any) -> str:
+    signature = inspect.signature(function)
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in signature.parameters.values())
+    return f"def {function.__name__}({params}) -> {signature.return_annotation}"
+
+
+def test_every_hook_is_in_docs_plugins_md_with_its_exact_signature() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs/plugins.md").read_text()
+    missing = [signature_line(f) for f in hookspec_functions(hookspecs).values() if signature_line(f) not in docs]
+    assert missing == [], "update docs/plugins.md:\n" + "\n".join(missing)
+
+
+def test_the_signature_check_notices_a_changed_signature() -> None:
+    def smbgw_commit(ctx: Any, touched: Sequence[str]) -> Mapping[str, str]:
+        """A signature the documentation does not have."""
+
+    docs = (Path(__file__).resolve().parents[2] / "docs/plugins.md").read_text()
+    assert signature_line(hookspecs.smbgw_commit) in docs
+    assert signature_line(smbgw_commit) not in docs

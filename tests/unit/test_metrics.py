@@ -18,15 +18,15 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from smbgw_agent.background import BackgroundReading
-from smbgw_agent.config import AgentConfig
-from smbgw_agent.hookspecs import hookimpl
-from smbgw_agent.metrics import CollectContext, Exporter, MetricsConfigError
-from smbgw_agent.paths import Paths
-from smbgw_agent.pluginhost import PluginHost
-from smbgw_agent.runner import Runner
-from smbgw_agent.sandbox import free_port
-from smbgw_agent.usage import UsageIncomplete, disk_usage, usage_by_share
+from devtools.sandbox import free_port
+from smbgw_agent.effects.runner import Runner
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.observe.background import BackgroundReading
+from smbgw_agent.observe.metrics import CollectContext, Exporter, MetricsConfigError
+from smbgw_agent.observe.usage import UsageIncomplete, disk_usage, usage_by_share
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.pluginhost import PluginHost
 
 SNAPSHOT: dict[str, Any] = {
     "version": "9.9.9",

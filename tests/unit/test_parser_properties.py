@@ -20,17 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smbgw_agent import samba
 from smbgw_agent.cli import read_status_file, status_problems
-from smbgw_agent.config import AgentConfig, config_from_document
-from smbgw_agent.errors import ConfigError
-from smbgw_agent.paths import Paths
-from smbgw_agent.pluginhost import PluginHost, load_target
-from smbgw_agent.scanner import ShareScanner
-from smbgw_agent.shares import parse_share
-from smbgw_agent.smbconf import read_admin_shares
-from smbgw_agent.smbstatus import SmbstatusError, parse_smbstatus
-from smbgw_agent.tomlsource import InputFileError, parse_toml
+from smbgw_agent.effects import samba
+from smbgw_agent.model.config import AgentConfig, config_from_document
+from smbgw_agent.model.errors import ConfigError
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.shares import parse_share
+from smbgw_agent.model.smbconf import read_admin_shares
+from smbgw_agent.model.tomlsource import InputFileError, parse_toml
+from smbgw_agent.observe.smbstatus import SmbstatusError, parse_smbstatus
+from smbgw_agent.platform.pluginhost import PluginHost, load_target
+from smbgw_agent.reconcile.scanner import ShareScanner
 
 EXAMPLES = int(os.environ.get("SMBGW_PROPERTY_EXAMPLES", "150"))
 PROPERTY = settings(

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,17 +23,18 @@ from typing import Any
 
 import pytest
 
-from smbgw_agent.config import AgentConfig
-from smbgw_agent.context import PassContext
-from smbgw_agent.fileio import atomic_write
-from smbgw_agent.hookspecs import hookimpl
-from smbgw_agent.paths import Paths
-from smbgw_agent.pluginhost import PluginHost
-from smbgw_agent.reconciler import Reconciler
-from smbgw_agent.runner import Runner
-from smbgw_agent.services import ServiceControl
-from smbgw_agent.shares import ShareSpec
-from smbgw_agent.state import StateStore
+from smbgw_agent.effects.fileio import atomic_write
+from smbgw_agent.effects.runner import Runner
+from smbgw_agent.effects.services import ServiceControl
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, NodeResource, share_resource
+from smbgw_agent.platform.context import PassContext
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.pluginhost import PluginHost
+from smbgw_agent.reconcile.reconciler import Reconciler
+from smbgw_agent.reconcile.state import StateStore
 from tests.support.procs import describe_difference, snapshot_tree
 
 NATIVE_TARGET = "smbgw_plugins.mode_native:NativeModePlugin"
@@ -84,20 +86,21 @@ class FileMode:
     @hookimpl
     def smbgw_plan_share(
         self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
-    ) -> Sequence[str]:
+    ) -> Sequence[Change]:
         self.calls.append(("plan", name, desired, applied, ctx.dry_run))
         if name in self.fail_plan:
             raise RuntimeError(self.fail_plan[name])
         target = self.target(ctx, name)
         live = target.read_text() if target.exists() else None
+        resource = share_resource(name)
         if desired is not None and desired.mode == "files":
             if live is None:
-                return [f"write {target.name}"]
-            return [f"rewrite {target.name}"] if live != self.render(desired) else []
-        return [f"delete {target.name}"] if live is not None else []
+                return [Change(resource, CREATE, f"write {target.name}")]
+            return [Change(resource, UPDATE, f"rewrite {target.name}")] if live != self.render(desired) else []
+        return [Change(resource, DELETE, f"delete {target.name}")] if live is not None else []
 
     @hookimpl
-    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec) -> None:
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
         self.calls.append(("apply", name, ctx.dry_run))
         assert not ctx.dry_run
         if desired.mode == "files":
@@ -106,7 +109,9 @@ class FileMode:
             raise RuntimeError(self.fail_apply[name])
 
     @hookimpl
-    def smbgw_remove_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
+    def smbgw_remove_share(
+        self, ctx: PassContext, name: str, applied: ShareSpec | None, changes: Sequence[Change]
+    ) -> None:
         self.calls.append(("remove", name))
         self.staged(ctx)[name.casefold()] = None
 
@@ -116,14 +121,14 @@ class FileMode:
         self.staged(ctx).pop(name.casefold(), None)
 
     @hookimpl
-    def smbgw_commit(self, ctx: PassContext) -> Mapping[str, str]:
-        self.calls.append(("commit",))
+    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
+        self.calls.append(("commit", sorted(resources)))
         if self.commit_error:
             raise RuntimeError(self.commit_error)
         rejected = {}
         for key, text in self.staged(ctx).items():
             if key in self.reject:
-                rejected[key] = self.reject[key]
+                rejected[share_resource(key)] = self.reject[key]
             elif text is None:
                 self.target(ctx, key).unlink(missing_ok=True)
             else:
@@ -140,16 +145,27 @@ class FileMode:
 
 
 class FlakyAddon:
-    """An add-on (think quota) whose apply fails for chosen shares in any mode."""
+    """An add-on (think quota) with a change for every share, whose apply fails for
+    chosen shares in any mode."""
 
     def __init__(self, failing: set[str]) -> None:
         self.failing = failing
         self.rollbacks: list[str] = []
+        self.done: set[str] = set()
 
     @hookimpl
-    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec) -> None:
+    def smbgw_plan_share(
+        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
+    ) -> Sequence[Change]:
+        if desired is None or name in self.done:
+            return []
+        return [Change(share_resource(name), UPDATE, f"set the quota of {name}")]
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
         if name in self.failing:
             raise OSError(f"setting the quota of {name} failed")
+        self.done.add(name)
 
     @hookimpl
     def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
@@ -157,14 +173,37 @@ class FlakyAddon:
 
 
 class Witness:
-    """Records that its commit ran even when another plugin's commit raised."""
+    """Has a change for chosen shares (all by default); records that its commit ran,
+    and can be made to raise in commit."""
 
-    def __init__(self) -> None:
-        self.commits = 0
+    def __init__(self, shares: set[str] | None = None, commit_error: str | None = None) -> None:
+        self.commits: list[list[str]] = []
+        self.shares = shares
+        self.commit_error = commit_error
+        self.applied: list[str] = []
 
     @hookimpl
-    def smbgw_commit(self, ctx: PassContext) -> Mapping[str, str]:
-        self.commits += 1
+    def smbgw_plan_share(
+        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
+    ) -> Sequence[Change]:
+        if desired is None or (self.shares is not None and name not in self.shares) or name in self.applied:
+            return []
+        return [Change(share_resource(name), UPDATE, f"witness {name}")]
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
+        self.applied.append(name)
+
+    @hookimpl
+    def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
+        if name in self.applied:
+            self.applied.remove(name)
+
+    @hookimpl
+    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
+        self.commits.append(sorted(resources))
+        if self.commit_error:
+            raise RuntimeError(self.commit_error)
         return {}
 
 
@@ -225,7 +264,7 @@ def test_apply_failure_is_isolated_rolled_back_and_reported(root: Path, clock: F
     report = rec.run_pass()
     assert report.outcomes["beta"].result == "applied"
     assert report.outcomes["alpha"].result == "failed"
-    assert report.outcomes["alpha"].error == "disk on fire"
+    assert report.outcomes["alpha"].error == "files: disk on fire", "attributed to the plugin that failed"
     assert report.failed == ["alpha"] and not report.ok
     # alpha's staged write was rolled back before commit; beta went live.
     assert set(served(root)) == {"beta"}
@@ -318,12 +357,39 @@ def test_a_raising_commit_fails_touched_shares_and_other_commits_still_run(root:
     rec = reconciler(root, PluginHost({"files": mode, "witness": witness}), clock)
     declare(root, "alpha")
     report = rec.run_pass()
-    assert witness.commits == 1
+    # files commits first (name order) and raises: alpha failed, so the witness, which
+    # had not committed it yet, rolls its part back instead of making it live.
+    assert witness.commits == [] and witness.applied == []
     assert report.outcomes["alpha"].result == "failed"
     assert "files: commit failed: config directory is read-only" in (report.outcomes["alpha"].error or "")
     assert any("config directory is read-only" in e for e in report.errors)
     assert rec.state.applied == {}
     assert status_file(root)["shares"]["alpha"]["state"] == "failed"
+
+
+def test_a_raising_commit_never_fails_what_other_plugins_made_live(root: Path, clock: FakeClock) -> None:
+    """Defect fixed: one plugin's commit raising used to fail every share of the pass,
+    even those only another plugin had touched (and made live)."""
+    mode, addon = FileMode(), Witness(shares={"beta"}, commit_error="qgroup limit failed")
+    rec = reconciler(root, PluginHost({"files": mode, "addon": addon}), clock)
+    declare(root, "alpha")
+    declare(root, "beta")
+    report = rec.run_pass()
+    # addon commits first (name order) and raises; files' commit still runs.
+    assert addon.commits == [["share:beta"]], "commit is told only what the plugin touched"
+    assert mode.called("commit") == [("commit", ["share:alpha"])], "beta failed before files committed it"
+    assert report.outcomes["alpha"].result == "applied"
+    assert report.outcomes["beta"].result == "failed"
+    assert "addon: commit failed: qgroup limit failed" in (report.outcomes["beta"].error or "")
+    assert set(rec.state.applied) == {"alpha"}
+    assert set(served(root)) == {"alpha"}
+    assert status_file(root)["shares"]["alpha"]["state"] == "served"
+    addon.commit_error = None
+    clock.advance(2.0)
+    report = rec.run_pass(full=False)
+    assert report.outcomes["beta"].result == "applied"
+    assert sorted(c.plugin for c in report.outcomes["beta"].changes) == ["addon", "files"]
+    assert set(rec.state.applied) == {"alpha", "beta"} and set(served(root)) == {"alpha", "beta"}
 
 
 def test_plan_failure_for_one_share_does_not_block_the_others(root: Path, clock: FakeClock) -> None:
@@ -566,8 +632,8 @@ def test_native_dry_run_writes_nothing_and_matches_the_pass(native_box: Any, clo
 
 WRITER = """
 import sys
-from smbgw_agent.shares import ShareSpec
-from smbgw_agent.state import StateStore
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.reconcile.state import StateStore
 store = StateStore(__import__("pathlib").Path(sys.argv[1]))
 store.load()
 generation = 0
@@ -735,7 +801,7 @@ def native_box(tmp_path: Path) -> Iterator[Any]:
     tools = ("smbd", "testparm", "smbcontrol", "smbpasswd")
     if any(shutil.which(t) is None for t in tools) or os.geteuid() != 0:
         pytest.skip("native mode needs Samba's tools and root")
-    from smbgw_agent.sandbox import Sandbox, free_port
+    from devtools.sandbox import Sandbox, free_port
 
     box = Sandbox(tmp_path / "root", free_port())
     box.prepare()
@@ -767,3 +833,199 @@ def test_native_caches_follow_the_shares_that_exist(native_box: Any, clock: Fake
         assert rec.run_pass().ok
         assert native._rendered == {}
         assert len(native._live) <= 3  # globals.conf, shares.conf, smb.conf
+
+
+def _readings() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "reading-smbstatus" and t.is_alive()]
+
+
+def test_a_configuration_reload_retires_the_old_plugins_and_hands_over_a_pending_reload(
+    native_box: Any, clock: FakeClock
+) -> None:
+    """Defects fixed: SIGHUP left the old native instance's smbstatus thread running (one
+    more per reload), and a reload of smbd still owed by the old instance was forgotten."""
+    before = len(_readings())
+    runner = Runner()
+    old_host = PluginHost({"mode_native": NATIVE_TARGET})
+    rec = Reconciler(native_box.paths, config_for("sandbox"), old_host, ServiceControl(runner, use_systemd=False),
+                     runner, clock=clock, monotonic=clock)
+    rec.start_plugins()
+    declare(native_box.root, "alpha", mode="native")
+    assert rec.run_pass().ok
+    assert len(_readings()) == before + 1
+    # A reload the old instance could not do yet (smbd refused it, say) is plugin state.
+    rec.state.plugin_state("mode_native").set("reload_pending", True)
+    for _ in range(3):  # three SIGHUPs
+        rec.replace_config(config_for("sandbox"), PluginHost({"mode_native": NATIVE_TARGET}))
+    deadline = time.monotonic() + 20
+    while len(_readings()) > before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_readings()) == before + 1, "exactly one smbstatus reading: the current instance's"
+    new_native = rec.plugins.manager.get_plugin("mode_native")
+    assert new_native is not old_host.manager.get_plugin("mode_native")
+    report = rec.run_pass()
+    assert [c.detail for c in report.changes if c.resource == "samba:host"] == ["reload smbd (a reload is still owed)"]
+    assert new_native.last_reload == "direct"
+    assert not rec.state.plugin_state("mode_native").get("reload_pending")
+    rec.stop_plugins()
+
+
+# ---- node resources and modes as owners ------------------------------------------------------
+
+
+class Addresses:
+    """A node-resource plugin: one resource per address in agent.toml-like settings,
+    "configured" by writing <root>/addresses/<addr>; it plans against those files."""
+
+    def __init__(self, wanted: list[str]) -> None:
+        self.wanted = wanted
+        self.fail: set[str] = set()
+        self.broken_declaration: str | None = None
+        self.calls: list[tuple[str, str]] = []
+
+    @staticmethod
+    def path(ctx: PassContext, resource_id: str) -> Path:
+        return ctx.paths.root / "addresses" / resource_id.removeprefix("vip:")
+
+    @hookimpl
+    def smbgw_node_resources(self, ctx: PassContext) -> Sequence[NodeResource]:
+        if self.broken_declaration:
+            raise RuntimeError(self.broken_declaration)
+        return [NodeResource(f"vip:{a}", {"address": a}) for a in self.wanted]
+
+    @hookimpl
+    def smbgw_plan_resource(
+        self, ctx: PassContext, resource_id: str, desired: NodeResource | None, applied: NodeResource | None
+    ) -> Sequence[Change]:
+        present = self.path(ctx, resource_id).exists()
+        if desired is not None and not present:
+            return [Change(resource_id, CREATE, f"add {resource_id}")]
+        if desired is None and present:
+            return [Change(resource_id, DELETE, f"remove {resource_id}")]
+        return []
+
+    @hookimpl
+    def smbgw_apply_resource(self, ctx: PassContext, resource: NodeResource, changes: Sequence[Change]) -> None:
+        self.calls.append(("apply", resource.id))
+        if resource.id in self.fail:
+            raise OSError(f"netlink refused {resource.id}")
+        ctx.plugin_scratch("addresses").setdefault("add", []).append(resource.id)
+
+    @hookimpl
+    def smbgw_remove_resource(
+        self, ctx: PassContext, resource_id: str, applied: NodeResource | None, changes: Sequence[Change]
+    ) -> None:
+        self.calls.append(("remove", resource_id))
+        ctx.plugin_scratch("addresses").setdefault("remove", []).append(resource_id)
+
+    @hookimpl
+    def smbgw_rollback_resource(self, ctx: PassContext, resource_id: str, applied: NodeResource | None) -> None:
+        self.calls.append(("rollback", resource_id))
+
+    @hookimpl
+    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
+        scratch = ctx.plugin_scratch("addresses")
+        for resource_id in scratch.get("add", []):
+            self.path(ctx, resource_id).parent.mkdir(exist_ok=True)
+            self.path(ctx, resource_id).write_text("up\n")
+        for resource_id in scratch.get("remove", []):
+            self.path(ctx, resource_id).unlink(missing_ok=True)
+        return {}
+
+
+def test_node_resources_are_isolated_backed_off_and_reported(root: Path, clock: FakeClock) -> None:
+    vips = Addresses(["192.0.2.10", "192.0.2.11"])
+    vips.fail = {"vip:192.0.2.11"}
+    mode = FileMode()
+    rec = reconciler(root, PluginHost({"files": mode, "vips": vips}), clock)
+    declare(root, "alpha")
+    report = rec.run_pass()
+    assert report.resources["vip:192.0.2.10"].result == "applied"
+    assert report.resources["vip:192.0.2.11"].result == "failed"
+    assert report.outcomes["alpha"].result == "applied", "a failing node resource fails no share"
+    assert report.failed_resources == ["vip:192.0.2.11"] and not report.ok
+    assert ("rollback", "vip:192.0.2.11") in vips.calls
+    status = status_file(root)["resources"]
+    assert status["vip:192.0.2.10"]["state"] == "applied" and status["vip:192.0.2.10"]["plugin"] == "vips"
+    assert status["vip:192.0.2.11"]["state"] == "failed"
+    assert "netlink refused" in status["vip:192.0.2.11"]["error"]
+    assert status["vip:192.0.2.11"]["retry_at"] == pytest.approx(clock.now + 2.0)
+    assert rec.next_wakeup() == pytest.approx(clock.now + 2.0)
+    vips.fail.clear()
+    clock.advance(1.0)
+    assert rec.run_pass(full=False).resources["vip:192.0.2.11"].result == "waiting"
+    clock.advance(1.0)
+    assert rec.run_pass(full=False).resources["vip:192.0.2.11"].result == "applied"
+    assert sorted(p.name for p in (root / "addresses").iterdir()) == ["192.0.2.10", "192.0.2.11"]
+
+    # A plugin that cannot say what it wants keeps what it has (its last good version).
+    vips.broken_declaration = "agent.toml [vip] is being edited"
+    report = rec.run_pass()
+    assert any("vips: cannot derive its node resources" in e for e in report.errors)
+    assert not [c for c in vips.calls if c[0] == "remove"]
+    assert set(rec.state.resources) == {"vip:192.0.2.10", "vip:192.0.2.11"}
+
+    # No longer wanted: removed, and forgotten by the state.
+    vips.broken_declaration = None
+    vips.wanted = ["192.0.2.10"]
+    report = rec.run_pass(full=False)
+    assert report.resources["vip:192.0.2.11"].result == "removed"
+    assert set(rec.state.resources) == {"vip:192.0.2.10"}
+    # Drift (the address went away by hand) is repaired by the full pass.
+    (root / "addresses/192.0.2.10").unlink()
+    assert rec.run_pass(full=False).resources == {}
+    assert rec.run_pass().resources["vip:192.0.2.10"].result == "applied"
+    fresh = StateStore(root / "var/lib/smbgw")
+    fresh.load()
+    assert set(fresh.resources) == {"vip:192.0.2.10"} and fresh.resources["vip:192.0.2.10"].plugin == "vips"
+
+
+class OtherMode(FileMode):
+    """A second mode, "other", with its own folder: for moving a share between modes."""
+
+    @staticmethod
+    def target(ctx: PassContext, name: str) -> Path:
+        return ctx.paths.root / "other" / f"{name.casefold()}.conf"
+
+    @hookimpl
+    def smbgw_modes(self) -> Sequence[str]:
+        return ["other"]
+
+    @hookimpl
+    def smbgw_plan_share(
+        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
+    ) -> Sequence[Change]:
+        self.calls.append(("plan", name, desired, applied, ctx.dry_run))
+        live = self.target(ctx, name).exists()
+        if desired is not None and desired.mode == "other":
+            return [] if live else [Change(share_resource(name), CREATE, "write other")]
+        return [Change(share_resource(name), DELETE, "delete other")] if live else []
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
+        self.calls.append(("apply", name, ctx.dry_run))
+        self.staged(ctx)[name.casefold()] = self.render(desired)
+
+    @staticmethod
+    def staged(ctx: PassContext) -> dict[str, str | None]:
+        space: dict[str, str | None] = ctx.plugin_scratch("other").setdefault("staged", {})
+        return space
+
+
+def test_a_share_moving_between_modes_is_removed_by_the_old_and_applied_by_the_new(
+    root: Path, clock: FakeClock
+) -> None:
+    files, other = FileMode(), OtherMode()
+    rec = reconciler(root, PluginHost({"files": files, "other": other}), clock)
+    declare(root, "alpha", mode="files")
+    rec.run_pass()
+    assert (root / "served/alpha.conf").exists()
+    declare(root, "alpha", mode="other")
+    files.calls.clear()
+    report = rec.run_pass(full=False)
+    assert report.outcomes["alpha"].result == "applied"
+    assert sorted((c.plugin, c.action) for c in report.outcomes["alpha"].changes) == [
+        ("files", "delete"), ("other", "create"),
+    ]
+    assert [c[0] for c in files.calls if c[0] != "plan"] == ["remove", "commit"]
+    assert not (root / "served/alpha.conf").exists() and (root / "other/alpha.conf").exists()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.runner import Runner
-from smbgw_agent.samba import run_testparm
+from smbgw_agent.effects.runner import Runner
+from smbgw_agent.effects.samba import run_testparm
 
 pytestmark = [
     pytest.mark.integration,

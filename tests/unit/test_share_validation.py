@@ -1,6 +1,6 @@
 """Share files: every rule of a share file (README), with file, key and line in each error.
 
-Paths are resolved under a sandbox root (smbgw_agent.paths.Paths), as `--root` does, so
+Paths are resolved under a sandbox root (smbgw_agent.model.paths.Paths), as `--root` does, so
 the symlink and system-directory checks run against real directories without touching
 the host.
 """
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from smbgw_agent.config import AgentConfig
-from smbgw_agent.errors import ConfigError, FieldError, Problem
-from smbgw_agent.hookspecs import hookimpl
-from smbgw_agent.paths import Paths
-from smbgw_agent.pluginhost import PluginHost
-from smbgw_agent.shares import FORBIDDEN_OPTIONS, MAX_PROBLEMS, ShareSpec, check_share_path, parse_share
-from smbgw_agent.tomlsource import InputFileError, parse_toml
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.errors import ConfigError, FieldError, Problem
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.shares import FORBIDDEN_OPTIONS, MAX_PROBLEMS, ShareSpec, check_share_path, parse_share
+from smbgw_agent.model.tomlsource import InputFileError, parse_toml
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.pluginhost import PluginHost
 
 NATIVE = "smbgw_plugins.mode_native:NativeModePlugin"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.smbstatus import SmbstatusError, parse_smbstatus
+from smbgw_agent.observe.smbstatus import SmbstatusError, parse_smbstatus
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

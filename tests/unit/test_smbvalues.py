@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smbgw_agent.errors import FieldError
-from smbgw_agent.smbvalues import (
+from smbgw_agent.model.errors import FieldError
+from smbgw_agent.model.smbvalues import (
     MAX_SHARE_NAME,
     MAX_VALUE,
     RESERVED_SHARE_NAMES,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from smbgw_agent.errors import Problem
-from smbgw_agent.tomlsource import (
+from smbgw_agent.model.errors import Problem
+from smbgw_agent.model.tomlsource import (
     MAX_FILE_BYTES,
     MAX_KEY_DEPTH,
     InputFileError,

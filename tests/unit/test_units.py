@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from smbgw_agent.errors import FieldError
-from smbgw_agent.units import MAX_SIZE_BYTES, parse_duration, parse_size
+from smbgw_agent.model.errors import FieldError
+from smbgw_agent.model.units import MAX_SIZE_BYTES, parse_duration, parse_size
 
 KiB, MiB, GiB, TiB, PiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50
 

@@ -1,0 +1,126 @@
+"""Keeping services running and reloading them: systemd over D-Bus, or a fallback.
+
+On a node the agent talks to systemd (pydbus) so that units stay under systemd's
+control. Inside a container without systemd, or in the `--root` sandbox, there is no
+manager to ask; the agent then signals the daemon directly (e.g. `smbcontrol ...
+reload-config`) and says so in status, so nobody mistakes one path for the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from smbgw_agent.effects.runner import CommandError, Runner
+from smbgw_agent.effects.systemd import SystemdError, SystemdManager, SystemdUnavailable, UnitState
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A service could not be started or reloaded."""
+
+
+@dataclass
+class ServiceReport:
+    unit: str
+    control: str  # "systemd" or "direct"
+    active: bool | None
+    detail: str = ""
+
+
+class ServiceControl:
+    def __init__(
+        self,
+        runner: Runner,
+        use_systemd: bool = True,
+        connect: Callable[[], SystemdManager] = SystemdManager.connect,
+    ) -> None:
+        self.runner = runner
+        self.use_systemd = use_systemd
+        self._connect = connect
+        self._manager: SystemdManager | None = None
+        self.unavailable_reason = "disabled (sandbox)" if not use_systemd else ""
+        self.reports: dict[str, ServiceReport] = {}
+        # True once the agent is stopping: waits for systemd jobs are abandoned at once.
+        self.cancelled: Callable[[], bool] = lambda: False
+
+    def manager(self) -> SystemdManager | None:
+        if not self.use_systemd:
+            return None
+        if self._manager is not None and self._manager.closed:
+            self._manager = None  # the bus went away (dbus restarted): reconnect
+        if self._manager is None:
+            try:
+                self._manager = self._connect()
+                self._manager.cancelled = self._stopping
+                self.unavailable_reason = ""
+            except SystemdUnavailable as exc:
+                self.unavailable_reason = str(exc)
+                return None
+        return self._manager
+
+    def _stopping(self) -> bool:
+        return self.cancelled()  # looked up at call time: the daemon sets `cancelled` later
+
+    @property
+    def mode(self) -> str:
+        return "systemd" if self.manager() else "direct"
+
+    def ensure_active(self, unit: str) -> ServiceReport:
+        """Start `unit` through systemd if it is not active; without systemd only report."""
+        manager = self.manager()
+        if manager is None:
+            report = ServiceReport(unit, "direct", None, f"no systemd: {self.unavailable_reason}")
+        else:
+            try:
+                state: UnitState = manager.state(unit)
+                if not state.is_active:
+                    log.warning("%s is %s/%s; starting it", unit, state.active_state, state.sub_state)
+                    manager.start(unit)
+                    state = manager.state(unit)
+                report = ServiceReport(unit, "systemd", state.is_active, state.sub_state)
+            except SystemdError as exc:
+                if isinstance(exc, SystemdUnavailable):
+                    self._manager = None
+                report = ServiceReport(unit, "systemd", False, str(exc))
+        self.reports[unit] = report
+        return report
+
+    def is_active(self, unit: str) -> bool | None:
+        """Whether `unit` is active, without changing anything (None: no systemd to ask)."""
+        manager = self.manager()
+        if manager is None:
+            return None
+        try:
+            state = manager.state(unit)
+        except SystemdError as exc:
+            if isinstance(exc, SystemdUnavailable):
+                self._manager = None
+            self.reports[unit] = ServiceReport(unit, "systemd", False, str(exc))
+            return False
+        self.reports[unit] = ServiceReport(unit, "systemd", state.is_active, state.sub_state)
+        return state.is_active
+
+    def reload(self, unit: str, direct_argv: Sequence[str]) -> str:
+        """Reload through systemd when there is one, else run `direct_argv`. Returns how."""
+        manager = self.manager()
+        if manager is not None:
+            try:
+                manager.reload(unit)
+                return "systemd"
+            except SystemdError as exc:
+                if isinstance(exc, SystemdUnavailable):
+                    self._manager = None
+                raise ServiceError(f"reloading {unit} through systemd failed: {exc}") from exc
+        try:
+            result = self.runner.run(direct_argv, timeout=15)
+        except CommandError as exc:
+            raise ServiceError(f"reloading {unit} failed: {exc}") from exc
+        said = (result.stdout.strip() or result.stderr.strip()).splitlines()
+        if said:
+            # A reload command says nothing when it worked (`smbcontrol ... reload-config`);
+            # anything else is not a confirmation, so the reload is tried again.
+            raise ServiceError(f"reloading {unit}: {direct_argv[0]} answered {said[0][:200]!r}, not silence")
+        return "direct"

@@ -1,0 +1,243 @@
+"""Work that must not run on the reconcile thread: long commands and scheduled tasks.
+
+A pass must stay short (it holds the watchdog and every other share's latency). Work that
+takes long (creating a container, booting a VM, a snapshot of a large tree) or that runs
+on a schedule (a snapshot every hour, an AD health check every minute) is a job: it runs
+on one of a few worker threads, under its own time budget (every command it starts
+through the runner gets at most what is left of it, see `deadline`), reports progress,
+and ends as succeeded, failed or timed out. Jobs never feed the watchdog: only the main
+loop does, so a hung job cannot keep a hung agent alive, and a slow job cannot starve it.
+
+When a job ends, the agent is woken; the owning plugin's next plan reads the outcome
+(`JobRunner.record`) and decides what it means for its resource. One job per id at a
+time: submitting an id that is still running is refused, so a retrying pass cannot pile
+up copies of the same `pct create`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from smbgw_agent.effects import deadline as pass_deadline
+
+log = logging.getLogger(__name__)
+QUEUED, RUNNING, SUCCEEDED, FAILED, TIMED_OUT = "queued", "running", "succeeded", "failed", "timed-out"
+FINISHED = (SUCCEEDED, FAILED, TIMED_OUT)
+MAX_RECORDS = 1000
+MAX_PROGRESS = 500
+
+
+class JobProgress:
+    """Handed to a job's function: report progress, and see whether to give up."""
+
+    def __init__(self, record: JobRecord, budget: pass_deadline.Deadline) -> None:
+        self._record = record
+        self.budget = budget
+
+    def report(self, message: str) -> None:
+        self._record.progress = str(message)[:MAX_PROGRESS]
+
+    @property
+    def expired(self) -> bool:
+        return self.budget.expired
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    run: Callable[[JobProgress], Any]
+    timeout: float
+    resource: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A job that recurs. `next_run(last)` gives the Unix time of the next run after the
+    last one (None: never ran; a time in the past, such as 0, means due now). A run
+    missed while the agent was down runs once at start, not once per missed slot: only
+    the next time after the last run counts."""
+
+    id: str
+    next_run: Callable[[float | None], float]
+    run: Callable[[JobProgress], Any]
+    timeout: float
+    resource: str = ""
+    plugin: str = ""
+
+    def job(self) -> Job:
+        return Job(self.id, self.run, self.timeout, self.resource, self.plugin)
+
+
+def every(seconds: float) -> Callable[[float | None], float]:
+    """A `next_run` for a fixed interval; never run yet: due at once (0)."""
+    def next_run(last: float | None) -> float:
+        return 0.0 if last is None else last + seconds
+    return next_run
+
+
+@dataclass
+class JobRecord:
+    id: str
+    plugin: str
+    resource: str
+    state: str = QUEUED
+    submitted: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    progress: str = ""
+    error: str | None = None
+    result: Any = None
+    runs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin, "resource": self.resource, "state": self.state,
+            "submitted": self.submitted, "started": self.started, "finished": self.finished,
+            "progress": self.progress, "error": self.error, "runs": self.runs,
+        }
+
+
+@dataclass
+class JobRunner:
+    workers: int = 4
+    on_finished: Callable[[], None] = lambda: None
+    clock: Callable[[], float] = time.time
+    records: dict[str, JobRecord] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    last_runs: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._stopped = False
+        self._finished: set[str] = set()
+
+    def submit(self, job: Job) -> bool:
+        """Start `job` unless one with its id is queued or running; True if started."""
+        with self._lock:
+            if self._stopped:
+                return False
+            current = self.records.get(job.id)
+            if current is not None and current.state not in FINISHED:
+                return False
+            record = JobRecord(job.id, job.plugin, job.resource, submitted=self.clock())
+            record.runs = (current.runs if current else 0) + 1
+            self.records[job.id] = record
+            self._trim()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="smbgw-job")
+            pool = self._pool
+        pool.submit(self._run, job, record)
+        return True
+
+    def _trim(self) -> None:
+        if len(self.records) <= MAX_RECORDS:
+            return
+        done = sorted((r.finished or 0.0, key) for key, r in self.records.items() if r.state in FINISHED)
+        for _finished, key in done[: len(self.records) - MAX_RECORDS]:
+            del self.records[key]
+
+    def _run(self, job: Job, record: JobRecord) -> None:
+        budget = pass_deadline.Deadline(job.timeout)  # no heartbeat: jobs never feed the watchdog
+        record.state, record.started = RUNNING, self.clock()
+        try:
+            with pass_deadline.bounded(budget):
+                record.result = job.run(JobProgress(record, budget))
+            record.state = TIMED_OUT if budget.expired else SUCCEEDED
+            if budget.expired:
+                record.error = f"ran longer than its {job.timeout:.0f} s"
+        except Exception as exc:
+            record.state = TIMED_OUT if budget.expired else FAILED
+            record.error = str(exc) or type(exc).__name__
+            log.error("job %s (%s) %s: %s", job.id, job.plugin, record.state, record.error)
+        finally:
+            record.finished = self.clock()
+            if job.resource:
+                with self._lock:
+                    self._finished.add(job.resource)
+            if job.id in self.schedules:
+                self.last_runs[job.id] = record.started or record.finished
+        try:
+            self.on_finished()
+        except Exception:  # a wake-up that fails must not lose the record
+            log.exception("waking the agent after job %s failed", job.id)
+
+    def take_finished(self) -> set[str]:
+        """Resources whose jobs finished since the last call: the next pass plans them,
+        so their plugins can record the outcome even when nothing else changed."""
+        with self._lock:
+            finished, self._finished = self._finished, set()
+        return finished
+
+    def record(self, job_id: str) -> JobRecord | None:
+        return self.records.get(job_id)
+
+    # ---- schedules -----------------------------------------------------------------
+
+    def set_schedules(self, schedules: Mapping[str, Schedule], last_runs: Mapping[str, float]) -> None:
+        """Replace the schedules (after each pass); `last_runs` seeds times known from a
+        plugin's persistent state, so a restart does not run everything again."""
+        with self._lock:
+            self.schedules = dict(schedules)
+            for key, value in last_runs.items():
+                if value > self.last_runs.get(key, 0.0):
+                    self.last_runs[key] = value
+
+    def next_due(self) -> float | None:
+        """Unix time of the next scheduled run, or None."""
+        times = []
+        for key, schedule in list(self.schedules.items()):
+            try:
+                times.append(schedule.next_run(self.last_runs.get(key)))
+            except Exception as exc:
+                log.error("schedule %s cannot say when it runs next: %s", key, exc)
+        return min(times, default=None)
+
+    def run_due(self) -> list[str]:
+        """Start every scheduled job whose time has come; returns their ids."""
+        now = self.clock()
+        started = []
+        for key, schedule in list(self.schedules.items()):
+            try:
+                due = schedule.next_run(self.last_runs.get(key)) <= now
+            except Exception as exc:
+                log.error("schedule %s cannot say when it runs next: %s", key, exc)
+                continue
+            if due and self.submit(schedule.job()):
+                started.append(key)
+        return started
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            records = dict(self.records)
+        result = {key: record.to_dict() for key, record in sorted(records.items())}
+        for key, schedule in self.schedules.items():
+            entry = result.setdefault(key, {"plugin": schedule.plugin, "resource": schedule.resource,
+                                            "state": "scheduled", "runs": 0})
+            last = self.last_runs.get(key)
+            entry["last_run"] = last
+            try:
+                entry["next_run"] = schedule.next_run(last)
+            except Exception as exc:
+                entry["next_run"], entry["error"] = None, str(exc)
+        return result
+
+    def stop(self, wait: float = 5.0) -> None:
+        """No new jobs; give running ones `wait` seconds (their commands are bounded by
+        their own budgets); threads that do not finish are left to end on their own."""
+        with self._lock:
+            self._stopped = True
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + wait
+        for thread in list(getattr(pool, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))

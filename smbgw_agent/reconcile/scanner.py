@@ -1,0 +1,180 @@
+"""Reading shares.d: which files exist, which are valid, and what they declare.
+
+Results are cached by (inode, size, mtime, ctime), so a pass re-parses only the files
+that changed; the directory listing and one lstat per file are the whole fixed cost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smbgw_agent.effects.deadline import beat
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.errors import ConfigError, Problem
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.printable import printable
+from smbgw_agent.model.shares import ShareSpec, parse_share
+from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
+from smbgw_agent.model.tomlsource import InputFileError, read_toml
+from smbgw_agent.platform.pluginhost import PluginHost
+
+MAX_SHARE_FILES = 20000
+
+
+def _depends_on_the_filesystem(result: FileResult) -> bool:
+    """A verdict about the path (a link that escapes, a missing directory, a name the
+    admin's smb.conf has) can change without the file changing: read such files again
+    every pass, so the share comes back as soon as the cause is gone."""
+    return any(p.security or p.key == "path" for p in result.problems)
+
+
+def _is_text(name: str) -> bool:
+    """Python hands undecodable bytes of file names over as lone surrogates; such a name
+    cannot go into status.json, the state database or a metric label as it is."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_share_file_name(name: str) -> bool:
+    """`*.toml`, not hidden, not an editor's temporary or backup copy."""
+    if not name.endswith(".toml") or name.startswith((".", "#", "~")):
+        return False
+    return name != ".toml"
+
+
+@dataclass
+class FileResult:
+    file: str
+    spec: ShareSpec | None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return self.spec is not None and not self.problems
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, FileResult]
+    directory_problem: str | None = None
+
+
+class ShareScanner:
+    def __init__(self, paths: Paths, plugins: PluginHost, config: AgentConfig) -> None:
+        self.paths = paths
+        self.plugins = plugins
+        self.config = config
+        self._cache: dict[str, tuple[tuple[int, ...], FileResult]] = {}
+        self._admin: AdminShares | None = None
+        self._ancestors: dict[str, str | None] = {}
+        # Files parsed (not served from the cache) by the last scan: their paths were
+        # checked moments ago, so the guard need not check them again in this pass.
+        self.fresh: set[str] = set()
+        self._admin_signature: tuple[tuple[int, ...], ...] = ()
+
+    def forget(self) -> None:
+        """Drop the cache: validation also depends on the filesystem (symlinks, dirs)."""
+        self._cache.clear()
+        self._admin = None
+
+    def admin_shares(self) -> AdminShares:
+        """The shares of the admin's own smb.conf, re-read when any of its files changed."""
+        signature = self._admin_files_signature()
+        if self._admin is None or signature != self._admin_signature:
+            admin = read_admin_shares(self.paths.smb_conf, self.paths.samba_dir)
+            if self._admin is None or admin.sections != self._admin.sections:
+                self._admin = admin
+                self._cache.clear()  # a name may have become (un)available
+            self._admin_signature = self._admin_files_signature()
+        return self._admin
+
+    def _admin_files_signature(self) -> tuple[tuple[int, ...], ...]:
+        files = self._admin.files if self._admin is not None else (str(self.paths.smb_conf),)
+        signature: list[tuple[int, ...]] = []
+        for name in files:
+            try:
+                info = os.stat(name)
+                signature.append((info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+            except OSError:
+                signature.append(())
+        return tuple(signature)
+
+    @property
+    def directory(self) -> Path:
+        return self.paths.host(self.config.shares_dir)
+
+    def scan(self) -> ScanResult:
+        directory = self.directory
+        try:
+            with os.scandir(directory) as entries:
+                names = sorted(e.name for e in entries if is_share_file_name(e.name))
+        except FileNotFoundError:
+            self._cache.clear()
+            return ScanResult({}, f"{directory} does not exist")
+        except NotADirectoryError:
+            self._cache.clear()
+            return ScanResult({}, f"{directory} is not a directory")
+        except OSError as exc:
+            return ScanResult({}, f"cannot list {directory}: {exc.strerror}")
+        self.admin_shares()
+        self._ancestors = {}
+        self.fresh = set()
+        problem = None
+        if len(names) > MAX_SHARE_FILES:
+            problem = f"{len(names)} share files; only the first {MAX_SHARE_FILES} are read"
+            names = names[:MAX_SHARE_FILES]
+        files = {}
+        for name in names:
+            if not _is_text(name):
+                shown = printable(name)
+                files[shown] = FileResult(shown, None, [Problem(
+                    directory / shown,
+                    "the file name is not valid UTF-8 (undecodable bytes shown as \\udcXX); "
+                    "a share file's name must be text, rename it",
+                )])
+                continue
+            files[name] = self._read(directory / name)
+            beat()
+        for gone in set(self._cache) - set(files):
+            del self._cache[gone]
+        return ScanResult(files, problem)
+
+    def _read(self, path: Path) -> FileResult:
+        try:
+            info = os.lstat(path)
+            signature: tuple[int, ...] = (
+                info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode,
+            )
+        except OSError:
+            signature = ()
+        cached = self._cache.get(path.name)
+        if cached and signature and cached[0] == signature:
+            return cached[1]
+        result = self.read_one(path)
+        self.fresh.add(path.name)
+        if signature and not _depends_on_the_filesystem(result):
+            self._cache[path.name] = (signature, result)
+        return result
+
+    def read_one(self, path: Path) -> FileResult:
+        """Validate one file with no caching (also what `smbgwctl validate` uses)."""
+        try:
+            doc = read_toml(path)
+        except InputFileError as exc:
+            return FileResult(path.name, None, [exc.problem])
+        if not isinstance(doc.data, dict):  # pragma: no cover - tomllib always gives a dict
+            return FileResult(path.name, None, [Problem(path, "not a TOML table")])
+        warnings: list[Problem] = []
+        try:
+            spec = parse_share(
+                doc, self.config, self.paths, self.plugins, self.admin_shares(), warnings, self._ancestors
+            )
+        except ConfigError as exc:
+            return FileResult(path.name, None, exc.problems, warnings)
+        return FileResult(path.name, spec, warnings=warnings)
