@@ -167,6 +167,8 @@ def bench_cold_start(base: Path, count: int, repeats: int = 3) -> None:
 
 def run_all(base: Path, changes: int, sizes: list[int]) -> None:
     print(f"== agent from {AGENT['tree']} ({AGENT['python']})")
+    base = base / f"run-{Path(AGENT['tree']).name}"  # each agent gets fresh sandboxes
+    base.mkdir(mode=0o755)
     bench_drop_latency(base, changes, 0)
     for size in sizes:
         bench_cold_start(base, size)

@@ -91,6 +91,38 @@ def test_core_families_follow_the_snapshot() -> None:
     assert samples["smbgw_collector_success"][(("collector", "core"),)] == 1.0
 
 
+def test_node_resources_health_and_jobs_are_exported() -> None:
+    snapshot = {
+        **SNAPSHOT,
+        "resources": {
+            "samba:host": {"plugin": "mode_native", "state": "applied"},
+            "vip:192.0.2.10": {"plugin": "vip", "state": "failed"},
+        },
+        "health": [
+            {"plugin": "ad", "resource": "ad", "check": "testjoin", "ok": False, "detail": "no trust"},
+            {"plugin": "recycle", "resource": "recycle:purge", "check": "purge", "ok": True, "detail": ""},
+        ],
+        "jobs": {
+            "recycle:purge": {"plugin": "recycle", "state": "succeeded"},
+            "create:2100": {"plugin": "mode_lxc", "state": "timed-out"},
+            "create:2101": {"plugin": "mode_lxc", "state": "running"},
+        },
+    }
+    samples = scrape(make_exporter({}, snapshot))
+    assert samples["smbgw_resource_up"] == {
+        (("plugin", "mode_native"), ("resource", "samba:host")): 1.0,
+        (("plugin", "vip"), ("resource", "vip:192.0.2.10")): 0.0,
+    }
+    assert samples["smbgw_health_ok"] == {
+        (("check", "testjoin"), ("plugin", "ad"), ("resource", "ad")): 0.0,
+        (("check", "purge"), ("plugin", "recycle"), ("resource", "recycle:purge")): 1.0,
+    }
+    assert samples["smbgw_job_last_success"] == {
+        (("job", "recycle:purge"), ("plugin", "recycle")): 1.0,
+        (("job", "create:2100"), ("plugin", "mode_lxc")): 0.0,
+    }, "a running job has no outcome yet"
+
+
 def test_plugin_families_and_failures_are_attributed() -> None:
     samples = scrape(make_exporter({"demo": Contributor(), "broken": Broken()}))
     assert samples["smbgw_demo_thing"] == {(("share", "a"),): 1.0, (("share", "b"),): 1.0}

@@ -1029,3 +1029,40 @@ def test_a_share_moving_between_modes_is_removed_by_the_old_and_applied_by_the_n
     ]
     assert [c[0] for c in files.calls if c[0] != "plan"] == ["remove", "commit"]
     assert not (root / "served/alpha.conf").exists() and (root / "other/alpha.conf").exists()
+
+
+class ClusterSmbd:
+    """A plugin that owns smbd (as CTDB does): the native mode must reload through it."""
+
+    def __init__(self) -> None:
+        self.owner = "ctdbish"
+        self.reloads: list[Path] = []
+        self.checks = 0
+
+    @hookimpl
+    def smbgw_smbd_control(self, config: AgentConfig) -> Any:
+        return self
+
+    def ensure_running(self, ctx: PassContext) -> Any:
+        from smbgw_agent.effects.services import ServiceReport
+
+        self.checks += 1
+        return ServiceReport(ctx.config.smbd_unit, "ctdbish", True, "managed by the cluster")
+
+    def is_running(self, ctx: PassContext) -> bool | None:
+        return True
+
+    def reload(self, ctx: PassContext, smb_conf: Path) -> str:
+        self.reloads.append(smb_conf)
+        return "ctdbish"
+
+
+def test_a_plugin_that_takes_over_smbd_is_used_for_reloads(native_box: Any, clock: FakeClock) -> None:
+    owner = ClusterSmbd()
+    rec = reconciler(native_box.root, PluginHost({"mode_native": NATIVE_TARGET, "ctdbish": owner}), clock,
+                     node="sandbox")
+    assert rec.smbd is owner
+    declare(native_box.root, "alpha", mode="native")
+    assert rec.run_pass().ok
+    assert owner.reloads == [native_box.smb_conf] and owner.checks >= 1
+    assert rec.plugins.manager.get_plugin("mode_native").last_reload == "ctdbish"
