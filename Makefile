@@ -11,7 +11,7 @@ DEBIAN_PY_PACKAGES := python3-pluggy python3-prometheus-client python3-pyroute2 
 	python3-watchdog python3-jinja2 python3-pytest python3-hypothesis
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-long unit integration lint typecheck check deps venv bench clean test-debian
+.PHONY: run test test-long unit integration lint typecheck check deps venv bench clean test-debian test-trixie
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES) $(DEBIAN_PY_PACKAGES); do \
@@ -51,9 +51,15 @@ integration: venv
 # /usr/bin/python3 with PYTHONPATH=. only.
 test-debian: deps
 	PYTHONPATH=. /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/unit tests/conformance \
-		tests/integration/test_native_serving.py
+		tests/integration/test_native_serving.py tests/integration/test_security_profile.py
 
-test: venv lint typecheck test-debian
+# The same pass on Debian 13 "trixie" (Proxmox VE 9): in a booted trixie container built
+# once by debootstrap (cached by content under /var/lib/machines, shared with the .deb
+# end-to-end test of trixie), with trixie's python3-*, Samba and systemd.
+test-trixie: deps
+	PYTHONPATH=. /usr/bin/python3 -m tests.support.releases trixie
+
+test: venv lint typecheck test-debian test-trixie
 	$(PY) -m pytest -q
 
 # The long runs, not part of `make test` (CI): the model-based reconciler test with 200

@@ -73,6 +73,11 @@ HIGH_SECURITY_GLOBALS: tuple[tuple[str, str], ...] = (
     ("server min protocol", "SMB3_00"),
     ("server signing", "mandatory"),
     ("server smb encrypt", "required"),
+    # Pinned, so that a Samba upgrade (4.17 on PVE 8, 4.22 on PVE 9) never changes what
+    # the profile allows: GCM first (SMB 3.1.1), AES-128-CCM kept for SMB 3.0.x clients,
+    # which know nothing else; AES-256-CCM, which no client needs, dropped.
+    ("server smb3 encryption algorithms", "AES-256-GCM, AES-128-GCM, AES-128-CCM"),
+    ("server smb3 signing algorithms", "AES-128-GMAC, AES-128-CMAC"),
 )
 
 _templates = jinja2.Environment(

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from devtools.sandbox import Sandbox
+from smbgw_agent.observe.smbstatus import ShareActivity, parse_smbstatus
 from tests.support.agent import AgentProcess, served, wait_for, write_share
 
 pytestmark = pytest.mark.integration
@@ -69,3 +70,37 @@ def test_shares_dir_removed_and_recreated(sandbox: Sandbox, agent: AgentProcess)
     write_share(sandbox, "two.toml", 'path = "/srv/smb/two"\n')
     wait_for(lambda: served(sandbox, "two"))
     wait_for(lambda: not served(sandbox, "one"))
+
+
+def test_this_sambas_smbstatus_json_is_understood(sandbox: Sandbox, agent: AgentProcess) -> None:
+    """`smbstatus --json` changes between Samba releases (4.17 on PVE 8, 4.22 on PVE 9):
+    whatever this node's Samba prints for a held session with an open file parses to the
+    right numbers (the release passes run this with each release's own Samba)."""
+    data = sandbox.share_dir("live")
+    (data / "big.bin").write_bytes(b"x" * (4 << 20))
+    write_share(sandbox, "live.toml", 'path = "/srv/smb/live"\n')
+    wait_for(lambda: served(sandbox, "live"))
+    holder = subprocess.Popen(
+        ["smbclient", "-p", str(sandbox.port), "//127.0.0.1/live", "-U", f"{sandbox.user}%{sandbox.password}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert holder.stdin is not None
+        # `open` keeps a handle until `close`: an open file smbstatus must list.
+        holder.stdin.write("open big.bin\n")
+        holder.stdin.flush()
+
+        def reading() -> ShareActivity | None:
+            out = subprocess.run(["smbstatus", "-s", str(sandbox.smb_conf), "--json"], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout
+            activity = parse_smbstatus(out)
+            return activity if activity.open_files and activity.sessions else None
+
+        activity = wait_for(reading, timeout=20)
+        assert activity.sessions == {"live": 1}, activity
+        assert activity.open_files == {str(data): 1}, activity
+        assert activity.total_sessions == 1
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        holder.wait(15)

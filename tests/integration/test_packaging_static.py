@@ -58,7 +58,7 @@ def test_package_builds_with_the_expected_metadata(build: BuildResult, capsys: p
 
     contents = set(debpkg.deb_contents(deb))
     for path in (
-        "/usr/sbin/smbgw-agent", "/usr/sbin/smbgwctl", "/lib/systemd/system/smbgw-agent.service",
+        "/usr/sbin/smbgw-agent", "/usr/sbin/smbgwctl", "/usr/lib/systemd/system/smbgw-agent.service",
         "/etc/smbgw/agent.toml", "/etc/smbgw/shares.d/",
         "/usr/share/doc/smbgw-agent/examples/agent.toml",
         "/usr/share/doc/smbgw-agent/examples/example.toml.sample",
@@ -75,7 +75,7 @@ def test_package_builds_with_the_expected_metadata(build: BuildResult, capsys: p
     control = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True, check=True)
     assert control.stdout.split() == ["/etc/smbgw/agent.toml"]
     with debpkg.extracted(deb) as root:
-        shipped = (root / "lib/systemd/system/smbgw-agent.service").read_text()
+        shipped = (root / "usr/lib/systemd/system/smbgw-agent.service").read_text()
         assert shipped == UNIT_SOURCE.read_text()
         entry_points = next(root.glob("usr/lib/python3/dist-packages/smbgw_agent-*.dist-info/entry_points.txt"))
         assert "mode_native = smbgw_plugins.mode_native:NativeModePlugin" in entry_points.read_text()
@@ -123,7 +123,7 @@ def test_unit_verifies(build: BuildResult) -> None:
 def test_unit_security_exposure(build: BuildResult, capsys: pytest.CaptureFixture[str]) -> None:
     score, result = debpkg.security_exposure(UNIT_SOURCE)
     with debpkg.extracted(build.deb) as root:
-        shipped_score, _ = debpkg.security_exposure(root / "lib/systemd/system/smbgw-agent.service")
+        shipped_score, _ = debpkg.security_exposure(root / "usr/lib/systemd/system/smbgw-agent.service")
     with capsys.disabled():
         print(f"\n[smbgw-agent .deb] systemd-analyze security --offline=true {UNIT_SOURCE.relative_to(REPO)}: "
               f"overall exposure {score} (at most {MAX_EXPOSURE}; lower is better)")

@@ -85,6 +85,9 @@ def test_high_profile_requires_signing_and_encryption(sandbox: Sandbox, agent: A
         assert session["encryption"]["degree"] == "full", session
         assert session["signing"]["degree"] == "full", session
         assert session["session_dialect"].startswith("SMB3"), session
+        # The pinned algorithms, in the server's order, on every Samba release we run on.
+        assert session["encryption"]["cipher"] == "AES-256-GCM", session
+        assert session["signing"]["cipher"] == "AES-128-GMAC", session
     finally:
         assert holder.stdin is not None
         holder.stdin.close()

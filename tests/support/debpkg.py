@@ -196,7 +196,7 @@ def verify_unit(deb: Path) -> Checked:
     against real files while the host itself is never touched.
     """
     with extracted(deb) as root:
-        unit = root / "lib/systemd/system" / UNIT
+        unit = root / "usr/lib/systemd/system" / UNIT
         script = 'mount -t overlay overlay -o "lowerdir=$1/usr:/usr" /usr && shift && exec "$@"'
         argv = [
             "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-ec", script, "sh",

@@ -1,8 +1,8 @@
-"""Throwaway Debian 12 containers with systemd as PID 1, for integration tests.
+"""Throwaway Debian containers (12 "bookworm", 13 "trixie") with systemd as PID 1, for tests.
 
 Why containers: the agent talks to a real systemd over a real D-Bus, and a test can only
 prove that against the real thing. The host of the test runner has no systemd, so each test
-boots its own, with ``systemd-nspawn`` (see /work/shared/TESTBED.md).
+boots its own, with ``systemd-nspawn``.
 
 Why this shape:
 
@@ -60,7 +60,10 @@ SUITE = "bookworm"
 MACHINES_DIR = Path("/var/lib/machines")
 # Units that would fight the tests (nmbd wants a network, samba-ad-dc conflicts with smbd)
 # or start work at random times (timers).  All *.timer units are masked in addition.
-MASKED_UNITS: tuple[str, ...] = ("nmbd.service", "samba-ad-dc.service")
+# Prometheus and Alertmanager are in the release-pass image for promtool and amtool only.
+MASKED_UNITS: tuple[str, ...] = (
+    "nmbd.service", "samba-ad-dc.service", "prometheus.service", "prometheus-alertmanager.service",
+)
 # Bump whenever the image preparation below changes, so old images are not reused.
 _RECIPE_VERSION = "1"
 _MARKER = ".smbgw-testbed-image.json"
@@ -126,19 +129,21 @@ def _overlayfs_available() -> bool:
 # --------------------------------------------------------------------------- base image
 
 
-def image_key(packages: Sequence[str] = DEFAULT_PACKAGES, suite: str = SUITE) -> str:
+def image_key(packages: Sequence[str] = DEFAULT_PACKAGES, suite: str = SUITE, apt: Sequence[str] = ()) -> str:
     """Hash of everything that shapes the image, so a different recipe gets another dir."""
-    recipe = {
+    recipe: dict[str, object] = {
         "suite": suite,
         "packages": sorted(set(packages)),
         "masked": sorted(MASKED_UNITS),
         "recipe": _RECIPE_VERSION,
     }
+    if apt:
+        recipe["apt"] = sorted(set(apt))
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def base_image_path(packages: Sequence[str] = DEFAULT_PACKAGES, suite: str = SUITE) -> Path:
-    return MACHINES_DIR / f"smbgw-base-{image_key(packages, suite)}"
+def base_image_path(packages: Sequence[str] = DEFAULT_PACKAGES, suite: str = SUITE, apt: Sequence[str] = ()) -> Path:
+    return MACHINES_DIR / f"smbgw-base-{image_key(packages, suite, apt)}"
 
 
 def _image_complete(path: Path) -> bool:
@@ -149,16 +154,21 @@ def ensure_base_image(
     packages: Sequence[str] = DEFAULT_PACKAGES,
     suite: str = SUITE,
     *,
+    apt: Sequence[str] = (),
     mirror: str | None = None,
     timeout: float = 1800.0,
 ) -> Path:
     """Return the base image for ``packages``, building it first if it does not exist yet.
 
+    ``apt`` are installed with apt-get after debootstrap, in the image: debootstrap's own
+    dependency handling fails to configure some package sets (lintian's Perl modules on
+    trixie), apt's does not.
+
     Safe against concurrent callers (a lock file serialises builders; the loser finds the
     finished image) and against interrupted builds (only a complete tree is renamed into
     its final name; leftovers of a dead build are removed under the lock).
     """
-    final = base_image_path(packages, suite)
+    final = base_image_path(packages, suite, apt)
     if _image_complete(final):
         return final
     MACHINES_DIR.mkdir(parents=True, exist_ok=True)
@@ -173,6 +183,8 @@ def ensure_base_image(
         log = MACHINES_DIR / f".{final.name}.build.log"
         try:
             _debootstrap(tmp, packages, suite, mirror or host_mirror(suite), log, timeout, lock_fd)
+            if apt:
+                _apt_install(tmp, apt, log, timeout)
             _prepare_image(tmp)
             (tmp / _MARKER).write_text(
                 json.dumps(
@@ -279,6 +291,23 @@ def _debootstrap(
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise NspawnError(f"debootstrap failed with exit code {rc} (log {log}):\n{tail}")
+
+
+def _apt_install(root: Path, packages: Sequence[str], log: Path, timeout: float) -> None:
+    """apt-get install in the half-built image (not booted; the host's network)."""
+    argv = [
+        "systemd-nspawn", "--quiet", "--directory", str(root), "--register=no", "--keep-unit",
+        "--setenv=DEBIAN_FRONTEND=noninteractive", "--",
+        "/bin/sh", "-ec",
+        'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" && apt-get clean',
+        "sh", *sorted(set(packages)),
+    ]
+    with log.open("a") as out:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise NspawnError(f"apt-get install {' '.join(packages)} failed ({proc.returncode}; log {log}):\n{tail}")
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
