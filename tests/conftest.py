@@ -12,6 +12,12 @@ from typing import Any
 
 import pytest
 
+from smbgw_agent.platform.pluginhost import map_source_tree_plugins
+
+# The built-in plugins import as `smbgw_plugins` from a bare checkout too (the Debian
+# passes run with PYTHONPATH=. and nothing installed), so tests may import them directly.
+map_source_tree_plugins()
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:

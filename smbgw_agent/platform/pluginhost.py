@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 # Used when the distribution is not installed (running from a source tree): the same
 # names the pyproject entry points declare.
-_BUILTIN_FALLBACK = {"mode_native": "smbgw_plugins.mode_native:NativeModePlugin"}
+_BUILTIN_FALLBACK = {
+    "mode_native": "smbgw_plugins.mode_native:NativeModePlugin",
+    "quota": "smbgw_plugins.quota:QuotaPlugin",
+}
 CORE_AGENT_TABLES = frozenset({"agent", "samba", "metrics"})
 CORE = "core"
 
@@ -68,7 +71,7 @@ def discover_plugins() -> dict[str, str]:
     return found
 
 
-def _source_tree_plugins() -> None:
+def map_source_tree_plugins() -> None:
     """Make `smbgw_plugins` importable when running from a source checkout.
 
     Installed, the `plugins/` folder is the `smbgw_plugins` package (pyproject maps it).
@@ -95,7 +98,7 @@ def load_target(target: str) -> object:
     """Import ``module[:attribute]``; a class is instantiated so each agent has its own state."""
     module_name, _, attribute = target.partition(":")
     if module_name.startswith("smbgw_plugins"):
-        _source_tree_plugins()
+        map_source_tree_plugins()
     obj: object = importlib.import_module(module_name)
     for part in filter(None, attribute.split(".")):
         obj = getattr(obj, part)

@@ -13,6 +13,7 @@ joins the suite by adding a `Subject` below: how to declare a share that uses it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ from smbgw_agent.platform.jobs import JobRunner
 from smbgw_agent.platform.pluginhost import PluginHost, discover_plugins
 from smbgw_agent.reconcile.reconciler import Reconciler
 from tests.support.procs import describe_difference, private_sandbox, snapshot_tree
+from tests.support.storage import btrfs_image
 
 pytestmark = pytest.mark.integration
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
@@ -47,11 +49,14 @@ class Subject:
     plugin: str
     body: str  # what a share file adds to use the plugin
     data_files: tuple[str, ...] = ("report.txt",)  # relative to the share: must survive removal
+    storage: str | None = None  # a real file system the shares live on ("btrfs")
+    precreate: bool = True  # the admin makes the share directory (False: the plugin does)
 
 
 SUBJECTS = [
     Subject("mode_native", ""),
     Subject("recycle", '[recycle]\nkeep = "7d"\n', ("report.txt", ".recycle/alice/old.txt")),
+    Subject("quota", '[quota]\nsize = "64M"\n', storage="btrfs", precreate=False),
 ]
 
 
@@ -112,7 +117,14 @@ def subject(request: pytest.FixtureRequest) -> Subject:
 
 
 @pytest.fixture
-def setup(box: Any, subject: Subject, entry_points_site: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def setup(box: Any, subject: Subject, entry_points_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    with contextlib.ExitStack() as stack:
+        if subject.storage == "btrfs":
+            stack.enter_context(btrfs_image(box.root / "srv/smb"))
+        yield _setup(box, subject, entry_points_site, monkeypatch)
+
+
+def _setup(box: Any, subject: Subject, entry_points_site: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.syspath_prepend(str(entry_points_site))
     monkeypatch.syspath_prepend(str(PLUGINS_DIR))
     found = discover_plugins()
@@ -130,7 +142,8 @@ def setup(box: Any, subject: Subject, entry_points_site: Path, monkeypatch: pyte
 
 
 def declare(box: Any, subject: Subject, name: str) -> Path:
-    box.share_dir(name)
+    if subject.precreate:
+        box.share_dir(name)
     file = box.shares_dir / f"{name}.toml"
     file.write_text(f'path = "/srv/smb/{name}"\nvalid_users = ["{box.user}"]\n' + textwrap.dedent(subject.body))
     return file

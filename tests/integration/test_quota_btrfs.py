@@ -1,0 +1,114 @@
+"""Quotas on btrfs, as a Windows client meets them: real loop-mounted btrfs, real smbd."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devtools.sandbox import Sandbox
+from tests.support.agent import AgentProcess, served, wait_for, write_share
+from tests.support.storage import btrfs_image
+
+pytestmark = pytest.mark.integration
+MiB = 1 << 20
+
+
+def limit_of(path: Path) -> str:
+    """max referenced of the path's own qgroup, as btrfs reports it (bytes, or "none")."""
+    rootid = subprocess.run(["btrfs", "inspect-internal", "rootid", str(path)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    out = subprocess.run(["btrfs", "qgroup", "show", "--raw", "-re", "-F", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.split()[:1] == [f"0/{rootid}"]:
+            return line.split()[3]
+    raise AssertionError(out)
+
+
+def put(box: Sandbox, share: str, name: str, size: int) -> subprocess.CompletedProcess[str]:
+    local = box.root / f"upload-{size}"
+    if not local.exists():
+        with open(local, "wb") as handle:
+            handle.write(os.urandom(size))  # incompressible, as btrfs counts what is stored
+    return box.smbclient(share, f"put {local} {name}")
+
+
+def share_text(path: str, quota: str) -> str:
+    return f'path = "{path}"\n{quota}'
+
+
+def test_a_btrfs_quota_is_enforced_through_smb_changed_in_place_and_lifted(
+    sandbox: Sandbox, agent: AgentProcess
+) -> None:
+    box = sandbox
+    with btrfs_image(box.root / "srv/smb/pool"):
+        file = write_share(box, "finance.toml", share_text("/srv/smb/pool/finance", '[quota]\nsize = "8M"\n'))
+        data = box.root / "srv/smb/pool/finance"
+        wait_for(lambda: served(box, "finance"), timeout=20)
+        assert os.lstat(data).st_ino == 256, "created as a subvolume"
+        assert limit_of(data) == str(8 * MiB)
+        user = pwd.getpwnam(box.user)
+        os.chown(data, user.pw_uid, user.pw_gid)  # as the admin gives the share to its users
+
+        assert put(box, "finance", "small.bin", 4 * MiB).returncode == 0
+        too_big = put(box, "finance", "big.bin", 12 * MiB)
+        assert too_big.returncode != 0 and "NT_STATUS_DISK_FULL" in too_big.stdout + too_big.stderr, too_big
+
+        # A bigger size: the limit changes in place, and the write goes through.
+        file.write_text(share_text("/srv/smb/pool/finance", '[quota]\nsize = "64M"\n'))
+        wait_for(lambda: limit_of(data) == str(64 * MiB), timeout=20)
+        assert put(box, "finance", "big.bin", 12 * MiB).returncode == 0
+        status = agent.status() or {}
+        assert status["shares"]["finance"]["state"] == "served"
+
+        # [quota] removed: the limit is lifted; the share and its data stay.
+        file.write_text(share_text("/srv/smb/pool/finance", ""))
+        wait_for(lambda: limit_of(data) == "none", timeout=20)
+        assert (data / "big.bin").stat().st_size == 12 * MiB
+        assert served(box, "finance")
+
+        # A plain directory cannot be limited: refused, with how to convert it.
+        plain = box.root / "srv/smb/pool/plain"
+        plain.mkdir()
+        write_share(box, "plain.toml", share_text("/srv/smb/pool/plain", '[quota]\nsize = "1G"\n'))
+
+        def refused() -> str | None:
+            share = ((agent.status() or {}).get("shares") or {}).get("plain") or {}
+            return share.get("error") if share.get("state") == "failed" else None
+
+        error = wait_for(refused, timeout=20)
+        assert "plain directory, not a btrfs subvolume" in error and "btrfs subvolume create" in error, error
+        assert not served(box, "plain")
+
+        # Deleting the share file leaves the limit on the data.
+        file.write_text(share_text("/srv/smb/pool/finance", '[quota]\nsize = "32M"\n'))
+        wait_for(lambda: limit_of(data) == str(32 * MiB), timeout=20)
+        file.unlink()
+        wait_for(lambda: not served(box, "finance"), timeout=20)
+        assert limit_of(data) == str(32 * MiB)
+        agent.stop()  # before the file system goes
+
+
+def test_quotas_off_on_btrfs_are_reported_with_the_command_to_enable_them(
+    sandbox: Sandbox, agent: AgentProcess
+) -> None:
+    box = sandbox
+    with btrfs_image(box.root / "srv/smb/pool", quotas=False) as pool:
+        subprocess.run(["btrfs", "subvolume", "create", str(pool / "docs")], check=True, capture_output=True)
+        write_share(box, "docs.toml", share_text("/srv/smb/pool/docs", '[quota]\nsize = "1G"\n'))
+
+        def error() -> str | None:
+            share = ((agent.status() or {}).get("shares") or {}).get("docs") or {}
+            return share.get("error") if share.get("state") == "failed" else None
+
+        message = wait_for(error, timeout=20)
+        assert f"run `btrfs quota enable {pool}`" in message, message
+        assert not served(box, "docs"), "a quota that cannot be enforced is not silently dropped"
+        # enforce = false: served without the limit, as the file asks.
+        write_share(box, "docs.toml", share_text("/srv/smb/pool/docs", '[quota]\nsize = "1G"\nenforce = false\n'))
+        wait_for(lambda: served(box, "docs"), timeout=20)
+        agent.stop()
