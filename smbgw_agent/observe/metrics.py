@@ -44,6 +44,13 @@ def merge_families(families: Iterable[Metric]) -> list[Metric]:
         if existing is None:
             merged[family.name] = family
         elif existing.type == family.type:
+            # A later source's series replaces an earlier one with the same labels: the
+            # core's own families come first, so a plugin's better figure wins (the quota
+            # backend's usage over the core's directory walk).
+            replaced = {(s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
+            existing.samples[:] = [
+                s for s in existing.samples if (s.name, tuple(sorted(s.labels.items()))) not in replaced
+            ]
             existing.samples.extend(family.samples)
         else:
             log.error("metric %s has two types (%s, %s); dropping one", family.name, existing.type, family.type)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -37,6 +39,15 @@ def put(box: Sandbox, share: str, name: str, size: int) -> subprocess.CompletedP
     return box.smbclient(share, f"put {local} {name}")
 
 
+def disk(box: Sandbox, share: str) -> tuple[int, int]:
+    """(size, free) in bytes, as an SMB client is told (smbclient's `du` footer)."""
+    out = box.smbclient(share, "du").stdout
+    match = re.search(r"(\d+) blocks of size (\d+)\. (\d+) blocks available", out)
+    assert match, out
+    blocks, size, available = (int(g) for g in match.groups())
+    return blocks * size, available * size
+
+
 def share_text(path: str, quota: str) -> str:
     return f'path = "{path}"\n{quota}'
 
@@ -45,6 +56,11 @@ def test_a_btrfs_quota_is_enforced_through_smb_changed_in_place_and_lifted(
     sandbox: Sandbox, agent: AgentProcess
 ) -> None:
     box = sandbox
+    agent_toml = box.root / "etc/smbgw/agent.toml"
+    agent_toml.write_text(agent_toml.read_text() + '\n[quota]\nrefresh_interval = "5s"\n')
+    assert agent.proc is not None
+    os.kill(agent.proc.pid, signal.SIGHUP)
+    wait_for(lambda: "reloaded agent configuration" in agent.log_text())
     with btrfs_image(box.root / "srv/smb/pool"):
         file = write_share(box, "finance.toml", share_text("/srv/smb/pool/finance", '[quota]\nsize = "8M"\n'))
         data = box.root / "srv/smb/pool/finance"
@@ -54,7 +70,17 @@ def test_a_btrfs_quota_is_enforced_through_smb_changed_in_place_and_lifted(
         user = pwd.getpwnam(box.user)
         os.chown(data, user.pw_uid, user.pw_gid)  # as the admin gives the share to its users
 
+        # Windows sees the quota as the drive: its size is the limit, free is what is left.
+        total, free = disk(box, "finance")
+        assert total == 8 * MiB and 7 * MiB < free <= 8 * MiB, (total, free)
         assert put(box, "finance", "small.bin", 4 * MiB).returncode == 0
+        # The usage reading (from btrfs, in the background) reaches status and dfree.
+        agent.ctl("reconcile")
+        quota = wait_for(lambda: (((agent.status() or {}).get("plugins") or {}).get("quota") or {})
+                         .get("shares", {}).get("finance"), timeout=20)
+        assert quota["limit"] == 8 * MiB and quota["backend"] == "btrfs"
+        os.sync()  # btrfs accounts qgroups at a transaction commit (every 30 s by itself)
+        wait_for(lambda: disk(box, "finance")[1] < 5 * MiB, timeout=20)  # the next reading (refresh_interval)
         too_big = put(box, "finance", "big.bin", 12 * MiB)
         assert too_big.returncode != 0 and "NT_STATUS_DISK_FULL" in too_big.stdout + too_big.stderr, too_big
 

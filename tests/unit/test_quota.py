@@ -133,3 +133,28 @@ def test_the_agent_table(tmp_path: Path) -> None:
     assert {(p.key, p.line) for p in caught.value.problems} == {
         ("quota.project_id_range", 2), ("quota.refresh_interval", 3),
     }
+
+
+def test_the_usage_reading_becomes_metrics() -> None:
+    from prometheus_client.core import Metric
+    from smbgw_plugins.quota import QuotaPlugin, Usage
+
+    from smbgw_agent.observe.background import BackgroundReading
+
+    plugin = QuotaPlugin()
+    reading: BackgroundReading[dict[str, Usage]] = BackgroundReading(
+        "quota", lambda: {"finance": Usage("Finance", "btrfs", 8 << 20, 6 << 20, {"warning": 70, "high": 85,
+                                                                                   "critical": 95})})
+    reading.refresh_now()
+    plugin._reading = reading
+    plugin._watched = {"finance": ("Finance", Path("/x"), {})}
+    families: dict[str, Metric] = {f.name: f for f in plugin.smbgw_collect(ctx=None)}  # type: ignore[arg-type]
+
+    def samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        return {tuple(sorted(s.labels.items())): s.value for s in families[name].samples}
+
+    assert samples("smbgw_share_quota_bytes") == {(("share", "Finance"),): float(8 << 20)}
+    assert samples("smbgw_share_used_bytes") == {(("share", "Finance"),): float(6 << 20)}
+    assert samples("smbgw_share_quota_threshold_ratio")[(("level", "warning"), ("share", "Finance"))] == 0.70
+    assert samples("smbgw_quota_backend") == {(("backend", "btrfs"), ("share", "Finance")): 1.0}
+    assert samples("smbgw_collector_success") == {(("collector", "quota"),): 1.0}
