@@ -272,12 +272,20 @@ def cmd_show(paths: Paths, share: str, as_json: bool) -> int:
         return EXIT_PROBLEMS
     name, info = next(iter(matches.items()))
     detail = {"name": name, **info, "file_status": _dict(status.get("files")).get(str(info.get("file")), {})}
+    # What plugins observed about this share (their `smbgw_observe` "shares" entries).
+    observed = {
+        str(plugin): _dict(_dict(_dict(seen).get("shares")).get(name))
+        for plugin, seen in _dict(status.get("plugins")).items()
+    }
+    detail["plugins"] = {plugin: seen for plugin, seen in observed.items() if seen}
     if as_json:
         _print_json(detail)
     else:
         for key in ("state", "mode", "path", "file", "serving", "digest", "error", "failures"):
             if detail.get(key) not in (None, ""):
                 out(f"{key:<9} {detail[key]}")
+        for plugin, seen in sorted(detail["plugins"].items()):
+            out(f"{plugin:<9} " + "  ".join(f"{key} {value}" for key, value in sorted(seen.items())))
     return EXIT_OK if info.get("state") in HEALTHY_STATES else EXIT_PROBLEMS
 
 

@@ -79,6 +79,8 @@ def test_a_btrfs_quota_is_enforced_through_smb_changed_in_place_and_lifted(
         quota = wait_for(lambda: (((agent.status() or {}).get("plugins") or {}).get("quota") or {})
                          .get("shares", {}).get("finance"), timeout=20)
         assert quota["limit"] == 8 * MiB and quota["backend"] == "btrfs"
+        shown = agent.ctl("show", "finance").stdout
+        assert "quota     backend btrfs  limit 8388608" in shown, shown
         os.sync()  # btrfs accounts qgroups at a transaction commit (every 30 s by itself)
         wait_for(lambda: disk(box, "finance")[1] < 5 * MiB, timeout=20)  # the next reading (refresh_interval)
         too_big = put(box, "finance", "big.bin", 12 * MiB)
