@@ -140,3 +140,38 @@ def test_quotas_off_on_btrfs_are_reported_with_the_command_to_enable_them(
         write_share(box, "docs.toml", share_text("/srv/smb/pool/docs", '[quota]\nsize = "1G"\nenforce = false\n'))
         wait_for(lambda: served(box, "docs"), timeout=20)
         agent.stop()
+
+
+def unit_capabilities() -> list[str]:
+    unit = Path(__file__).resolve().parents[2] / "systemd/smbgw-agent.service"
+    for line in unit.read_text().splitlines():
+        if line.startswith("CapabilityBoundingSet="):
+            return line.split("=", 1)[1].split()
+    raise AssertionError("the unit sets no CapabilityBoundingSet")
+
+
+def with_capabilities(capabilities: list[str], argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run `argv` as root with exactly `capabilities` as its bounding set (what the unit grants)."""
+    names = ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in capabilities)
+    return subprocess.run(["setpriv", f"--bounding-set=-all,{names}", "--inh-caps=-all", "--", *argv],
+                          capture_output=True, text=True, check=False, timeout=30)
+
+
+def test_the_units_capabilities_are_what_btrfs_limits_need(tmp_path: Path) -> None:
+    """The installed unit's bounding set lets the quota plugin's btrfs commands work, and
+    CAP_SYS_ADMIN in it is not decoration: without it the limit cannot be set."""
+    granted = unit_capabilities()
+    assert "CAP_SYS_ADMIN" in granted
+    with btrfs_image(tmp_path / "pool") as pool:
+        share = pool / "share"
+        made = with_capabilities(granted, ["btrfs", "subvolume", "create", str(share)])
+        assert made.returncode == 0, made.stderr
+        limited = with_capabilities(granted, ["btrfs", "qgroup", "limit", str(8 * MiB), str(share)])
+        assert limited.returncode == 0, limited.stderr
+        assert limit_of(share) == str(8 * MiB)
+        shown = with_capabilities(granted, ["btrfs", "qgroup", "show", "--raw", "-re", "-F", str(share)])
+        assert shown.returncode == 0 and str(8 * MiB) in shown.stdout, shown.stderr
+        without = [c for c in granted if c != "CAP_SYS_ADMIN"]
+        refused = with_capabilities(without, ["btrfs", "qgroup", "limit", "none", str(share)])
+        assert refused.returncode != 0 and "not permitted" in refused.stderr.lower(), refused
+        assert limit_of(share) == str(8 * MiB)
