@@ -38,7 +38,7 @@ from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.parameters import HOST, Parameter
 
 from .btrfs import Btrfs, BtrfsError, QuotasDisabled, is_subvolume
-from .mounts import Mount, mount_of
+from .mounts import Mount, mount_of, read_mountinfo
 from .table import QuotaSettings, parse_agent_table, parse_share_table
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,10 @@ class QuotaPlugin:
 
     def _target(self, ctx: PassContext, spec: ShareSpec, quota: Mapping[str, Any] | None) -> Target:
         host = ctx.paths.host(spec.path)
-        mount = mount_of(host)
+        scratch = ctx.plugin_scratch(PLUGIN)
+        if "mountinfo" not in scratch:  # one read of the mount table per pass, not one per share
+            scratch["mountinfo"] = read_mountinfo()
+        mount = mount_of(host, scratch["mountinfo"])
         if mount is None:
             raise QuotaError(f"cannot tell which file system holds {spec.path}")
         backend_for(quota or {"backend": "auto"}, mount, spec.path)
@@ -286,16 +289,16 @@ class QuotaPlugin:
                     btrfs.enable_quotas(Path(target.mount.point))
                     enabled.add(target.mount.point)
                     log.warning("enabled btrfs quotas on %s (btrfs_enable_quotas = true)", target.mount.point)
-                if target.size is not None:
-                    used = btrfs.qgroup(target.path).referenced
-                    if used > target.size:
-                        log.warning("share %s: the new limit %s is below what it uses (%s): writes will fail "
-                                    "until enough is deleted", key, human(target.size), human(used))
-                btrfs.set_limit(target.path, target.size)
-                if target.size is not None:
-                    write_figures(ctx.paths, target.path, target.size, btrfs.qgroup(target.path).referenced)
-                else:
+                if target.size is None:
+                    btrfs.set_limit(target.path, None)
                     (figures_dir(ctx.paths) / figures_file(target.path)).unlink(missing_ok=True)
+                    continue
+                used = btrfs.qgroup(target.path).referenced  # a limit does not change what is used
+                if used > target.size:
+                    log.warning("share %s: the new limit %s is below what it uses (%s): writes will fail "
+                                "until enough is deleted", key, human(target.size), human(used))
+                btrfs.set_limit(target.path, target.size)
+                write_figures(ctx.paths, target.path, target.size, used)
             except BtrfsError as exc:
                 rejected[share_resource(key)] = f"setting the quota failed: {exc}"
         return rejected

@@ -51,11 +51,15 @@ def parse_mountinfo(text: str) -> list[Mount]:
     return mounts
 
 
+def read_mountinfo() -> str:
+    with open(MOUNTINFO, "rb") as handle:
+        return handle.read(MAX_MOUNTINFO).decode("utf-8", errors="replace")
+
+
 def mount_of(path: str | os.PathLike[str], text: str | None = None) -> Mount | None:
     """The mount holding `path` (resolved through symbolic links; need not exist yet)."""
     if text is None:
-        with open(MOUNTINFO, "rb") as handle:
-            text = handle.read(MAX_MOUNTINFO).decode("utf-8", errors="replace")
+        text = read_mountinfo()
     real = os.path.realpath(path)
     best: Mount | None = None
     for mount in parse_mountinfo(text):

@@ -75,13 +75,6 @@ class Schedule:
         return Job(self.id, self.run, self.timeout, self.resource, self.plugin)
 
 
-def every(seconds: float) -> Callable[[float | None], float]:
-    """A `next_run` for a fixed interval; never run yet: due at once (0)."""
-    def next_run(last: float | None) -> float:
-        return 0.0 if last is None else last + seconds
-    return next_run
-
-
 @dataclass
 class JobRecord:
     id: str
@@ -181,14 +174,12 @@ class JobRunner:
 
     # ---- schedules -----------------------------------------------------------------
 
-    def set_schedules(self, schedules: Mapping[str, Schedule], last_runs: Mapping[str, float]) -> None:
-        """Replace the schedules (after each pass); `last_runs` seeds times known from a
-        plugin's persistent state, so a restart does not run everything again."""
+    def set_schedules(self, schedules: Mapping[str, Schedule]) -> None:
+        """Replace the schedules (after each pass). What a plugin knows of earlier runs (its
+        persistent state) belongs in its `next_run`, so a restart does not run everything
+        again (docs/plugins.md, "A scheduled job")."""
         with self._lock:
             self.schedules = dict(schedules)
-            for key, value in last_runs.items():
-                if value > self.last_runs.get(key, 0.0):
-                    self.last_runs[key] = value
 
     def next_due(self) -> float | None:
         """Unix time of the next scheduled run, or None."""

@@ -11,7 +11,7 @@ one value, and two plugins wanting different values is a conflict that fails the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from smbgw_agent.model.errors import FieldError
@@ -79,6 +79,3 @@ def merge_parameters(
         merged.append((name, " ".join(ordered)))
     return sorted(merged)
 
-
-def as_parameters(pairs: Sequence[tuple[str, str]]) -> list[Parameter]:
-    return [Parameter(name, value) for name, value in pairs]

@@ -193,15 +193,9 @@ class PluginHost:
     def modes(self) -> list[str]:
         return self._modes
 
-    def mode_owner(self, mode: str) -> str | None:
-        return self._mode_owners.get(mode)
-
     def _implementations(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
         impls = self._impls.get(hook, {})
         return [(name, impls[name]) for name in self.order if name in impls]
-
-    def implements(self, plugin: str, hook: str) -> bool:
-        return plugin in self._impls.get(hook, {})
 
     def _call(self, plugin: str, hook: str, **kwargs: Any) -> Any:
         function = self._impls.get(hook, {}).get(plugin)
@@ -251,10 +245,9 @@ class PluginHost:
 
     def smbd_control(self, config: AgentConfig) -> SmbdControl:
         """The plugin that took over smbd, or the core's systemd control."""
-        takers = [(plugin, control) for plugin, control, _ in self.call_each("smbgw_smbd_control", config=config)
-                  if control is not None]
-        errors = [f"{plugin}: {error}" for plugin, _, error in self.call_each("smbgw_smbd_control", config=config)
-                  if error is not None]
+        answers = self.call_each("smbgw_smbd_control", config=config)
+        takers = [(plugin, control) for plugin, control, _ in answers if control is not None]
+        errors = [f"{plugin}: {error}" for plugin, _, error in answers if error is not None]
         if errors:
             raise PluginConflictError([f"cannot ask who controls smbd: {e}" for e in errors])
         if len(takers) > 1:

@@ -741,7 +741,7 @@ class Reconciler:
             schedules, errors = self.plugins.schedules(ctx)
             for error in errors:
                 log.error("%s", error)
-            self.jobs.set_schedules(schedules, {})
+            self.jobs.set_schedules(schedules)
 
     def next_wakeup(self) -> float | None:
         """Monotonic time of the next retry (a share's, a node resource's, or a pass after

@@ -285,8 +285,7 @@ def test_schedules_run_when_due_and_a_missed_run_happens_once() -> None:
     def every_hour(last: float | None) -> float:
         return 0.0 if last is None else last + 3600
 
-    jobs.set_schedules({"snap": Schedule("snap", every_hour, lambda p: runs.append(clock[0]), 60, plugin="backup")},
-                       {})
+    jobs.set_schedules({"snap": Schedule("snap", every_hour, lambda p: runs.append(clock[0]), 60, plugin="backup")})
     assert jobs.run_due() == ["snap"]
     wait_for(lambda: len(runs) == 1)
     wait_for(lambda: jobs.record("snap").state == SUCCEEDED)  # type: ignore[union-attr]
