@@ -185,6 +185,18 @@ def checkout(revision: str, into: Path) -> Path:
     return tree
 
 
+def print_comparison(baseline: str | None, trees: list[Path]) -> None:
+    """Each benchmark's median, baseline -> this tree, with the ratio (when both ran)."""
+    if len(trees) != 2:
+        return
+    old, new = trees[0].name, trees[1].name
+    print(f"\n== medians: {baseline} vs this tree")
+    for label, medians in RESULTS.items():
+        if old in medians and new in medians:
+            ratio = medians[new] / medians[old] if medians[old] else float("nan")
+            print(f"{label:<50} {medians[old]:9.1f} ms -> {medians[new]:9.1f} ms  ({ratio:.2f}x)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--changes", type=int, default=50)
@@ -202,13 +214,7 @@ def main() -> int:
         for tree in trees:
             AGENT["tree"] = tree
             run_all(base, args.changes, sizes)
-        if len(trees) == 2:
-            old, new = trees[0].name, trees[1].name
-            print(f"\n== medians: {args.baseline} vs this tree")
-            for label, medians in RESULTS.items():
-                if old in medians and new in medians:
-                    ratio = medians[new] / medians[old] if medians[old] else float("nan")
-                    print(f"{label:<50} {medians[old]:9.1f} ms -> {medians[new]:9.1f} ms  ({ratio:.2f}x)")
+        print_comparison(args.baseline, trees)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

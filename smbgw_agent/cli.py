@@ -221,6 +221,11 @@ def _print_status(status: dict[str, Any]) -> None:
     shares = {str(n): _dict(v) for n, v in _dict(status.get("shares")).items()}
     _print_table("SHARE", shares, lambda s: f"{s.get('state')!s:<15}  {s.get('mode')!s:<6}  {s.get('path')}",
                  f"{'STATE':<15}  {'MODE':<6}  PATH", always=True)
+    # What plugins observed about a share, in their own words (the quota: used of limit).
+    for name in sorted(shares):
+        for plugin, seen in sorted(_observed(status, name).items()):
+            if isinstance(seen.get("text"), str):
+                out(f"  {printable(name)}: {plugin}: {printable(seen['text'])}")
     resources = {str(n): _dict(v) for n, v in _dict(status.get("resources")).items()}
     _print_table("RESOURCE", resources, lambda r: f"{r.get('state')!s:<15}  {r.get('plugin')}",
                  f"{'STATE':<15}  PLUGIN")
@@ -248,6 +253,15 @@ def _print_status(status: dict[str, Any]) -> None:
             out(f"  {file}{where}: {label}{key}{problem.get('message')}")
 
 
+def _observed(status: dict[str, Any], share: str) -> dict[str, dict[str, Any]]:
+    """What plugins observed about a share: their `smbgw_observe` "shares" entries."""
+    observed = {
+        str(plugin): _dict(_dict(_dict(seen).get("shares")).get(share))
+        for plugin, seen in _dict(status.get("plugins")).items()
+    }
+    return {plugin: seen for plugin, seen in observed.items() if seen}
+
+
 def cmd_status(paths: Paths, as_json: bool) -> int:
     status, problem = _load_status(paths)
     if status is None:
@@ -272,12 +286,7 @@ def cmd_show(paths: Paths, share: str, as_json: bool) -> int:
         return EXIT_PROBLEMS
     name, info = next(iter(matches.items()))
     detail = {"name": name, **info, "file_status": _dict(status.get("files")).get(str(info.get("file")), {})}
-    # What plugins observed about this share (their `smbgw_observe` "shares" entries).
-    observed = {
-        str(plugin): _dict(_dict(_dict(seen).get("shares")).get(name))
-        for plugin, seen in _dict(status.get("plugins")).items()
-    }
-    detail["plugins"] = {plugin: seen for plugin, seen in observed.items() if seen}
+    detail["plugins"] = _observed(status, name)
     if as_json:
         _print_json(detail)
     else:

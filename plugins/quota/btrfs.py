@@ -1,30 +1,39 @@
 """btrfs: a share is a subvolume; its limit is the qgroup limit of that subvolume.
 
 Commands (btrfs-progs 6.2 on Debian 12, 6.14 on Debian 13), all through the agent's
-runner with time limits:
+runner with time limits. A subvolume's id (its qgroup is 0/ID) comes from the
+BTRFS_IOC_INO_LOOKUP ioctl, as `btrfs inspect-internal rootid` gets it: no command per share.
 
-    btrfs inspect-internal rootid PATH        the subvolume id (its qgroup is 0/ID)
-    btrfs qgroup show --raw -re -F PATH       referenced and limit, in bytes
-    btrfs qgroup limit BYTES|none PATH        set or lift the limit
+    btrfs qgroup show --raw -re MOUNTPOINT    every qgroup's referenced and limit, in bytes
+    btrfs qgroup limit BYTES|none 0/ID MNT   set or lift the limit
     btrfs subvolume create PATH               a missing share directory
     btrfs quota enable MOUNTPOINT             only with [quota] btrfs_enable_quotas = true
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from smbgw_agent.effects.runner import CommandError, Runner
 
+from .backend import Place, QuotaError, QuotasOff, Reading, Survey, mount_capacity
+
 TIMEOUT = 30.0
 MAX_OUTPUT = 4 << 20
 # The first inode number of every btrfs subvolume (BTRFS_FIRST_FREE_OBJECTID).
 SUBVOLUME_ROOT_INODE = 256
+# _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): 4096 bytes, treeid and objectid
+# (u64 each) then the name. With objectid 256 the kernel answers, without privileges,
+# the id of the subvolume the descriptor is in.
+INO_LOOKUP = 0xD0009412
+INO_LOOKUP_ARGS = struct.Struct("=QQ4080s")
 
 
-class BtrfsError(Exception):
+class BtrfsError(QuotaError):
     """btrfs said something this backend cannot use; the message says what to do."""
 
 
@@ -94,6 +103,23 @@ def is_subvolume(path: Path) -> bool:
         return False
 
 
+def subvolume_id(path: Path) -> int:
+    """The id of the subvolume at `path` (a level-0 qgroup is 0/ID)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise BtrfsError(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        args = bytearray(INO_LOOKUP_ARGS.pack(0, SUBVOLUME_ROOT_INODE, b""))
+        fcntl.ioctl(descriptor, INO_LOOKUP, args)
+    except OSError as exc:
+        raise BtrfsError(f"cannot read the subvolume id of {path}: {exc.strerror}") from exc
+    finally:
+        os.close(descriptor)
+    treeid: int = INO_LOOKUP_ARGS.unpack_from(args)[0]
+    return treeid
+
+
 class Btrfs:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -107,22 +133,23 @@ class Btrfs:
                 raise QuotasDisabled(message) from exc
             raise BtrfsError(message) from exc
 
-    def subvolume_id(self, path: Path) -> int:
-        out = self._run("inspect-internal", "rootid", str(path)).strip()
-        if not out.isdigit():
-            raise BtrfsError(f"btrfs inspect-internal rootid printed {out[:40]!r}, not a subvolume id")
-        return int(out)
+    def qgroups(self, mountpoint: Path) -> dict[str, Qgroup]:
+        """Every qgroup of the file system mounted at `mountpoint`."""
+        return parse_qgroup_show(self._run("qgroup", "show", "--raw", "-re", str(mountpoint)))
 
     def qgroup(self, path: Path) -> Qgroup:
         """The level-0 qgroup of the subvolume at `path`."""
-        wanted = f"0/{self.subvolume_id(path)}"
-        groups = parse_qgroup_show(self._run("qgroup", "show", "--raw", "-re", "-F", str(path)))
+        wanted = f"0/{subvolume_id(path)}"
+        groups = self.qgroups(path)
         if wanted not in groups:
             raise BtrfsError(f"btrfs qgroup show lists no qgroup {wanted} for {path}")
         return groups[wanted]
 
-    def set_limit(self, path: Path, size: int | None) -> None:
-        self._run("qgroup", "limit", "none" if size is None else str(size), str(path))
+    def set_limit(self, qgroup: str, mountpoint: Path, size: int | None) -> None:
+        """By qgroup id on the mount point, not on the subvolume's path: the ioctl starts a
+        transaction in the tree it is given, and a subvolume over its limit refuses that
+        with EDQUOT, so a limit could never be raised once it was exceeded."""
+        self._run("qgroup", "limit", "none" if size is None else str(size), qgroup, str(mountpoint))
 
     def create_subvolume(self, path: Path) -> None:
         self._run("subvolume", "create", str(path))
@@ -132,3 +159,61 @@ class Btrfs:
 
     def enable_quotas(self, mountpoint: Path) -> None:
         self._run("quota", "enable", str(mountpoint))
+
+
+class BtrfsBackend:
+    """A share is a subvolume; its limit is the limit of the subvolume's level-0 qgroup."""
+
+    name = "btrfs"
+    creates = "a btrfs subvolume"
+
+    def __init__(self, runner: Runner, may_enable: bool) -> None:
+        self.btrfs = Btrfs(runner)
+        self.may_enable = may_enable
+
+    def check(self, place: Place) -> None:
+        if not is_subvolume(place.path):
+            path = place.declared
+            raise QuotaError(
+                f"{path} is a plain directory, not a btrfs subvolume, so no limit can be set on it. "
+                f"Convert it: create a subvolume beside it (btrfs subvolume create {path}.new), copy the "
+                f"data with cp -a --reflink=always {path}/. {path}.new/, then swap the two names")
+
+    def survey_key(self, place: Place) -> str:
+        return place.mount.point
+
+    def survey(self, place: Place) -> Survey:
+        try:
+            groups = self.btrfs.qgroups(Path(place.mount.point))
+        except QuotasDisabled as exc:
+            point = place.mount.point
+            raise QuotasOff(
+                f"quotas are not enabled on the btrfs file system at {point}: run `btrfs quota enable "
+                f"{point}` (or set btrfs_enable_quotas = true in agent.toml [quota])",
+                can_enable=self.may_enable) from exc
+        return Survey({qgroup: Reading(group.max_referenced, group.referenced)
+                       for qgroup, group in groups.items()})
+
+    def reading(self, survey: Survey, place: Place) -> Reading:
+        return survey.figures.get(f"0/{subvolume_id(place.path)}", Reading(None, 0))
+
+    def enable(self, place: Place) -> None:
+        self.btrfs.enable_quotas(Path(place.mount.point))
+
+    def create(self, place: Place) -> None:
+        self.btrfs.create_subvolume(place.path)
+        if not is_subvolume(place.path):
+            raise BtrfsError(f"btrfs subvolume create {place.declared} reported success, but there is no "
+                             "subvolume there")
+
+    def discard(self, place: Place) -> None:
+        self.btrfs.delete_subvolume(place.path)
+
+    def set_limit(self, place: Place, size: int | None) -> None:
+        self.btrfs.set_limit(f"0/{subvolume_id(place.path)}", Path(place.mount.point), size)
+
+    def capacity(self, place: Place) -> int | None:
+        return mount_capacity(place)
+
+    def granted(self, size: int) -> int:
+        return size

@@ -8,6 +8,7 @@ it mounted at /tank/finance). Mount points with spaces are octal-escaped by the 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +57,14 @@ def read_mountinfo() -> str:
         return handle.read(MAX_MOUNTINFO).decode("utf-8", errors="replace")
 
 
-def mount_of(path: str | os.PathLike[str], text: str | None = None) -> Mount | None:
-    """The mount holding `path` (resolved through symbolic links; need not exist yet)."""
-    if text is None:
-        text = read_mountinfo()
+def mount_of(path: str | os.PathLike[str], mounts: Sequence[Mount] | None = None) -> Mount | None:
+    """The mount holding `path` (resolved through symbolic links; need not exist yet),
+    among `mounts` (parse the mount table once for many paths), else the live table."""
+    if mounts is None:
+        mounts = parse_mountinfo(read_mountinfo())
     real = os.path.realpath(path)
     best: Mount | None = None
-    for mount in parse_mountinfo(text):
+    for mount in mounts:
         point = mount.point.rstrip("/") or "/"
         inside = real == point or real.startswith(point + "/") or point == "/"
         if inside and (best is None or len(point) >= len(best.point.rstrip("/") or "/")):

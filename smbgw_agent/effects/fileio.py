@@ -31,7 +31,9 @@ def write_new(path: Path, data: bytes | str, mode: int = 0o644, fsync: bool = Tr
             os.fsync(handle.fileno())
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` whole: a reader sees the old file or the new one, never a part.
+    `durable=False` skips the fsyncs, for files that are regenerated anyway (under /run)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,13 +43,15 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:

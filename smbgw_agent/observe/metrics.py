@@ -100,8 +100,9 @@ class AgentCollector:
                     continue
                 families.extend(result or [])
                 success.add_metric([plugin], 1)
-        families.append(success)
-        yield from merge_families(families)
+        # First, so that a plugin's own verdict on its reading (the quota backend failed)
+        # replaces the core's "its collect hook answered".
+        yield from merge_families([success, *families])
 
     @staticmethod
     def _core(status: Mapping[str, Any] | None) -> list[Metric]:

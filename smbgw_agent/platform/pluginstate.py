@@ -57,6 +57,11 @@ class PluginState:
     def keys(self) -> list[str]:
         return sorted(self._values)
 
+    def snapshot(self) -> PluginState:
+        """A private, read-only-in-effect copy: what a background thread may read while
+        passes go on changing the store."""
+        return PluginState(self.plugin, self._values, None)
+
     def __contains__(self, key: object) -> bool:
         return key in self._values
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import nspawn
+from tests.support import nspawn, qemu
 from tests.support.nspawn import ContainerFactory
+from tests.support.qemu import GuestImage
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +20,16 @@ def nspawn_base_image() -> Path:
     if missing:
         pytest.skip("systemd containers unavailable: " + "; ".join(missing))
     return nspawn.ensure_base_image()
+
+
+@pytest.fixture(scope="session")
+def qemu_guest_image() -> GuestImage:
+    """The QEMU guest image (Debian's own kernel, bookworm), built on first use (~2 min) and
+    then reused: XFS and ext4 project quotas run in it, and the VM mode's guest."""
+    missing = qemu.missing_requirements()
+    if missing:
+        pytest.skip("QEMU guests unavailable: " + "; ".join(missing))
+    return qemu.ensure_guest_image()
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ EXPORTED_TODAY: dict[str, tuple[str, set[str]]] = {
     "smbgw_collector_success": ("gauge", {"collector"}),
 }
 NOT_EXPORTED_YET = {
-    "smbgw_share_quota_warn_ratio", "smbgw_vip_present",
+    "smbgw_vip_present",
     "smbgw_ad_joined", "smbgw_ctdb_node_healthy", "smbgw_backup_last_success_timestamp_seconds",
 }
 

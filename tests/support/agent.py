@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,3 +104,31 @@ def write_share(box: Sandbox, file: str, body: str) -> Path:
     path = box.shares_dir / file
     path.write_text(body)
     return path
+
+
+def upload(box: Sandbox, share: str, name: str, size: int) -> subprocess.CompletedProcess[str]:
+    """Put `size` random bytes as `name` on the share (incompressible: file systems that
+    compress count what is stored)."""
+    local = box.root / f"upload-{size}"
+    if not local.exists():
+        local.write_bytes(os.urandom(size))
+    return box.smbclient(share, f"put {local} {name}")
+
+
+def disk(box: Sandbox, share: str) -> tuple[int, int]:
+    """(size, free) in bytes, as an SMB client is told (smbclient's `du` footer)."""
+    out = box.smbclient(share, "du").stdout
+    match = re.search(r"(\d+) blocks of size (\d+)\. (\d+) blocks available", out)
+    assert match, out
+    blocks, size, available = (int(g) for g in match.groups())
+    return blocks * size, available * size
+
+
+def add_agent_config(agent: AgentProcess, text: str) -> None:
+    """Append `text` to the running agent's agent.toml and have it reload (SIGHUP)."""
+    config = agent.box.root / "etc/smbgw/agent.toml"
+    config.write_text(config.read_text() + "\n" + text)
+    assert agent.proc is not None
+    before = agent.log_text().count("reloaded agent configuration")
+    os.kill(agent.proc.pid, signal.SIGHUP)
+    wait_for(lambda: agent.log_text().count("reloaded agent configuration") > before)

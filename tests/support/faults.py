@@ -28,6 +28,8 @@ FAULT_KINDS = ("missing", "failing", "hanging", "garbage", "flood")
 # The external tools each plugin runs, by the plugin's entry-point name.
 PLUGIN_TOOLS: dict[str, tuple[str, ...]] = {
     "mode_native": ("testparm", "smbcontrol", "smbstatus"),
+    # btrfs first: the agent-level matrix runs it on a real file system (test_quota_faults).
+    "quota": ("btrfs", "zfs", "xfs_quota", "chattr", "setquota", "repquota"),
 }
 
 _SCRIPTS = {

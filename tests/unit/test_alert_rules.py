@@ -9,7 +9,9 @@ Grafana dashboard, checked with the real promtool and amtool (Debian's `promethe
   description, runbook_url to a section that exists in docs/runbook.md);
 - every metric the rules and the dashboard use is documented in docs/metrics.md;
 - every PromQL expression of the dashboard parses (promtool 2.42 has no `check query`:
-  each one becomes a recording rule in a generated file for `promtool check rules`).
+  each one becomes a recording rule in a generated file for `promtool check rules`);
+- a real Alertmanager on the example configuration notifies each share's highest quota
+  level only (the lower levels are inhibited, never another share's or node's).
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +257,98 @@ def test_example_alertmanager_config_is_valid_and_inhibits_real_alerts() -> None
         for name in match.split("|"):
             if not name.endswith("+"):
                 assert name in names, f"alertmanager example names unknown alert {name}"
+
+
+QUOTA_ALERTS = ("SmbgwShareQuotaWarning", "SmbgwShareQuotaHigh", "SmbgwShareQuotaCritical",
+                "SmbgwShareQuotaFillingUp")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def alertmanager_states(url: str) -> dict[tuple[str, str, str], str]:
+    """{(instance, share, alertname): active | suppressed} from Alertmanager's v2 API."""
+    with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as response:
+        alerts = json.loads(response.read().decode())
+    return {(a["labels"]["instance"], a["labels"]["share"], a["labels"]["alertname"]): a["status"]["state"]
+            for a in alerts}
+
+
+def test_quota_level_alerts_share_one_shape() -> None:
+    """The three level alerts are one expression on the share's own levels (only the level
+    differs), with the severities the runbook documents; the draft's single ratio is gone."""
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    assert set(QUOTA_ALERTS) <= set(rules)
+    shapes = {rules[name]["expr"].replace(f'level="{level}"', 'level="L"')
+              for name, level in (("SmbgwShareQuotaWarning", "warning"), ("SmbgwShareQuotaHigh", "high"),
+                                  ("SmbgwShareQuotaCritical", "critical"))}
+    assert len(shapes) == 1, shapes
+    assert "smbgw_share_quota_threshold_ratio" in shapes.pop()
+    assert [rules[n]["labels"]["severity"] for n in QUOTA_ALERTS] == ["warning", "warning", "critical", "warning"]
+    assert "smbgw_share_quota_warn_ratio" not in RULES.read_text(), "the draft ratio is replaced by the levels"
+
+
+@pytest.mark.integration
+def test_example_alertmanager_notifies_only_the_highest_quota_level(tmp_path: Path) -> None:
+    """Every quota alert a share can have at once, posted to a real Alertmanager running
+    the example configuration: the lower levels are inhibited by the highest one, the
+    prediction only by the critical level, and nothing crosses to another share or node."""
+    severity = {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules()}
+    firing = {  # (instance, share): the quota alerts Prometheus fires for it
+        ("pve1:9945", "full"): QUOTA_ALERTS,
+        ("pve1:9945", "high"): ("SmbgwShareQuotaWarning", "SmbgwShareQuotaHigh", "SmbgwShareQuotaFillingUp"),
+        ("pve1:9945", "warn"): ("SmbgwShareQuotaWarning", "SmbgwShareQuotaFillingUp"),
+        ("pve2:9945", "full"): ("SmbgwShareQuotaWarning",),  # same share name, other node
+    }
+    expected = {(i, s, a): "active" for (i, s), names in firing.items() for a in names}
+    for muted in (("pve1:9945", "full", "SmbgwShareQuotaWarning"), ("pve1:9945", "full", "SmbgwShareQuotaHigh"),
+                  ("pve1:9945", "full", "SmbgwShareQuotaFillingUp"), ("pve1:9945", "high", "SmbgwShareQuotaWarning")):
+        expected[muted] = "suppressed"
+    now = datetime.now(UTC)
+    body = json.dumps([
+        {"labels": {"alertname": name, "severity": severity[name], "job": "smbgw", "instance": instance,
+                    "share": share},
+         "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat()}
+        for (instance, share), names in firing.items() for name in names
+    ]).encode()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "alertmanager.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [tool("prometheus-alertmanager"), f"--config.file={ALERTMANAGER_EXAMPLE}",
+             f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+             "--cluster.listen-address="],  # a single instance, no gossip port
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        states: dict[tuple[str, str, str], str] = {}
+        deadline = time.monotonic() + 30
+        posted = False
+        while time.monotonic() < deadline and states != expected:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if not posted:
+                    request = urllib.request.Request(f"{url}/api/v2/alerts", data=body, method="POST",
+                                                     headers={"Content-Type": "application/json"})
+                    urllib.request.urlopen(request, timeout=5).close()
+                    posted = True
+                # the inhibitor learns the source alerts asynchronously: poll until settled
+                states = alertmanager_states(url)
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        assert states == expected, log.read_text()[-2000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 # ---- dashboard ------------------------------------------------------------------------------

@@ -55,6 +55,16 @@ class Contributor:
         return [family, success]
 
 
+class ReadingFailed:
+    """A plugin whose collect hook answers, but whose own background reading failed."""
+
+    @hookimpl
+    def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
+        success = GaugeMetricFamily("smbgw_collector_success", "x", labels=["collector"])
+        success.add_metric(["failing_reader"], 0.0)
+        return [success]
+
+
 class Broken:
     @hookimpl
     def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
@@ -131,6 +141,11 @@ def test_plugin_families_and_failures_are_attributed() -> None:
     assert success[(("collector", "demo_reading"),)] == 0.0  # merged from the plugin's own family
     assert success[(("collector", "broken"),)] == 0.0
     assert success[(("collector", "core"),)] == 1.0
+
+
+def test_a_plugins_own_verdict_on_its_reading_wins_over_its_hook_answering() -> None:
+    samples = scrape(make_exporter({"failing_reader": ReadingFailed()}))
+    assert samples["smbgw_collector_success"][(("collector", "failing_reader"),)] == 0.0
 
 
 def test_before_the_first_pass_only_identity_is_exported() -> None:

@@ -1,5 +1,6 @@
-"""The quota plugin's own logic: its tables, the mount table, btrfs output (recorded from
-btrfs-progs 6.2 on a real file system), and the backend choice."""
+"""The quota plugin's own logic: its tables, the mount table, the backends' tool output
+(recorded from btrfs-progs 6.2, zfs-fuse 0.7, xfsprogs 6.1 and quota 4.06 on real file
+systems), project id allocation, and the backend choice."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from smbgw_plugins.quota import QuotaError, backend_for, human
+from smbgw_plugins.quota import QuotaError, backend_name, human
+from smbgw_plugins.quota.backend import Reading
 from smbgw_plugins.quota.btrfs import BtrfsError, parse_qgroup_show
 from smbgw_plugins.quota.mounts import Mount, mount_of, parse_mountinfo
+from smbgw_plugins.quota.project import ProjectError, ProjectIds, parse_repquota_csv, parse_xfs_report
+from smbgw_plugins.quota.zfs import ZfsError, parse_zfs_get
 
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.platform.pluginhost import PluginHost
+from smbgw_agent.platform.pluginstate import PluginState
 from smbgw_agent.reconcile.scanner import ShareScanner
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -45,21 +50,23 @@ def test_garbage_qgroup_output_is_a_clear_error(text: str) -> None:
 def test_the_mount_holding_a_path_is_the_longest_prefix(tmp_path: Path) -> None:
     mounts = parse_mountinfo(MOUNTINFO)
     assert [m.point for m in mounts] == ["/", "/tank", "/tank/vm disks", "/srv/xfs"]
-    assert mount_of("/tank/finance", MOUNTINFO).fstype == "btrfs"  # type: ignore[union-attr]
-    assert mount_of("/tank/vm disks/a", MOUNTINFO).fstype == "zfs"  # type: ignore[union-attr]
-    assert mount_of("/tankard", MOUNTINFO).fstype == "ext4"  # type: ignore[union-attr]
-    assert mount_of("/srv/xfs/p", MOUNTINFO).has_option("prjquota")  # type: ignore[union-attr]
+    assert mount_of("/tank/finance", mounts).fstype == "btrfs"  # type: ignore[union-attr]
+    assert mount_of("/tank/vm disks/a", mounts).source == "tank/vm"  # type: ignore[union-attr]
+    assert mount_of("/tankard", mounts).fstype == "ext4"  # type: ignore[union-attr]
+    assert mount_of("/srv/xfs/p", mounts).has_option("prjquota")  # type: ignore[union-attr]
 
 
 def test_the_backend_follows_the_file_system_and_says_what_it_cannot_do() -> None:
     btrfs = Mount("/tank", "btrfs", "/dev/loop0", "rw")
-    assert backend_for({"backend": "auto"}, btrfs, "/tank/a") == "btrfs"
+    assert backend_name({"backend": "auto"}, btrfs, "/tank/a") == "btrfs"
+    assert backend_name({}, Mount("/z", "fuse.zfs", "z", "rw"), "/z/a") == "zfs"
+    assert backend_name({"backend": "xfs"}, Mount("/srv/xfs", "xfs", "/dev/sdb", "rw"), "/srv/xfs/p") == "xfs"
     with pytest.raises(QuotaError, match="backend = 'zfs', but /tank/a is on btrfs"):
-        backend_for({"backend": "zfs"}, btrfs, "/tank/a")
-    with pytest.raises(QuotaError, match="is on tmpfs, which has no quotas"):
-        backend_for({"backend": "auto"}, Mount("/run", "tmpfs", "tmpfs", "rw"), "/run/x")
-    with pytest.raises(QuotaError, match="not available in this version"):
-        backend_for({"backend": "auto"}, Mount("/srv/xfs", "xfs", "/dev/sdb", "rw"), "/srv/xfs/p")
+        backend_name({"backend": "zfs"}, btrfs, "/tank/a")
+    with pytest.raises(QuotaError, match=r"is on tmpfs .* which has no quotas"):
+        backend_name({"backend": "auto"}, Mount("/run", "tmpfs", "tmpfs", "rw"), "/run/x")
+    with pytest.raises(QuotaError, match="is on nfs4"):
+        backend_name({"backend": "auto"}, Mount("/mnt", "nfs4", "nas:/x", "rw"), "/mnt/x")
     assert human(8 << 20) == "8M" and human(None) == "no limit" and human(1000) == "1000 bytes"
 
 
@@ -158,3 +165,80 @@ def test_the_usage_reading_becomes_metrics() -> None:
     assert samples("smbgw_share_quota_threshold_ratio")[(("level", "warning"), ("share", "Finance"))] == 0.70
     assert samples("smbgw_quota_backend") == {(("backend", "btrfs"), ("share", "Finance")): 1.0}
     assert samples("smbgw_collector_success") == {(("collector", "quota"),): 1.0}
+
+
+# ---- ZFS ------------------------------------------------------------------------------
+
+def test_the_recorded_zfs_get_output_parses() -> None:
+    readings = parse_zfs_get((DATA / "zfs-fuse-0.7-get-refquota-referenced.txt").read_text())
+    assert readings == {"ztest": Reading(None, 135168), "ztest/finance": Reading(10485760, 1433600)}
+
+
+@pytest.mark.parametrize("text", [
+    "ztest refquota 0\n",  # spaces, not tabs
+    "ztest\trefquota\tlots\n", "ztest\tquota\t0\nztest\treferenced\t1\n", "ztest\trefquota\t0\n",
+    "\trefquota\t0\n\treferenced\t0\n",
+])
+def test_garbage_zfs_output_is_a_clear_error(text: str) -> None:
+    with pytest.raises(ZfsError):
+        parse_zfs_get(text)
+
+
+# ---- XFS and ext4 project quotas ----------------------------------------------------------
+
+def test_the_recorded_project_reports_parse() -> None:
+    xfs = parse_xfs_report((DATA / "xfsprogs-6.1-report-p-b-n-N.txt").read_text())
+    ext4 = parse_repquota_csv((DATA / "quota-4.06-repquota-P-n-csv.txt").read_text())
+    assert xfs == {0: Reading(None, 0), 100001: Reading(8 << 20, 6144 << 10)}
+    assert ext4 == {0: Reading(None, 13 << 10), 100000: Reading(8 << 20, 8189 << 10)}
+
+
+@pytest.mark.parametrize("text", ["", "#1 lots 0 0\n", "user 1 0 0\n", "#1 1\n"])
+def test_garbage_xfs_reports_are_clear_errors(text: str) -> None:
+    if text == "":
+        assert parse_xfs_report(text) == {}  # no projects at all is a valid answer
+        return
+    with pytest.raises(ProjectError):
+        parse_xfs_report(text)
+
+
+@pytest.mark.parametrize("text", [
+    "", "Project,Used\n#1,2\n", "Project,BlockStatus,BlockUsed,BlockHardLimit\nx,ok,1,2\n",
+    "Project,BlockStatus,BlockUsed,BlockHardLimit\n#1,ok,1\n",
+])
+def test_garbage_repquota_output_is_a_clear_error(text: str) -> None:
+    with pytest.raises(ProjectError):
+        parse_repquota_csv(text)
+
+
+def project_ids(tmp_path: Path, first: int = 10, last: int = 12) -> ProjectIds:
+    return ProjectIds(PluginState("quota", {}, lambda *_: None), first, last,
+                      tmp_path / "etc/projects", tmp_path / "etc/projid")
+
+
+def test_project_ids_are_stable_skip_foreign_ids_and_run_out_clearly(tmp_path: Path) -> None:
+    ids = project_ids(tmp_path)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/projects").write_text("# the administrator's own\n10:/srv/other\n")
+    (tmp_path / "etc/projid").write_text("other:10\nbroken line\n")
+    assert ids.allocate("Finance", "/srv/finance") == 11
+    assert ids.allocate("finance", "/srv/finance") == 11  # share names are case-insensitive
+    assert ids.allocate("HR dept", "/srv/hr dept") == 12
+    with pytest.raises(QuotaError, match=r"range \[10, 12\] is exhausted .* widen"):
+        ids.allocate("third", "/srv/third")
+    ids.write_files()
+    assert (tmp_path / "etc/projects").read_text() == (
+        "# the administrator's own\n10:/srv/other\n11:/srv/finance\n12:/srv/hr dept\n")
+    assert (tmp_path / "etc/projid").read_text() == "other:10\nbroken line\nsmbgw-Finance:11\nsmbgw-HR_dept:12\n"
+    ids.allocate("Finance", "/srv/moved")  # a share moved: its line follows, once
+    ids.write_files()
+    assert (tmp_path / "etc/projects").read_text().count("11:") == 1
+    assert "11:/srv/moved" in (tmp_path / "etc/projects").read_text()
+
+
+def test_a_huge_projects_file_is_refused_not_rewritten(tmp_path: Path) -> None:
+    ids = project_ids(tmp_path)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/projects").write_bytes(b"1:/x\n" * (1 << 20))
+    with pytest.raises(QuotaError, match="larger than"):
+        ids.allocate("a", "/srv/a")
