@@ -244,7 +244,8 @@ class QuotaPlugin:
         wanted = backend.granted(size) if size is not None else None
         if current != wanted:
             verb = f"limit {spec.path} to {human(wanted)}" if wanted is not None else f"lift the limit on {spec.path}"
-            changes.append(Change(resource, UPDATE, f"{verb} (was {human(current)}, {backend.name})"))
+            holder = backend.holder(place) if exists or size is not None else backend.name
+            changes.append(Change(resource, UPDATE, f"{verb} (was {human(current)}, {holder})"))
         return changes
 
     @staticmethod

@@ -101,6 +101,11 @@ class Backend(Protocol):
     def capacity(self, place: Place) -> int | None:
         """How big the file system (or pool) holding the place is, in bytes."""
 
+    def holder(self, place: Place) -> str:
+        """What carries the place's limit, for the plan ("btrfs qgroup 0/257", "zfs
+        tank/finance", "xfs project 100001"); a project id is handed out here, so a range
+        with none left is an error while planning, not at commit."""
+
 
 def mount_capacity(place: Place) -> int | None:
     """The size of the file system at the place's mount point: not of the place itself,

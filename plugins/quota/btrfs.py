@@ -200,6 +200,9 @@ class BtrfsBackend:
     def enable(self, place: Place) -> None:
         self.btrfs.enable_quotas(Path(place.mount.point))
 
+    def holder(self, place: Place) -> str:
+        return f"btrfs qgroup 0/{subvolume_id(place.path)}" if place.path.exists() else "btrfs"
+
     def create(self, place: Place) -> None:
         self.btrfs.create_subvolume(place.path)
         if not is_subvolume(place.path):

@@ -244,6 +244,9 @@ class ProjectBackend:
             return Reading(None, 0)
         return survey.figures.get(str(ident), Reading(None, 0))
 
+    def holder(self, place: Place) -> str:
+        return f"{self.name} project {self.ids.allocate(place.share, str(place.path))}"
+
     def create(self, place: Place) -> None:
         place.path.mkdir(mode=0o755)
 

@@ -123,6 +123,9 @@ class ZfsBackend:
                              f"create the dataset yourself and mount it at {place.declared}")
         return f"{place.mount.source}/{name}"
 
+    def holder(self, place: Place) -> str:
+        return f"zfs {dataset_of(place) or self._child(place)}"
+
     def create(self, place: Place) -> None:
         dataset = self._child(place)
         self._run("create", dataset)

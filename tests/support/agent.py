@@ -36,7 +36,7 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = box.root / "agent.log"
 
-    def start(self) -> None:
+    def start(self, timeout: float = 20) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop("NOTIFY_SOCKET", None)
         with open(self.log, "ab") as log:
@@ -56,7 +56,7 @@ class AgentProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
-        wait_for(lambda: (self.status() or {}).get("passes", 0) >= 1, 20)
+        wait_for(lambda: (self.status() or {}).get("passes", 0) >= 1, timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
