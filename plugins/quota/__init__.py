@@ -185,9 +185,9 @@ class QuotaPlugin:
         surveys: Surveys = self._scratch(ctx).setdefault("surveys", Surveys())
         return surveys
 
-    def _place(self, ctx: PassContext, spec: ShareSpec, fresh: bool = False) -> Place:
+    def _place(self, ctx: PassContext, spec: ShareSpec) -> Place:
         host = ctx.paths.host(spec.path)
-        mount = mount_of(host, self._mounts(ctx, fresh))
+        mount = mount_of(host, self._mounts(ctx))
         if mount is None:
             raise QuotaError(f"cannot tell which file system holds {spec.path}")
         return Place(spec.name, spec.path, host, mount)

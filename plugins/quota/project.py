@@ -220,8 +220,7 @@ class ProjectBackend:
             raise ProjectError(str(exc)) from exc
 
     def check(self, place: Place) -> None:
-        if not place.path.is_dir():
-            raise QuotaError(f"{place.declared} is not a directory")
+        """Any directory can carry a project id (the plugin has checked it is one)."""
 
     def survey_key(self, place: Place) -> str:
         return place.mount.point

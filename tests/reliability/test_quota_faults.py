@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,20 +29,13 @@ from smbgw_plugins.quota.zfs import ZfsBackend
 from devtools.sandbox import Sandbox, free_port
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.platform.pluginstate import PluginState
+from tests.integration.test_quota_btrfs import limit_of
 from tests.support.faults import FAULT_KINDS, PLUGIN_TOOLS, ToolShed
 from tests.support.procs import RestartableAgent, wait_metric, wait_served, write_agent_toml
 from tests.support.storage import btrfs_image
 
 MiB = 1 << 20
 PASS_TIMEOUT = 10
-
-
-def limit_of(path: Path) -> str:
-    rootid = subprocess.run(["btrfs", "inspect-internal", "rootid", str(path)], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    out = subprocess.run(["btrfs", "qgroup", "show", "--raw", "-re", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    return next(line.split()[3] for line in out.splitlines() if line.split()[:1] == [f"0/{rootid}"])
 
 
 def start_agent(box: Sandbox, restartable: RestartableAgent, shed: ToolShed) -> int:
