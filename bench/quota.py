@@ -143,7 +143,7 @@ import smbgw_plugins.quota as quota
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.platform.pluginstate import PluginState
-from smbgw_plugins.quota.mounts import mount_of
+from smbgw_agent.effects.mounts import mount_of
 root, backend, count, repeats = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 plugin, paths, runner = quota.QuotaPlugin(), Paths.under(root), Runner()
 thresholds = {"warning": 75, "high": 85, "critical": 95}

@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from smbgw_agent.effects.services import ServiceControl
 from smbgw_agent.model.errors import ConfigError
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.printable import printable
+from smbgw_agent.platform.commands import CORE_VERBS, Command
+from smbgw_agent.platform.pluginhost import PluginConflictError, PluginHost
 from smbgw_agent.reconcile.desired import SERVING_NOTES, resolve_desired
 from smbgw_agent.reconcile.reconciler import Reconciler
 from smbgw_agent.reconcile.scanner import FileResult, ScanResult, ShareScanner
@@ -320,7 +322,20 @@ def cmd_reconcile(paths: Paths, as_json: bool) -> int:
     return EXIT_OK if reply.get("ok") else EXIT_PROBLEMS
 
 
-def build_parser() -> argparse.ArgumentParser:
+def plugin_commands(root: str | None) -> dict[str, Command]:
+    """The verbs plugins add (`snapshot`, `verify`): from the plugins agent.toml enables,
+    or every installed one when agent.toml cannot be read (the agent says which it runs)."""
+    try:
+        plugins, _config = load_plugins_and_config(Paths.under(root))
+    except ConfigError:
+        try:
+            plugins = PluginHost.load()
+        except PluginConflictError:
+            return {}
+    return {verb: command for verb, (_plugin, command) in plugins.commands().items()}
+
+
+def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smbgwctl", description="Control smbgw-agent.")
     parser.add_argument("--root", help="sandbox root the agent runs under (default: /)")
     parser.add_argument("--version", action="version", version=f"smbgwctl {__version__}")
@@ -338,13 +353,49 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one share in detail")
     show.add_argument("share")
     show.add_argument("--json", action="store_true")
+    for verb, declared in sorted((commands or {}).items()):
+        command = sub.add_parser(verb, help=declared.help)
+        for argument in declared.arguments:
+            command.add_argument(argument)
+        for flag, text in declared.flags:
+            command.add_argument(f"--{flag}", action="store_true", help=text)
+        command.add_argument("--json", action="store_true")
     return parser
 
 
+def cmd_plugin_verb(paths: Paths, command: Command, args: argparse.Namespace) -> int:
+    arguments: dict[str, Any] = {name: getattr(args, name) for name in command.arguments}
+    arguments.update({flag: bool(getattr(args, flag.replace("-", "_"))) for flag, _text in command.flags})
+    try:
+        # A job may run for hours (an off-host backup): the agent bounds it by the job's
+        # own limit and always answers, so the client waits as long as that takes.
+        reply = request(paths.control_socket, "run", timeout=7 * 86400.0, verb=command.name, arguments=arguments)
+    except (OSError, ValueError) as exc:
+        err(f"cannot reach smbgw-agent at {paths.control_socket}: {exc}")
+        return EXIT_UNREACHABLE
+    if args.json:
+        _print_json(reply)
+        return EXIT_OK if reply.get("ok") else EXIT_PROBLEMS
+    result = _dict(reply.get("result"))
+    if result.get("text"):
+        out(printable(str(result["text"])))
+    if reply.get("error"):
+        err(f"{command.name}: {printable(str(reply['error']))}")
+    return EXIT_OK if reply.get("ok") else EXIT_PROBLEMS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--root")
+    known, rest = early.parse_known_args(argv)
+    verb = next((word for word in rest if not word.startswith("-")), None)
+    commands = plugin_commands(known.root) if verb not in CORE_VERBS else {}
+    args = build_parser(commands).parse_args(argv)
     paths = Paths.under(args.root)
     try:
+        if args.command in commands:
+            return cmd_plugin_verb(paths, commands[args.command], args)
         if args.command == "validate":
             return cmd_validate(paths, args.files, args.json)
         if args.command == "plan":

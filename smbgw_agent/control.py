@@ -1,9 +1,13 @@
-"""A root-only Unix socket through which `smbgwctl reconcile` asks for a pass.
+"""A root-only Unix socket through which `smbgwctl reconcile` asks for a pass, and
+plugin verbs (`smbgwctl snapshot SHARE`) ask for a job.
 
 One JSON object per line each way. A `reconcile` request is acknowledged at once
 (`{"accepted": true}`), handed to the main loop (the only thread that reconciles), and
 answered with that pass's result. The acknowledgement lets a client tell a busy agent
-from a dead or mute one within seconds instead of waiting out a whole pass.
+from a dead or mute one within seconds instead of waiting out a whole pass. A `run`
+request (`{"command": "run", "verb": "snapshot", "arguments": {"share": "finance"}}`)
+is acknowledged the same way; the main loop starts the plugin's job between passes, and
+the reply is the job's outcome once it ends (bounded by the job's own time limit).
 
 Bounded everywhere: a listen backlog for bursts, at most `MAX_CLIENTS` handled at once
 (more wait their turn), a 5 s limit to send the request, and a bounded wait for the pass.
@@ -20,6 +24,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +40,11 @@ PASS_WAIT = 300.0
 @dataclass
 class Request:
     command: str
+    payload: dict[str, Any] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     reply: dict[str, Any] = field(default_factory=dict)
+    # Set by the main loop for a `run` request: waits for the job and gives the reply.
+    follow: Callable[[], dict[str, Any]] | None = None
 
 
 class ControlServer:
@@ -109,19 +117,20 @@ class ControlServer:
                 message = json.loads(data.decode("utf-8"))
                 command = message.get("command") if isinstance(message, dict) else None
             except (OSError, ValueError, UnicodeDecodeError):
-                command = None
-            if command not in ("reconcile", "ping"):
+                message, command = None, None
+            if command not in ("reconcile", "ping", "run"):
                 reply: dict[str, Any] = {"ok": False, "error": "unknown or malformed request"}
             elif command == "ping":
                 reply = {"ok": True}
             else:
                 with contextlib.suppress(OSError):
                     conn.sendall(b'{"accepted": true}\n')
-                request = Request(command)
+                assert isinstance(message, dict)
+                request = Request(command, message)
                 self.requests.put(request)
                 self.wake.set()
                 if request.done.wait(timeout=PASS_WAIT):
-                    reply = request.reply
+                    reply = request.follow() if request.follow is not None else request.reply
                 else:
                     reply = {"ok": False, "error": f"the agent did not finish the pass in {PASS_WAIT:g}s"}
             with contextlib.suppress(OSError):
@@ -171,7 +180,7 @@ def _read_line(sock: socket.socket, timeout: float, what: str) -> dict[str, Any]
 
 def request(
     path: Path, command: str, connect_timeout: float = 5.0, ack_timeout: float = 10.0,
-    timeout: float = PASS_WAIT + 10.0,
+    timeout: float = PASS_WAIT + 10.0, **fields: Any,
 ) -> dict[str, Any]:
     """Client side; raises OSError (no agent, no answer) or ValueError (a garbled one).
 
@@ -180,7 +189,7 @@ def request(
     """
     with _connect(path, connect_timeout) as sock:
         sock.settimeout(connect_timeout)
-        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        sock.sendall(json.dumps({**fields, "command": command}).encode() + b"\n")
         first = _read_line(sock, ack_timeout, "acknowledgement")
         if not first.get("accepted"):
             return first

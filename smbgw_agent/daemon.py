@@ -35,8 +35,9 @@ from smbgw_agent.model.errors import ConfigError
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.printable import printable
 from smbgw_agent.observe.metrics import Exporter, MetricsConfigError
+from smbgw_agent.platform.commands import CommandRefused
 from smbgw_agent.platform.context import CollectContext
-from smbgw_agent.platform.jobs import JobRunner
+from smbgw_agent.platform.jobs import SUCCEEDED, JobRunner
 from smbgw_agent.reconcile.reconciler import PassReport, Reconciler
 
 log = logging.getLogger("smbgw_agent")
@@ -44,6 +45,9 @@ EXIT_CONFIG = 2
 # How often the idle loop checks share paths and storage (one stat per share) and that
 # status.json still exists: a swapped-in symbolic link is taken down within this time.
 GUARD_INTERVAL = 2.0
+# How much longer than a job's own limit smbgwctl waits for it (the job runner needs a
+# moment to record a timed-out job).
+FOLLOW_SLACK = 30.0
 
 
 class JournalFormatter(logging.Formatter):
@@ -290,7 +294,12 @@ class Agent:
             self.reload_config()
             self.next_resync = 0.0
             force = True
-        requests = self._drain_requests()
+        requests = []
+        for request in self._drain_requests():
+            if request.command == "run":
+                self._start_command(request)
+            else:
+                requests.append(request)
         if requests:
             force = True
         resync_due = now >= self.next_resync
@@ -339,6 +348,33 @@ class Agent:
                 items.append(self.requests.get_nowait())
             except queue.Empty:
                 return items
+
+    def _start_command(self, request: Request) -> None:
+        """A plugin verb: start its job now, between passes; the control thread that
+        holds the client waits for the job (`follow`), never this loop."""
+        verb = request.payload.get("verb")
+        try:
+            if not isinstance(verb, str):
+                raise CommandRefused("a run request needs a verb")
+            job_id, timeout = self.reconciler.start_command(verb, request.payload.get("arguments", {}))
+        except CommandRefused as exc:
+            request.reply = {"ok": False, "error": str(exc)}
+            request.done.set()
+            return
+        log.info("smbgwctl %s: started job %s", verb, job_id)
+        jobs = self.jobs
+
+        def follow() -> dict[str, Any]:
+            record = jobs.wait(job_id, timeout + FOLLOW_SLACK)
+            if record is None:
+                return {"ok": False, "job": job_id, "error": f"job {job_id} did not end within {timeout:g}s"}
+            result = record.result if isinstance(record.result, dict) else {}
+            return {"ok": record.state == SUCCEEDED, "job": job_id, "state": record.state,
+                    "error": record.error, "result": result,
+                    "duration_seconds": (record.finished or 0.0) - (record.started or 0.0)}
+
+        request.follow = follow
+        request.done.set()
 
     def _answer(self, requests: list[Request], report: PassReport | None) -> None:
         for request in requests:

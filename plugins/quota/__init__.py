@@ -28,6 +28,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
+from smbgw_agent.effects.mounts import Mount, mount_of, parse_mountinfo, read_mountinfo
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
@@ -43,7 +44,6 @@ from smbgw_agent.platform.pluginstate import PluginState
 from .backend import Backend, Place, QuotaError, QuotasOff, Survey, human, human_round
 from .btrfs import BtrfsBackend
 from .dfree import dfree_helper, forget_figures, install_helper, write_figures
-from .mounts import Mount, mount_of, parse_mountinfo, read_mountinfo
 from .project import Ext4Backend, ProjectIds, XfsBackend
 from .table import QuotaSettings, parse_agent_table, parse_share_table
 from .zfs import ZfsBackend

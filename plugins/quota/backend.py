@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .mounts import Mount
+from smbgw_agent.effects.mounts import Mount
 
 
 class QuotaError(Exception):

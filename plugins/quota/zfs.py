@@ -18,10 +18,10 @@ lists a ZFS mount with its dataset name as the source, for OpenZFS and zfs-fuse 
 
 from __future__ import annotations
 
+from smbgw_agent.effects.mounts import mount_of
 from smbgw_agent.effects.runner import CommandError, Runner
 
 from .backend import Place, QuotaError, Reading, Survey, same_place
-from .mounts import mount_of
 
 TIMEOUT = 60.0
 MAX_OUTPUT = 16 << 20

@@ -11,7 +11,8 @@ pass the core calls, in plugin order (`smbgw_order`):
     observe   smbgw_observe, smbgw_health, smbgw_schedules   (after the pass)
     collect   smbgw_collect                                 (at scrape time)
 
-and around passes smbgw_startup / smbgw_shutdown, smbgw_live_shares after a start.
+and around passes smbgw_startup / smbgw_shutdown, smbgw_live_shares after a start;
+smbgw_commands adds verbs to smbgwctl, whose jobs the agent starts between passes.
 
 Dispatch follows ownership: apply, remove, rollback and commit reach only the plugins
 that reported a change for that resource in this pass; a node resource's hooks reach
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from smbgw_agent.model.config import AgentConfig
     from smbgw_agent.model.shares import ShareSpec
     from smbgw_agent.platform.changes import Change, Health, NodeResource
+    from smbgw_agent.platform.commands import Command
     from smbgw_agent.platform.context import CollectContext, PassContext, SmbdControl
     from smbgw_agent.platform.jobs import Schedule
     from smbgw_agent.platform.parameters import Parameter
@@ -284,4 +286,19 @@ def smbgw_collect(ctx: CollectContext) -> Sequence[Metric]:
     readings in the background (`smbgw_agent.observe.background.BackgroundReading`) and
     report their health as a `smbgw_collector_success{collector=...}` family, which the
     core merges with its own. Raising marks this plugin's collector as failed for the scrape.
+    """
+
+
+# ---- smbgwctl ------------------------------------------------------------------------
+
+
+@hookspec
+def smbgw_commands() -> Sequence[Command]:
+    """Verbs this plugin adds to smbgwctl (``smbgwctl snapshot SHARE``).
+
+    Each `Command` names its positional arguments and switches, and a `start(ctx,
+    arguments)` that the agent calls on the reconcile thread between passes; it returns
+    the `Job` to run (or raises `CommandRefused` with a message for the user). smbgwctl
+    prints the job's outcome when it ends. A verb of the core, or one two plugins claim,
+    stops the agent at start.
     """

@@ -11,7 +11,9 @@ loop does, so a hung job cannot keep a hung agent alive, and a slow job cannot s
 When a job ends, the agent is woken; the owning plugin's next plan reads the outcome
 (`JobRunner.record`) and decides what it means for its resource. One job per id at a
 time: submitting an id that is still running is refused, so a retrying pass cannot pile
-up copies of the same `pct create`.
+up copies of the same `pct create`. Jobs of one `group` (off-host transfers, say) run at
+most `group_limit` at once: a due job whose group is full waits, without taking a worker
+thread, until one of the group ends.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Job:
     timeout: float
     resource: str = ""
     plugin: str = ""
+    group: str = ""
+    group_limit: int = 0  # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,11 @@ class Schedule:
     timeout: float
     resource: str = ""
     plugin: str = ""
+    group: str = ""
+    group_limit: int = 0
 
     def job(self) -> Job:
-        return Job(self.id, self.run, self.timeout, self.resource, self.plugin)
+        return Job(self.id, self.run, self.timeout, self.resource, self.plugin, self.group, self.group_limit)
 
 
 @dataclass
@@ -88,6 +94,8 @@ class JobRecord:
     error: str | None = None
     result: Any = None
     runs: int = 0
+    group: str = ""
+    done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,14 +121,17 @@ class JobRunner:
         self._finished: set[str] = set()
 
     def submit(self, job: Job) -> bool:
-        """Start `job` unless one with its id is queued or running; True if started."""
+        """Start `job` unless one with its id is queued or running, or its group is full;
+        True if started."""
         with self._lock:
             if self._stopped:
                 return False
             current = self.records.get(job.id)
             if current is not None and current.state not in FINISHED:
                 return False
-            record = JobRecord(job.id, job.plugin, job.resource, submitted=self.clock())
+            if job.group and job.group_limit > 0 and self._busy(job.group) >= job.group_limit:
+                return False
+            record = JobRecord(job.id, job.plugin, job.resource, submitted=self.clock(), group=job.group)
             record.runs = (current.runs if current else 0) + 1
             self.records[job.id] = record
             self._trim()
@@ -129,6 +140,17 @@ class JobRunner:
             pool = self._pool
         pool.submit(self._run, job, record)
         return True
+
+    def _busy(self, group: str) -> int:
+        return sum(1 for r in self.records.values() if r.group == group and r.state not in FINISHED)
+
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        """The job's record once it has finished, or None if it does not within `timeout`
+        (or is unknown): how `smbgwctl snapshot` waits for the snapshot it asked for."""
+        record = self.records.get(job_id)
+        if record is None or not record.done.wait(timeout):
+            return None
+        return record
 
     def _trim(self) -> None:
         if len(self.records) <= MAX_RECORDS:
@@ -157,6 +179,7 @@ class JobRunner:
                     self._finished.add(job.resource)
             if job.id in self.schedules:
                 self.last_runs[job.id] = record.started or record.finished
+            record.done.set()
         try:
             self.on_finished()
         except Exception:  # a wake-up that fails must not lose the record
@@ -181,10 +204,23 @@ class JobRunner:
         with self._lock:
             self.schedules = dict(schedules)
 
+    def _waiting(self, schedule: Schedule) -> bool:
+        """Can this schedule not start now whatever its time says? (Its job still runs, or
+        its group is full.) Such a schedule is looked at again when a job ends, which
+        wakes the agent: counting it here would make the loop spin until then."""
+        with self._lock:
+            current = self.records.get(schedule.id)
+            if current is not None and current.state not in FINISHED:
+                return True
+            return bool(schedule.group and schedule.group_limit > 0
+                        and self._busy(schedule.group) >= schedule.group_limit)
+
     def next_due(self) -> float | None:
-        """Unix time of the next scheduled run, or None."""
+        """Unix time of the next scheduled run that could start, or None."""
         times = []
         for key, schedule in list(self.schedules.items()):
+            if self._waiting(schedule):
+                continue
             try:
                 times.append(schedule.next_run(self.last_runs.get(key)))
             except Exception as exc:
@@ -192,16 +228,22 @@ class JobRunner:
         return min(times, default=None)
 
     def run_due(self) -> list[str]:
-        """Start every scheduled job whose time has come; returns their ids."""
+        """Start every scheduled job whose time has come; returns their ids. The longest
+        overdue first, then the one that ran least recently: when a group is full, every
+        waiting schedule gets its turn instead of the first one taking every slot."""
         now = self.clock()
-        started = []
+        due = []
         for key, schedule in list(self.schedules.items()):
             try:
-                due = schedule.next_run(self.last_runs.get(key)) <= now
+                when = schedule.next_run(self.last_runs.get(key))
             except Exception as exc:
                 log.error("schedule %s cannot say when it runs next: %s", key, exc)
                 continue
-            if due and self.submit(schedule.job()):
+            if when <= now:
+                due.append((when, self.last_runs.get(key, float("-inf")), key, schedule))
+        started = []
+        for _when, _last, key, schedule in sorted(due, key=lambda item: item[:3]):
+            if self.submit(schedule.job()):
                 started.append(key)
         return started
 

@@ -13,6 +13,7 @@ declared order (`smbgw_order`) by registering them accordingly.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -29,6 +30,7 @@ from smbgw_agent.model.errors import FieldError
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform import hookspecs, order
 from smbgw_agent.platform.changes import Change, Health, NodeResource, share_resource
+from smbgw_agent.platform.commands import Command
 from smbgw_agent.platform.context import PassContext, SmbdControl
 from smbgw_agent.platform.jobs import Schedule
 from smbgw_agent.platform.parameters import Parameter, merge_parameters
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 _BUILTIN_FALLBACK = {
     "mode_native": "smbgw_plugins.mode_native:NativeModePlugin",
     "quota": "smbgw_plugins.quota:QuotaPlugin",
+    "backup": "smbgw_plugins.backup:BackupPlugin",
 }
 CORE_AGENT_TABLES = frozenset({"agent", "samba", "metrics"})
 CORE = "core"
@@ -151,6 +154,7 @@ class PluginHost:
         self._share_owners = self._claims("smbgw_share_sections", "share tables", problems)
         self._agent_owners = self._claims("smbgw_agent_sections", "agent.toml tables", problems)
         self._mode_owners = self._claims("smbgw_modes", "modes", problems)
+        self._commands = self._command_claims(problems)
         for table in sorted(CORE_AGENT_TABLES & set(self._agent_owners)):
             problems.append(f"agent.toml table [{table}] belongs to the core; plugin "
                             f"{self._agent_owners[table]} cannot claim it")
@@ -173,6 +177,20 @@ class PluginHost:
                 owners.setdefault(name, plugin)
         return owners
 
+    def _command_claims(self, problems: list[str]) -> dict[str, tuple[str, Command]]:
+        commands: dict[str, tuple[str, Command]] = {}
+        for plugin, function in self._implementations("smbgw_commands"):
+            for command in function() or ():
+                if not isinstance(command, Command):
+                    problems.append(f"plugin {plugin}: smbgw_commands gave {command!r}, not a Command")
+                    continue
+                problems.extend(f"plugin {plugin}: {problem}" for problem in command.problems())
+                if command.name in commands and commands[command.name][0] != plugin:
+                    problems.append(f"smbgwctl verb {command.name!r} is claimed by plugins "
+                                    f"{commands[command.name][0]} and {plugin}")
+                commands.setdefault(command.name, (plugin, command))
+        return commands
+
     @classmethod
     def load(cls, disabled: Iterable[str] = ()) -> PluginHost:
         return cls(discover_plugins(), disabled)
@@ -192,6 +210,10 @@ class PluginHost:
 
     def modes(self) -> list[str]:
         return self._modes
+
+    def commands(self) -> dict[str, tuple[str, Command]]:
+        """smbgwctl verbs of the plugins: verb -> (plugin, command)."""
+        return dict(self._commands)
 
     def _implementations(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
         impls = self._impls.get(hook, {})
@@ -405,8 +427,7 @@ class PluginHost:
                 continue
             for schedule in result or ():
                 if isinstance(schedule, Schedule):
-                    found[schedule.id] = Schedule(schedule.id, schedule.next_run, schedule.run,
-                                                  schedule.timeout, schedule.resource, plugin)
+                    found[schedule.id] = dataclasses.replace(schedule, plugin=plugin)
         return found, errors
 
 

@@ -9,6 +9,7 @@ schedules a retry with backoff; every other resource proceeds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform.changes import DELETE, UPDATE, Change, Health, NodeResource, share_key, share_resource
+from smbgw_agent.platform.commands import CommandRefused
 from smbgw_agent.platform.context import PassContext, SmbdControl
 from smbgw_agent.platform.jobs import JobRunner
 from smbgw_agent.platform.pluginhost import CORE, PluginCallError, PluginHost
@@ -225,6 +227,34 @@ class Reconciler:
             applied_resources=dict(self.state.resources), smbd=self.smbd, jobs=self.jobs,
             host=self.plugins, state_of=lambda plugin: self.state.plugin_state(plugin, dry_run),
         )
+
+    def start_command(self, verb: str, arguments: object) -> tuple[str, float]:
+        """Start a plugin's smbgwctl verb between passes: its job id and time limit.
+        Raises CommandRefused with a message for the user."""
+        found = self.plugins.commands().get(verb)
+        if found is None:
+            raise CommandRefused(f"no plugin provides the verb {verb!r}")
+        plugin, command = found
+        checked = command.arguments_from(arguments)
+        desired = self._ctx.desired if self._ctx is not None else dict(self.state.applied)
+        ctx = self.context(desired, dict(self.state.applied), dry_run=False)
+        if self.jobs is None:
+            raise CommandRefused("this agent runs no jobs")
+        try:
+            job = command.start(ctx, checked)
+        except CommandRefused:
+            raise
+        except Exception as exc:
+            raise CommandRefused(f"{plugin}: {verb} failed to start: {_describe(exc)}") from exc
+        finally:
+            self.state.commit()
+        job = dataclasses.replace(job, plugin=plugin)
+        if not self.jobs.submit(job):
+            running = self.jobs.record(job.id)
+            since = f" since {time.strftime('%H:%M:%S', time.localtime(running.started))}" if (
+                running is not None and running.started) else ""
+            raise CommandRefused(f"{job.id} is already running{since}; try again when it has finished")
+        return job.id, job.timeout
 
     def start_plugins(self) -> None:
         """Start the plugins' own work (background readings, timers): the agent is up."""

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import textwrap
 import threading
 import time
@@ -51,12 +52,14 @@ class Subject:
     data_files: tuple[str, ...] = ("report.txt",)  # relative to the share: must survive removal
     storage: str | None = None  # a real file system the shares live on ("btrfs")
     precreate: bool = True  # the admin makes the share directory (False: the plugin does)
+    subvolume: bool = False  # ... as a btrfs subvolume
 
 
 SUBJECTS = [
     Subject("mode_native", ""),
     Subject("recycle", '[recycle]\nkeep = "7d"\n', ("report.txt", ".recycle/alice/old.txt")),
     Subject("quota", '[quota]\nsize = "64M"\n', storage="btrfs", precreate=False),
+    Subject("backup", '[backup]\nschedule = "daily"\nkeep = { last = 3 }\n', storage="btrfs", subvolume=True),
 ]
 
 
@@ -142,6 +145,9 @@ def _setup(box: Any, subject: Subject, entry_points_site: Path, monkeypatch: pyt
 
 
 def declare(box: Any, subject: Subject, name: str) -> Path:
+    if subject.subvolume:
+        subprocess.run(["btrfs", "subvolume", "create", str(box.root / "srv/smb" / name)], check=True,
+                       capture_output=True)
     if subject.precreate:
         box.share_dir(name)
     file = box.shares_dir / f"{name}.toml"

@@ -22,11 +22,11 @@ import pytest
 from smbgw_plugins.quota import project as project_module
 from smbgw_plugins.quota import zfs as zfs_module
 from smbgw_plugins.quota.backend import Place, QuotaError
-from smbgw_plugins.quota.mounts import Mount
 from smbgw_plugins.quota.project import Ext4Backend, ProjectIds, XfsBackend
 from smbgw_plugins.quota.zfs import ZfsBackend
 
 from devtools.sandbox import Sandbox, free_port
+from smbgw_agent.effects.mounts import Mount
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.platform.pluginstate import PluginState
 from tests.integration.test_quota_btrfs import limit_of

@@ -299,6 +299,32 @@ def test_schedules_run_when_due_and_a_missed_run_happens_once() -> None:
     jobs.stop()
 
 
+def test_a_group_runs_at_most_its_limit_and_a_waiting_schedule_does_not_make_the_loop_spin() -> None:
+    jobs = JobRunner()
+    release = threading.Event()
+    ran: list[str] = []
+
+    def transfer(name: str) -> Any:
+        def run(progress: Any) -> None:
+            ran.append(name)
+            release.wait(10)
+        return run
+
+    schedules = {name: Schedule(name, lambda last: 0.0, transfer(name), 30, group="offhost", group_limit=1)
+                 for name in ("a", "b")}
+    jobs.set_schedules(schedules)
+    assert jobs.run_due() == ["a"], "the group holds one"
+    wait_for(lambda: ran == ["a"])
+    assert jobs.next_due() is None, "a due schedule that cannot start must not count as due (busy loop)"
+    assert jobs.wait("a", 0.05) is None, "still running"
+    release.set()
+    record = jobs.wait("a", 10)
+    assert record is not None and record.state == SUCCEEDED
+    wait_for(lambda: jobs.run_due() == ["b"] or "b" in ran)
+    assert jobs.wait("b", 10) is not None and ran == ["a", "b"]
+    jobs.stop()
+
+
 # ---- the field kit -------------------------------------------------------------------------------
 
 

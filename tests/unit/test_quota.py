@@ -11,10 +11,10 @@ import pytest
 from smbgw_plugins.quota import QuotaError, backend_name, human
 from smbgw_plugins.quota.backend import Reading
 from smbgw_plugins.quota.btrfs import BtrfsError, parse_qgroup_show
-from smbgw_plugins.quota.mounts import Mount, mount_of, parse_mountinfo
 from smbgw_plugins.quota.project import ProjectError, ProjectIds, parse_repquota_csv, parse_xfs_report
 from smbgw_plugins.quota.zfs import ZfsError, parse_zfs_get
 
+from smbgw_agent.effects.mounts import Mount, mount_of, parse_mountinfo
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.platform.pluginhost import PluginHost

@@ -1,7 +1,7 @@
 """Which file system holds a path: the mount table, read from /proc/self/mountinfo.
 
-`backend = "auto"` picks the quota backend from it. The longest mount point that is a
-prefix of the path's real location wins (a btrfs pool mounted at /tank, a dataset below
+The quota plugin picks its backend from it, the backup plugin its snapshot kind. The
+longest mount point that is a prefix of the path's real location wins (a btrfs pool mounted at /tank, a dataset below
 it mounted at /tank/finance). Mount points with spaces are octal-escaped by the kernel.
 """
 
