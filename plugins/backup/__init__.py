@@ -50,7 +50,7 @@ from smbgw_agent.platform.parameters import Parameter
 from . import names
 from .retention import decide
 from .snapshots import Place, SnapshotError, Snapshots, kind_of, make_snapshots, wrong_filesystem
-from .table import BackupSettings, calendar, keep_policy, parse_agent_table, parse_share_table
+from .table import BackupSettings, keep_policy, parse_agent_table, parse_share_table, schedule_of
 from .transfer import OffhostRun, VerifyRun
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class BackupPlugin:
         snaps.check(place)
         changes: list[Change] = []
         if record is None:
-            spec = calendar(wanted["schedule"])
+            spec = schedule_of(wanted["schedule"])
             changes.append(Change(resource, CREATE if applied is None else UPDATE,
                                   f"take snapshots {spec.normalized}, keep {keep_policy(wanted['keep']).describe()}"))
         changes.extend(self._outcomes(ctx, key, record or {}, resource))
@@ -393,7 +393,7 @@ class BackupPlugin:
         """When a kind of job of a share runs next: the schedule's next slot after the last
         run (so a run missed while the agent was down is due at once, and only once), or
         sooner after a failure (capped backoff), never later than that next slot."""
-        spec = calendar(spec_text)
+        spec = schedule_of(spec_text)
         cache: dict[tuple[float, int], float] = {}
 
         def next_run(last: float | None) -> float:
@@ -528,7 +528,7 @@ class BackupPlugin:
             next_runs = {kind: when for kind in KINDS
                          if isinstance(when := jobs.get(job_id(kind, key), {}).get("next_run"), float) and when < NEVER}
             try:
-                interval = calendar(wanted["schedule"]).typical_interval(time.time())
+                interval = schedule_of(wanted["schedule"]).typical_interval(time.time())
             except Exception:
                 interval = None
             views[key] = ShareView(spec.name, self._counts.get(key, 0), self._newest.get(key),

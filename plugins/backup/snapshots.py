@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ ZFS_SNAPDIR = ".zfs/snapshot"
 ZFS_FSTYPES = ("zfs", "fuse.zfs")
 TIMEOUT = 120.0
 MAX_OUTPUT = 64 << 20
+# What ZFS allows in dataset and snapshot names (zfs(8), "Naming"): anything else in its
+# output is not a listing.
+_ZFS_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,255}")
 
 
 class SnapshotError(Exception):
@@ -192,9 +196,9 @@ class ZfsSnapshots:
         self.runner = runner
         self._listed: dict[str, dict[str, list[str]]] = {}  # pool -> dataset -> names (one pass)
 
-    def _zfs(self, *argv: str, timeout: float = TIMEOUT) -> str:
+    def _zfs(self, *argv: str) -> str:
         try:
-            return self.runner.run(["zfs", *argv], timeout=timeout, max_output=MAX_OUTPUT).stdout
+            return self.runner.run(["zfs", *argv], timeout=TIMEOUT, max_output=MAX_OUTPUT).stdout
         except CommandError as exc:
             raise SnapshotError(str(exc), reason_of(exc)) from exc
 
@@ -228,13 +232,21 @@ class ZfsSnapshots:
         _ours(name)
         return place.path / ZFS_SNAPDIR / name
 
+    def _forget_listing(self, dataset: str) -> None:
+        """A snapshot made or destroyed: the pool's listing is out of date."""
+        self._listed.pop(dataset.split("/", 1)[0], None)
+
     def take(self, place: Place, name: str) -> None:
         _ours(name)
-        self._zfs("snapshot", f"{self.dataset(place)}@{name}")
+        dataset = self.dataset(place)
+        self._forget_listing(dataset)
+        self._zfs("snapshot", f"{dataset}@{name}")
 
     def delete(self, place: Place, name: str) -> None:
         _ours(name)
-        self._zfs("destroy", f"{self.dataset(place)}@{name}")  # never -r: one snapshot, ours
+        dataset = self.dataset(place)
+        self._forget_listing(dataset)
+        self._zfs("destroy", f"{dataset}@{name}")  # never -r: one snapshot, ours
 
 
 def parse_zfs_snapshots(text: str) -> dict[str, list[str]]:
@@ -245,7 +257,7 @@ def parse_zfs_snapshots(text: str) -> dict[str, list[str]]:
         if not line:
             continue
         dataset, at, name = line.partition("@")
-        if not at or not dataset or not name or "\t" in line or " " in dataset:
+        if not at or not _ZFS_NAME.fullmatch(dataset) or not _ZFS_NAME.fullmatch(name) or "/" in name:
             raise SnapshotError(f"unexpected line in zfs list output: {line[:120]!r}", "garbage")
         found.setdefault(dataset, []).append(name)
     return found

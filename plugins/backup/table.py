@@ -37,7 +37,7 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,31}(/[A-Za-z0-9_.-]{1,31}){0,7}")
 
 
 @functools.lru_cache(maxsize=4096)
-def calendar(text: str) -> CalendarSpec:
+def schedule_of(text: str) -> CalendarSpec:
     """Parsed once per distinct expression: every pass asks for the next run of every share."""
     return parse(text)
 
@@ -45,7 +45,7 @@ def calendar(text: str) -> CalendarSpec:
 def _schedule(value: object) -> str:
     text = string(value, "schedule", 256)
     try:
-        spec = calendar(text)
+        spec = schedule_of(text)
     except CalendarError as exc:
         raise FieldError(str(exc)) from exc
     now = time.time()

@@ -765,13 +765,14 @@ class Reconciler:
         ctx = self._ctx
         if ctx is None:
             return
-        self.observations = self.plugins.observe(ctx)
-        self.health = self.plugins.health(ctx)
+        # Schedules first: what plugins observe includes when their jobs run next.
         if self.jobs is not None and not ctx.dry_run:
             schedules, errors = self.plugins.schedules(ctx)
             for error in errors:
                 log.error("%s", error)
             self.jobs.set_schedules(schedules)
+        self.observations = self.plugins.observe(ctx)
+        self.health = self.plugins.health(ctx)
 
     def next_wakeup(self) -> float | None:
         """Monotonic time of the next retry (a share's, a node resource's, or a pass after

@@ -91,6 +91,16 @@ def test_snapshots_are_previous_versions_through_smb_and_retention_prunes_only_o
         assert snapshots(data) == left
         refused = agent.ctl("snapshot", "finance")
         assert refused.returncode == 1 and "has no [backup] table" in refused.stderr, refused
+
+        # The share file deleted: the share goes, its data and every snapshot stay.
+        share.write_text('path = "/srv/smb/pool/finance"\n[backup]\nschedule = "daily"\nkeep = { last = 3 }\n')
+        wait_for(lambda: versions(box, "finance", "report.txt"), timeout=20)
+        share.unlink()
+        wait_for(lambda: not served(box, "finance"), timeout=20)
+        assert snapshots(data) == left and (data / "report.txt").read_text() == "v2\n"
+        assert "the existing ones stay in /srv/smb/pool/finance" in agent.log_text()
+        gone = agent.ctl("snapshot", "finance")
+        assert gone.returncode == 1 and "no share named 'finance'" in gone.stderr, gone
         for name in snapshots(data):
             subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / name)], check=True,
                            capture_output=True)

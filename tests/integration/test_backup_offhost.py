@@ -137,6 +137,19 @@ def test_snapshots_go_off_host_to_restic_and_come_back_equal(
         assert "off-host offsite: last" in agent.ctl("status").stdout, status
         log = agent.log_text()
         assert PASSWORD not in log and PASSWORD not in json.dumps(agent.status()) and PASSWORD not in metrics
+        # Bytes that differ from the off-host copy (a bad disk, a tampered snapshot) fail
+        # the verification: exit 1, reason mismatch, the file named.
+        tampered = data / ".snapshots" / second["snapshot"]
+        subprocess.run(["btrfs", "property", "set", "-ts", str(tampered), "ro", "false"], check=True)
+        (tampered / "docs/report.txt").write_text("v3\n")
+        subprocess.run(["btrfs", "property", "set", "-ts", str(tampered), "ro", "true"], check=True)
+        mismatch = agent.ctl("verify", "finance")
+        assert mismatch.returncode == 1, mismatch.stdout + mismatch.stderr
+        assert "1 of 3 file(s) restored from offsite" in mismatch.stderr and "docs/report.txt" in mismatch.stderr, \
+            mismatch.stderr
+        wait_for(lambda: 'smbgw_backup_failures_total{kind="verify",reason="mismatch",share="finance"} 1.0'
+                 in (scrape(port) or ""), timeout=20)
+        assert 'smbgw_backup_last_run_success{kind="verify",share="finance"} 0.0' in (scrape(port) or "")
         for name in os.listdir(data / ".snapshots"):
             subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / name)], check=False,
                            capture_output=True)

@@ -142,3 +142,41 @@ def test_retention_over_twenty_snapshots_is_restics_and_a_clock_step_back_prunes
         for snapshot in ours(data):
             subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / snapshot)], check=False,
                            capture_output=True)
+
+
+def test_a_slot_comes_due_by_the_clock_and_runs_missed_while_down_run_once_at_start(
+    sandbox: Sandbox, restartable: RestartableAgent
+) -> None:
+    box = sandbox
+    clock = box.root / "clock-offset"
+    clock.write_text("0\n")
+    (box.root / "etc/smbgw/agent.toml").write_text(
+        f'[agent]\nnode = "sandbox"\nallowed_roots = ["/srv"]\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n')
+    with btrfs_image(box.root / "srv/smb/pool", quotas=False) as pool:
+        data = pool / "finance"
+        subprocess.run(["btrfs", "subvolume", "create", str(data)], check=True, capture_output=True)
+        restartable.env = {"PYTHONPATH": f"{CLOCK}:{REPO}", "SMBGW_TEST_CLOCK_FILE": str(clock)}
+        restartable.start()
+        (box.shares_dir / "finance.toml").write_text(
+            'path = "/srv/smb/pool/finance"\n[backup]\nschedule = "hourly"\nkeep = { last = 10 }\n')
+        wait_served(box, "finance")
+        time.sleep(3)
+        assert ours(data) == [] if (data / ".snapshots").exists() else True, "nothing before the first slot"
+        shown = restartable.ctl("status").stdout
+        assert re.search(r"finance: backup: 0 snapshot\(s\), last never, next \d{4}-\d\d-\d\d \d\d:00", shown), shown
+
+        # The next hour comes (the clock moves): the slot runs, without anyone asking.
+        clock.write_text("3600\n")
+        wait_for(lambda: (data / ".snapshots").is_dir() and len(ours(data)) == 1, timeout=30)
+
+        # Down for five slots: one run at start, not five.
+        restartable.stop()
+        clock.write_text(f"{3600 * 6}\n")
+        restartable.start(wait=False)
+        wait_for(lambda: len(ours(data)) == 2, timeout=30)
+        time.sleep(5)
+        assert len(ours(data)) == 2, ours(data)
+        restartable.stop()
+        for snapshot in ours(data):
+            subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / snapshot)], check=False,
+                           capture_output=True)

@@ -636,3 +636,15 @@ def test_remove_and_purge_leave_shares_served(node: Node) -> None:
     assert served(node, "finance", "hello.txt")
     assert node.props("LoadState")["LoadState"] == "not-found"
     assert not os.path.lexists(node.container.path("/etc/systemd/system/multi-user.target.wants/" + UNIT))
+
+
+def test_plugin_verbs_and_the_vzdump_hook_work_as_installed(node: Node) -> None:
+    """smbgwctl's plugin verbs reach the sandboxed agent over its control socket, and the
+    vzdump hook the package ships runs in vzdump's emptied environment."""
+    ensure_finance(node)
+    refused = node.run("smbgwctl", "snapshot", "finance", check=False)
+    assert refused.returncode == 1 and "share finance has no [backup] table" in refused.stderr, refused
+    hook = "/usr/share/smbgw-agent/smbgw-vzdump-hook"
+    for argv in (["job-start"], ["backup-start", "snapshot", "105"], ["backup-end", "snapshot", "105"]):
+        ran = node.run("env", "-i", "LC_ALL=C", "VMTYPE=lxc", hook, *argv, check=False)
+        assert ran.returncode == 0, (argv, ran.stdout, ran.stderr)

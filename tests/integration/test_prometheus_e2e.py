@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,7 +40,8 @@ import yaml
 
 from devtools.sandbox import Sandbox, free_port
 from tests.integration.test_metrics_scrape import start_agent_with_metrics
-from tests.support.agent import AgentProcess, served, wait_for, write_share
+from tests.support.agent import AgentProcess, add_agent_config, served, wait_for, write_share
+from tests.support.storage import btrfs_image
 from tests.unit.test_alert_rules import dashboard_queries
 
 pytestmark = pytest.mark.integration
@@ -186,7 +188,10 @@ def stack(sandbox: Sandbox, tmp_path: Path) -> Iterator[Stack]:
     with contextlib.ExitStack() as stack:
         sandbox.share_dir("finance")
         write_share(sandbox, "finance.toml", 'path = "/srv/smb/finance"\ncomment = "Finance"\n')
-        agent, agent_port = start_agent_with_metrics(sandbox)
+        # The agent's wall clock can be moved (tests/support/clock): 0 s unless a test says.
+        clock = {"PYTHONPATH": f"{REPO / 'tests/support/clock'}:{REPO}",
+                 "SMBGW_TEST_CLOCK_FILE": str(sandbox.root / "clock-offset")}
+        agent, agent_port = start_agent_with_metrics(sandbox, env=clock)
         stack.callback(agent.stop)
         wait_for(lambda: served(sandbox, "finance"), 30)
 
@@ -285,3 +290,55 @@ def test_dashboard_queries_run_against_live_prometheus(stack: Stack) -> None:
     overview = next(result for where, result in results.items() if where.endswith("'Share overview' A"))
     shares = {r["metric"]["share"] for r in overview}
     assert shares == {"finance"}
+
+
+def test_a_stale_off_host_backup_alerts_at_alertmanager_and_resolves(stack: Stack) -> None:
+    """The backup metrics through a real Prometheus and Alertmanager: a share whose newest
+    snapshot cannot be sent (its target's password file became readable by others, which
+    the agent refuses) while its last off-host copy is three days old (the agent's clock
+    moved back when it was made) raises SmbgwOffhostBackupStale; once the file is fixed,
+    the retry sends it and the alert resolves."""
+    box, alert = stack.box, "SmbgwOffhostBackupStale"
+    secret = box.root / "etc/smbgw/secrets/restic"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("e2e password 11\n")
+    secret.chmod(0o600)
+    add_agent_config(stack.agent, '[backup]\nretry_initial = "1s"\nretry_max = "2s"\n'
+                                  '[backup.targets.offsite]\ntype = "restic"\nrepository = "/srv/backup/restic"\n'
+                                  'password_file = "/etc/smbgw/secrets/restic"\n')
+    with btrfs_image(box.root / "srv/smb/pool", quotas=False) as pool:
+        data = pool / "vault"
+        subprocess.run(["btrfs", "subvolume", "create", str(data)], check=True, capture_output=True)
+        (data / "ledger.txt").write_text("2026\n")
+        (box.root / "clock-offset").write_text(f"{-3 * 86400}\n")
+        write_share(box, "vault.toml", 'path = "/srv/smb/pool/vault"\n[backup]\nschedule = "daily"\n'
+                                       'keep = { last = 5 }\ntarget = "offsite"\n')
+        wait_for(lambda: served(box, "vault"), 30)
+        assert stack.agent.ctl("snapshot", "vault").returncode == 0
+        wait_until(lambda: stack.query('smbgw_backup_last_run_success{kind="offhost",share="vault"} == 1'), 30,
+                   "the first off-host copy was not made", lambda: stack.agent.log_text()[-3000:])
+
+        (box.root / "clock-offset").write_text("0\n")
+        secret.chmod(0o644)
+        assert stack.agent.ctl("snapshot", "vault").returncode == 0
+        arrived = wait_until(
+            lambda: [a for a in stack.alertmanager_alerts(alert) if active(a)], 40,
+            f"{alert} did not arrive at Alertmanager",
+            lambda: json.dumps(stack.prometheus_alerts()) + "\n" + stack.agent.log_text()[-2000:],
+        )
+        labels = arrived[0]["labels"]
+        assert (labels["alertname"], labels["share"], labels["severity"]) == (alert, "vault", "warning"), labels
+        assert arrived[0]["annotations"]["runbook_url"].endswith("docs/runbook.md#smbgwoffhostbackupstale")
+        # Why: the refused password file, counted by reason.
+        reasons = wait_until(lambda: stack.query('smbgw_backup_failures_total{kind="offhost",share="vault"}'), 20,
+                             "no off-host failure was counted", lambda: stack.agent.log_text()[-2000:])
+        assert [r["metric"]["reason"] for r in reasons] == ["password"], reasons
+
+        secret.chmod(0o600)
+        wait_until(
+            lambda: not [a for a in stack.alertmanager_alerts(alert) if active(a)], 40,
+            f"{alert} did not resolve at Alertmanager", lambda: json.dumps(stack.alertmanager_alerts(alert)),
+        )
+        for name in os.listdir(data / ".snapshots"):
+            subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / name)], check=False,
+                           capture_output=True)

@@ -30,14 +30,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 class AgentProcess:
-    def __init__(self, box: Sandbox, extra_args: list[str] | None = None) -> None:
+    def __init__(self, box: Sandbox, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.box = box
         self.extra_args = extra_args or []
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = box.root / "agent.log"
 
     def start(self, timeout: float = 20) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         env.pop("NOTIFY_SOCKET", None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

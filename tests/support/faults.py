@@ -30,6 +30,9 @@ PLUGIN_TOOLS: dict[str, tuple[str, ...]] = {
     "mode_native": ("testparm", "smbcontrol", "smbstatus"),
     # btrfs first: the agent-level matrix runs it on a real file system (test_quota_faults).
     "quota": ("btrfs", "zfs", "xfs_quota", "chattr", "setquota", "repquota"),
+    # btrfs and restic run through the whole agent (test_backup_faults); zfs at the
+    # backend's boundary; proxmox-backup-client through its test stand-in.
+    "backup": ("btrfs", "restic", "zfs", "proxmox-backup-client"),
 }
 
 _SCRIPTS = {

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from smbgw_plugins.backup import names
@@ -119,3 +121,45 @@ def test_zfs_listing_is_parsed_strictly_and_a_directory_inside_a_dataset_is_refu
     ext4 = Place("finance", "/srv/finance", tmp_path, Mount(str(tmp_path), "ext4", "/dev/sda1", "rw"))
     with pytest.raises(SnapshotError, match=r"on ext4 .* no snapshots"):
         BtrfsSnapshots(Runner()).check(ext4)
+
+
+def test_a_target_that_names_no_table_of_agent_toml_is_refused() -> None:
+    from smbgw_plugins.backup import BackupPlugin
+
+    from smbgw_agent.model.config import AgentConfig
+    from smbgw_agent.model.shares import ShareSpec
+
+    plugin = BackupPlugin()
+    backup = parse_share_table({"schedule": "daily", "keep": {"last": 3}, "target": "offsite"})
+    share = ShareSpec("finance", "finance.toml", "/srv/finance", sections={"backup": backup})
+    none = AgentConfig(node="pve1")
+    assert plugin.smbgw_validate_share(share, none) == [
+        "[backup] target = 'offsite' names no [backup.targets.offsite] table in agent.toml"]
+    agent = parse_agent_table({"targets": {"offsite": {"type": "restic", "repository": "/r", "credential": "r"}}})
+    assert plugin.smbgw_validate_share(share, AgentConfig(node="pve1", plugin_sections={"backup": agent})) == []
+
+
+def test_a_zfs_listing_is_read_again_after_a_snapshot_is_taken_or_destroyed(tmp_path: Path) -> None:
+    """One `zfs list` per pool and pass, but never a stale one: the snapshot job reads the
+    listing back after it took a snapshot."""
+    listed: list[str] = ["tank/finance@smbgw-2026.12.01-03.00.00"]
+    calls: list[list[str]] = []
+
+    class Recorder(Runner):
+        def run(self, argv: Any, **_kwargs: Any) -> Any:  # type: ignore[override]
+            calls.append(list(argv))
+            if argv[1] == "snapshot":
+                listed.append(argv[2])
+            if argv[1] == "destroy":
+                listed.remove(argv[2])
+            return subprocess.CompletedProcess(argv, 0, "\n".join(listed) + "\n", "")
+
+    place = Place("finance", "/tank/finance", Path("/tank/finance"), Mount("/tank/finance", "zfs", "tank/finance",
+                                                                             "rw"))
+    subject = ZfsSnapshots(Recorder())
+    assert subject.names(place) == ["smbgw-2026.12.01-03.00.00"]
+    assert subject.names(place) == ["smbgw-2026.12.01-03.00.00"] and len(calls) == 1, "listed once"
+    subject.take(place, "smbgw-2026.12.02-03.00.00")
+    assert subject.names(place) == ["smbgw-2026.12.01-03.00.00", "smbgw-2026.12.02-03.00.00"]
+    subject.delete(place, "smbgw-2026.12.01-03.00.00")
+    assert subject.names(place) == ["smbgw-2026.12.02-03.00.00"]
