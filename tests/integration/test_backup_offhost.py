@@ -18,10 +18,11 @@ import pytest
 
 from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess, add_agent_config, served, wait_for, write_share
-from tests.support.procs import scrape
+from tests.support.procs import RestartableAgent, scrape, wait_metric, write_agent_toml
 from tests.support.storage import btrfs_image
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple 7"
 
 
@@ -150,6 +151,43 @@ def test_snapshots_go_off_host_to_restic_and_come_back_equal(
         wait_for(lambda: 'smbgw_backup_failures_total{kind="verify",reason="mismatch",share="finance"} 1.0'
                  in (scrape(port) or ""), timeout=20)
         assert 'smbgw_backup_last_run_success{kind="verify",share="finance"} 0.0' in (scrape(port) or "")
+        for name in os.listdir(data / ".snapshots"):
+            subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / name)], check=False,
+                           capture_output=True)
+
+
+def test_scheduled_snapshot_transfer_and_verify_follow_the_clock(
+    sandbox: Sandbox, restartable: RestartableAgent
+) -> None:
+    """Nobody runs smbgwctl: the hourly slot comes (the agent's clock moves), the snapshot
+    is taken, sent, and the hourly verification restores and compares it (a verification
+    that comes before the first transfer fails with no_backup and is retried)."""
+    box = sandbox
+    secret = box.root / "etc/smbgw/secrets/restic"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    clock = box.root / "clock-offset"
+    clock.write_text("0\n")
+    port = write_agent_toml(box, '[backup]\nretry_initial = "2s"\nretry_max = "4s"\n'
+                                 '[backup.targets.offsite]\ntype = "restic"\nrepository = "/srv/backup/restic"\n'
+                                 'password_file = "/etc/smbgw/secrets/restic"\n')
+    with btrfs_image(box.root / "srv/smb/pool", quotas=False) as pool:
+        data = pool / "finance"
+        subprocess.run(["btrfs", "subvolume", "create", str(data)], check=True, capture_output=True)
+        (data / "report.txt").write_text("v1\n")
+        restartable.env = {"PYTHONPATH": f"{REPO / 'tests/support/clock'}:{REPO}", "SMBGW_TEST_CLOCK_FILE": str(clock)}
+        restartable.start()
+        (box.shares_dir / "finance.toml").write_text(
+            'path = "/srv/smb/pool/finance"\n[backup]\nschedule = "hourly"\nkeep = { last = 3 }\n'
+            'target = "offsite"\nverify = "hourly"\n')
+        # Scheduled from the pass that applied [backup] (its first slot: the next full hour).
+        restartable.wait_status(lambda s: ((s.get("plugins") or {}).get("backup") or {}).get("shares", {})
+                                .get("finance", {}).get("next_run"), timeout=20)
+        clock.write_text("3600\n")
+        for kind in ("snapshot", "offhost", "verify"):
+            wait_metric(port, f'smbgw_backup_last_run_success{{kind="{kind}",share="finance"}} 1.0', 60)
+        restartable.stop()
         for name in os.listdir(data / ".snapshots"):
             subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / name)], check=False,
                            capture_output=True)

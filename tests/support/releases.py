@@ -35,16 +35,17 @@ HOST_RELEASE = "bookworm"
 # release pass and the .deb end-to-end test.
 TEST_PACKAGES: tuple[str, ...] = (
     *CONTAINER_PACKAGES, "python3-pytest", "python3-hypothesis", "openssl", "prometheus",
-    "prometheus-alertmanager", "passwd",
+    "prometheus-alertmanager", "passwd", "restic",
 )
 # The release's lintian, for checking the .deb there (installed by apt after debootstrap).
 TEST_APT_PACKAGES: tuple[str, ...] = ("lintian",)
 # What the Debian-versions pass runs (the same list as `make test-debian`), less the
-# quota plugin's conformance on btrfs: it needs loop devices, which a container does
-# not get; btrfs is the host's kernel either way, and the bookworm pass runs it.
+# quota and backup plugins' conformance on btrfs: it needs loop devices, which a
+# container does not get; btrfs is the host's kernel either way, and the bookworm pass
+# runs it.
 PASS_TESTS: tuple[str, ...] = (
     "tests/unit", "tests/conformance", "tests/integration/test_native_serving.py",
-    "tests/integration/test_security_profile.py", "-k", "not (test_conformance and quota)",
+    "tests/integration/test_security_profile.py", "-k", "not (test_conformance and (quota or backup))",
 )
 _IGNORED = shutil.ignore_patterns(
     ".git", ".venv*", "build", "sandbox", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache",

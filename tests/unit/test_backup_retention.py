@@ -532,8 +532,9 @@ def test_restic_json_is_a_list_of_groups_with_keep_remove_and_reasons(restic: Re
         ("2022-01-01T01:00:00Z", ["last snapshot", "daily snapshot"]),
         ("2021-12-31T23:00:00Z", ["last snapshot", "daily snapshot"]),
     ]
-    assert group["reasons"][0]["counters"] == {"last": 2, "daily": 2}  # counts left, zero omitted
-    assert group["reasons"][2]["counters"] == {}
+    if "counters" in group["reasons"][0]:  # restic 0.14 (Debian 12); trixie's 0.18 leaves it out
+        assert group["reasons"][0]["counters"] == {"last": 2, "daily": 2}  # counts left, zero omitted
+        assert group["reasons"][2]["counters"] == {}
 
 
 @pytest.mark.parametrize("policy", TABLE_POLICIES, ids=[p.describe().replace(", ", "+") for p in TABLE_POLICIES])

@@ -395,8 +395,9 @@ def test_restic_credentials_in_a_repository_url_are_redacted(restic: str, tmp_pa
                                                               password: Path) -> None:
     target = restic_target(tmp_path, runner, password, "rest:http://smbgw:url-pass-9876@127.0.0.1:1/repo")
     with pytest.raises(TargetError) as caught:
-        target.snapshots("Finance", 30)
-    assert caught.value.reason == "unreachable", caught.value
+        target.snapshots("Finance", 10)
+    # restic 0.14 gives up on a refused connection at once; 0.18 (trixie) keeps retrying.
+    assert caught.value.reason in ("unreachable", "timeout"), caught.value
     assert "url-pass-9876" not in str(caught.value) and "url-pass-9876" not in repr(target)
 
 

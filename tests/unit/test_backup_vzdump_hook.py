@@ -5,11 +5,13 @@ environment, share files and status.json mapping VMIDs to shares, smbgwctl's ans
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -474,11 +476,27 @@ def test_a_broken_agent_toml_or_shares_dir_is_a_warning(box: Box, capsys: pytest
 
 # ---- as vzdump runs it: a process with an emptied environment ------------------------------
 
+@functools.cache
+def installed_layout() -> str:
+    """A directory laid out as the package installs it (`smbgw_agent`, `smbgw_plugins`),
+    for a run from the source tree under an interpreter that does not have it (make
+    test-debian, the trixie pass); as PYTHONPATH it stands in for the installed package."""
+    layout = Path(tempfile.mkdtemp(prefix="smbgw-layout-"))
+    (layout / "smbgw_agent").symlink_to(REPO / "smbgw_agent")
+    (layout / "smbgw_plugins").symlink_to(REPO / "plugins")
+    return str(layout)
+
+
 def run_module(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python3 -m smbgw_plugins.backup.vzdump_hook` with only what vzdump's `local %ENV` leaves
-    (and PVE::Cmd::run's LC_ALL=C)."""
+    (and PVE::Cmd::run's LC_ALL=C), plus the package where the interpreter lacks it."""
+    clean = {**(env or {})}
+    probe = subprocess.run([sys.executable, "-c", "import smbgw_plugins"], env={}, cwd="/", capture_output=True,
+                           check=False)
+    if probe.returncode != 0:
+        clean["PYTHONPATH"] = installed_layout()
     return subprocess.run([sys.executable, "-m", "smbgw_plugins.backup.vzdump_hook", *argv], capture_output=True,
-                          text=True, timeout=60, env=env or {}, cwd="/", check=False)
+                          text=True, timeout=60, env=clean, cwd="/", check=False)
 
 
 def test_as_a_module_with_vzdumps_empty_environment(box: Box) -> None:
