@@ -97,9 +97,9 @@ def write_shares(box: Sandbox, count: int, prefix: str = "s") -> None:
         )
 
 
-def start_agent(box: Sandbox) -> subprocess.Popen[bytes]:
+def start_agent(box: Sandbox, log_level: str = "warning") -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--log-level", "warning"],
+        [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--log-level", log_level],
         env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(box.root / "agent.log", "ab"),  # noqa: SIM115
     )

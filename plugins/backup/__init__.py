@@ -25,8 +25,9 @@ makes are ever pruned (`names`); an administrator's own are never touched.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ NEVER = 253402300799.0  # 9999-12-31
 def backoff(settings: BackupSettings, failures: int, cap: float) -> float:
     """1 min, 2, 4, ... (agent.toml retry_initial), at most retry_max and `cap`."""
     return float(min(settings.retry_initial * 2.0 ** min(failures - 1, 30), settings.retry_max, cap))
+
+
+@functools.lru_cache(maxsize=1024)
+def typical_interval(schedule: str, hour: int) -> float | None:
+    """Seconds between the schedule's next two slots, as of `hour` (hours since the epoch):
+    for the "two intervals without a snapshot" alert. Once per schedule and hour, not per
+    share and pass."""
+    return schedule_of(schedule).typical_interval(hour * 3600.0)
 
 
 def job_id(kind: str, key: str) -> str:
@@ -118,7 +127,7 @@ class BackupPlugin:
         self._counts: dict[str, int] = {}  # share key -> snapshots of ours, as last listed
         self._newest: dict[str, str] = {}  # share key -> newest snapshot of ours, as last listed
         self._views: dict[str, ShareView] = {}
-        self._lock = threading.Lock()
+        self._schedules: dict[str, tuple[str, list[Schedule]]] = {}  # share key -> (its inputs, its schedules)
 
     @hookimpl
     def smbgw_share_sections(self) -> Sequence[str]:
@@ -200,9 +209,18 @@ class BackupPlugin:
             path = (desired or applied).path if (desired or applied) is not None else "?"  # type: ignore[union-attr]
             verb = DELETE if desired is None else UPDATE
             return [Change(resource, verb, f"stop taking snapshots of {name}; the snapshots in {path} stay")]
-        place = self._place(ctx, desired)  # type: ignore[arg-type]
+        assert desired is not None
+        place = self._place(ctx, desired)
         snaps = self._snapshots(ctx, place)
         snaps.check(place)
+        if not (place.path.exists() or place.path.is_symlink()) and "quota" not in desired.sections:
+            # The mode would create a plain directory, which can never be snapshotted on its
+            # own; the quota plugin (ranked before the modes) creates a subvolume or dataset.
+            make = (f"btrfs subvolume create {desired.path}" if snaps.kind == "btrfs"
+                    else f"zfs create -o mountpoint={desired.path} POOL/DATASET")
+            raise SnapshotError(f"{desired.path} does not exist, and [backup] needs it to be a {snaps.kind} "
+                                f"{'subvolume' if snaps.kind == 'btrfs' else 'dataset'}: create it ({make}), or "
+                                "add [quota], which creates it as one")
         changes: list[Change] = []
         if record is None:
             spec = schedule_of(wanted["schedule"])
@@ -218,8 +236,7 @@ class BackupPlugin:
             self._newest[key] = max(ours, key=lambda n: ours[n])
         else:
             self._newest.pop(key, None)
-        if record and record.get(SNAPSHOT, {}).get("last_success") and getattr(snaps, "snapdir_missing",
-                                                                               lambda _p: False)(place):
+        if record and record.get(SNAPSHOT, {}).get("last_success") and snaps.snapdir_missing(place):
             changes.append(Change(resource, UPDATE, f"recreate {place.declared}/{snaps.snapdir} (it was removed "
                                                     "by hand, and the snapshots in it with it)"))
         if self._busy(ctx.jobs, key):
@@ -415,8 +432,12 @@ class BackupPlugin:
 
     @hookimpl
     def smbgw_schedules(self, ctx: PassContext) -> Sequence[Schedule]:
-        settings, runner, paths, node = self._job_settings(ctx)
+        """Every share's schedules, asked after each pass. A share whose inputs did not
+        change keeps its schedule objects (and what they computed): at 200 shares,
+        rebuilding them all after every pass cost more than the pass."""
+        settings = BackupSettings.from_config(ctx.config.plugin_sections)
         schedules: list[Schedule] = []
+        kept: dict[str, tuple[str, list[Schedule]]] = {}
         for key, spec in sorted(ctx.desired.items()):
             wanted = spec.sections.get(PLUGIN)
             record = self._record(ctx, key)
@@ -426,30 +447,43 @@ class BackupPlugin:
                 place = self._place(ctx, spec)
             except SnapshotError:
                 continue
-            since = float(record.get("since", time.time()))
-            resource = share_resource(spec.name)
-            every = self._next_run(wanted["schedule"], record.get(SNAPSHOT, {}), since, settings)
-            schedules.append(Schedule(job_id(SNAPSHOT, key), every, self._snapshot_job(ctx, spec),
-                                      settings.snapshot_timeout, resource))
-            target = wanted.get("target")
-            target_settings = settings.target(target) if target else None
-            if target_settings is None:
-                continue
-            offhost = record.get(OFFHOST, {})
-            newest = self._newest.get(key)
-            if newest is not None and newest != offhost.get("snapshot"):
-                transfer = OffhostRun(spec.name, place, target_settings, runner, paths, node, settings,
-                                      self._reasons, job_id(OFFHOST, key), wanted["keep"])
-                schedules.append(Schedule(job_id(OFFHOST, key), self._retry_only(offhost, settings), transfer.run,
-                                          settings.timeout, resource, group=OFFHOST_GROUP,
-                                          group_limit=settings.max_parallel))
-            if wanted.get("verify"):
-                verify = VerifyRun(spec.name, place, target_settings, runner, paths, node, settings,
-                                   self._reasons, job_id(VERIFY, key))
-                checks = self._next_run(wanted["verify"], record.get(VERIFY, {}), since, settings)
-                schedules.append(Schedule(job_id(VERIFY, key), checks, verify.run, settings.timeout, resource,
-                                          group=OFFHOST_GROUP,
-                                          group_limit=settings.max_parallel))
+            inputs = json.dumps([spec.name, wanted, record, str(place.path), place.mount.point, place.mount.fstype,
+                                 self._newest.get(key), ctx.config.node, repr(settings)], sort_keys=True, default=str)
+            cached = self._schedules.get(key)
+            share_schedules = cached[1] if cached is not None and cached[0] == inputs else \
+                self._share_schedules(ctx, key, spec, place, wanted, record, settings)
+            kept[key] = (inputs, share_schedules)
+            schedules.extend(share_schedules)
+        if not ctx.dry_run:
+            self._schedules = kept
+        return schedules
+
+    def _share_schedules(self, ctx: PassContext, key: str, spec: ShareSpec, place: Place, wanted: Mapping[str, Any],
+                         record: Mapping[str, Any], settings: BackupSettings) -> list[Schedule]:
+        runner, paths, node = ctx.runner, ctx.paths, ctx.config.node
+        since = float(record.get("since", time.time()))
+        resource = share_resource(spec.name)
+        every = self._next_run(wanted["schedule"], record.get(SNAPSHOT, {}), since, settings)
+        schedules = [Schedule(job_id(SNAPSHOT, key), every, self._snapshot_job(ctx, spec), settings.snapshot_timeout,
+                              resource)]
+        target = wanted.get("target")
+        target_settings = settings.target(target) if target else None
+        if target_settings is None:
+            return schedules
+        offhost = record.get(OFFHOST, {})
+        newest = self._newest.get(key)
+        if newest is not None and newest != offhost.get("snapshot"):
+            transfer = OffhostRun(spec.name, place, target_settings, runner, paths, node, settings,
+                                  self._reasons, job_id(OFFHOST, key), wanted["keep"])
+            schedules.append(Schedule(job_id(OFFHOST, key), self._retry_only(offhost, settings), transfer.run,
+                                      settings.timeout, resource, group=OFFHOST_GROUP,
+                                      group_limit=settings.max_parallel))
+        if wanted.get("verify"):
+            verify = VerifyRun(spec.name, place, target_settings, runner, paths, node, settings,
+                               self._reasons, job_id(VERIFY, key))
+            checks = self._next_run(wanted["verify"], record.get(VERIFY, {}), since, settings)
+            schedules.append(Schedule(job_id(VERIFY, key), checks, verify.run, settings.timeout, resource,
+                                      group=OFFHOST_GROUP, group_limit=settings.max_parallel))
         return schedules
 
     @staticmethod
@@ -527,10 +561,7 @@ class BackupPlugin:
                 continue
             next_runs = {kind: when for kind in KINDS
                          if isinstance(when := jobs.get(job_id(kind, key), {}).get("next_run"), float) and when < NEVER}
-            try:
-                interval = schedule_of(wanted["schedule"]).typical_interval(time.time())
-            except Exception:
-                interval = None
+            interval = typical_interval(wanted["schedule"], int(time.time() // 3600))
             views[key] = ShareView(spec.name, self._counts.get(key, 0), self._newest.get(key),
                                    {kind: dict(record.get(kind, {})) for kind in KINDS if kind in record},
                                    dict(record.get("counts", {})), next_runs, interval, wanted.get("target"),

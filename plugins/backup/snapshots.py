@@ -67,6 +67,8 @@ class Snapshots(Protocol):
 
     def check(self, place: Place) -> None: ...
 
+    def snapdir_missing(self, place: Place) -> bool: ...
+
     def names(self, place: Place) -> list[str]: ...
 
     def view(self, place: Place, name: str) -> Path: ...
@@ -212,6 +214,9 @@ class ZfsSnapshots:
                 f"own, so it cannot be snapshotted on its own. Make it one: zfs create {place.mount.source}/NEW, "
                 f"move the data into it, then set its mountpoint to {place.declared}")
         return place.mount.source
+
+    def snapdir_missing(self, place: Place) -> bool:
+        return False  # .zfs/snapshot is the file system's own; nobody can remove it
 
     def check(self, place: Place) -> None:
         if place.path.exists():

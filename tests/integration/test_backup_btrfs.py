@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devtools.sandbox import Sandbox
+from tests.integration.test_quota_btrfs import unit_capabilities, with_capabilities
 from tests.support.agent import AgentProcess, served, wait_for, write_share
 from tests.support.storage import btrfs_image
 
@@ -105,3 +106,53 @@ def test_snapshots_are_previous_versions_through_smb_and_retention_prunes_only_o
             subprocess.run(["btrfs", "subvolume", "delete", str(data / ".snapshots" / name)], check=True,
                            capture_output=True)
         subprocess.run(["btrfs", "subvolume", "delete", str(data)], check=True, capture_output=True)
+
+
+def test_the_units_capabilities_are_what_snapshots_and_prunes_need(tmp_path: Path) -> None:
+    """The unit's bounding set lets the backup plugin snapshot and prune on btrfs, and
+    CAP_SYS_ADMIN in it is what lets it delete a snapshot (a subvolume)."""
+    granted = unit_capabilities()
+    with btrfs_image(tmp_path / "pool", quotas=False) as pool:
+        data = pool / "finance"
+        assert with_capabilities(granted, ["btrfs", "subvolume", "create", str(data)]).returncode == 0
+        (data / ".snapshots").mkdir()
+        for name in ("smbgw-2026.12.01-03.00.00", "smbgw-2026.12.02-03.00.00"):
+            made = with_capabilities(granted, ["btrfs", "subvolume", "snapshot", "-r", str(data),
+                                               str(data / ".snapshots" / name)])
+            assert made.returncode == 0, made.stderr
+        without = [c for c in granted if c != "CAP_SYS_ADMIN"]
+        refused = with_capabilities(without, ["btrfs", "subvolume", "delete",
+                                              str(data / ".snapshots/smbgw-2026.12.01-03.00.00")])
+        assert refused.returncode != 0 and "not permitted" in refused.stderr.lower(), refused
+        pruned = with_capabilities(granted, ["btrfs", "subvolume", "delete",
+                                             str(data / ".snapshots/smbgw-2026.12.01-03.00.00")])
+        assert pruned.returncode == 0, pruned.stderr
+        assert snapshots(data) == ["smbgw-2026.12.02-03.00.00"]
+        with_capabilities(granted, ["btrfs", "subvolume", "delete", str(data / ".snapshots/smbgw-2026.12.02-03.00.00")])
+
+
+def test_a_missing_directory_must_be_made_a_subvolume_first_unless_quota_makes_it(
+    sandbox: Sandbox, agent: AgentProcess
+) -> None:
+    box = sandbox
+    with btrfs_image(box.root / "srv/smb/pool") as pool:
+        write_share(box, "plain.toml", 'path = "/srv/smb/pool/plain"\n[backup]\nschedule = "daily"\n'
+                                       'keep = { last = 3 }\n')
+
+        def error() -> str | None:
+            share = ((agent.status() or {}).get("shares") or {}).get("plain") or {}
+            return share.get("error") if share.get("state") == "failed" else None
+
+        message = wait_for(error, timeout=20)
+        assert "btrfs subvolume create /srv/smb/pool/plain" in message and "add [quota]" in message, message
+        assert not (pool / "plain").exists(), "no plain directory that could never be snapshotted"
+        # With [quota], the quota plugin makes the subvolume, and snapshots work.
+        write_share(box, "limited.toml", 'path = "/srv/smb/pool/limited"\n[quota]\nsize = "64M"\n'
+                                         '[backup]\nschedule = "daily"\nkeep = { last = 3 }\n')
+        wait_for(lambda: served(box, "limited"), timeout=20)
+        assert os.lstat(pool / "limited").st_ino == 256
+        taken = agent.ctl("snapshot", "limited")
+        assert taken.returncode == 0, taken.stdout + taken.stderr
+        for name in snapshots(pool / "limited"):
+            subprocess.run(["btrfs", "subvolume", "delete", str(pool / "limited/.snapshots" / name)], check=False,
+                           capture_output=True)
