@@ -642,7 +642,7 @@ def test_plugin_verbs_and_the_vzdump_hook_work_as_installed(node: Node) -> None:
     """smbgwctl's plugin verbs reach the sandboxed agent over its control socket, and the
     vzdump hook the package ships runs in vzdump's emptied environment."""
     ensure_finance(node)
-    refused = node.run("smbgwctl", "snapshot", "finance", check=False)
+    refused = node.run("/usr/sbin/smbgwctl", "snapshot", "finance", check=False)
     assert refused.returncode == 1 and "share finance has no [backup] table" in refused.stderr, refused
     hook = "/usr/share/smbgw-agent/smbgw-vzdump-hook"
     for argv in (["job-start"], ["backup-start", "snapshot", "105"], ["backup-end", "snapshot", "105"]):
