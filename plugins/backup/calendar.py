@@ -1082,34 +1082,26 @@ def _find_matching_component(
     return (1 if val != d else 0), d
 
 
+# (field, the next smaller field, what it starts over at), as systemd's tm_within_bounds().
+_BOUND_FIELDS = (("year", "mon", 0), ("mon", "mday", 1), ("mday", "hour", 0), ("hour", "min", 0),
+                 ("min", "sec", 0), ("sec", "", 0))
+
+
 def _tm_within_bounds(clock: _Clock, tm: _TM) -> int:
     if tm.year + 1900 > _MAX_YEAR:
         return _ERANGE
     t = tm.copy()
     if clock.mktime(t) < 0:
         return _ERANGE
-    # If mktime() normalized an out-of-range field, the smaller units start over.
-    cmp = (t.year > tm.year) - (t.year < tm.year)
-    if cmp:
-        t.mon = 0
-    else:
-        cmp = (t.mon > tm.mon) - (t.mon < tm.mon)
+    # If mktime() normalized an out-of-range field, the smaller units start over: the first
+    # field (largest first) that changed decides, and the next smaller one is reset.
+    cmp = 0
+    for name, smaller, reset in _BOUND_FIELDS:
+        cmp = (getattr(t, name) > getattr(tm, name)) - (getattr(t, name) < getattr(tm, name))
         if cmp:
-            t.mday = 1
-        else:
-            cmp = (t.mday > tm.mday) - (t.mday < tm.mday)
-            if cmp:
-                t.hour = 0
-            else:
-                cmp = (t.hour > tm.hour) - (t.hour < tm.hour)
-                if cmp:
-                    t.min = 0
-                else:
-                    cmp = (t.min > tm.min) - (t.min < tm.min)
-                    if cmp:
-                        t.sec = 0
-                    else:
-                        cmp = (t.sec > tm.sec) - (t.sec < tm.sec)
+            if smaller:
+                setattr(t, smaller, reset)
+            break
     if cmp < 0:
         return -35  # -EDEADLK: refuse to go backwards
     if cmp > 0:

@@ -474,20 +474,26 @@ def _restic_time(text: str) -> datetime:
     return datetime.fromisoformat(stamp).astimezone(UTC)
 
 
+def _json_objects(text: str, what: str) -> list[dict[str, Any]]:
+    """A tool's JSON listing: a list of objects, or reason "garbage" for anything else."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise TargetError(f"{what} printed no JSON: {text[:120]!r}", "garbage") from None
+    if not isinstance(data, list):
+        raise TargetError(f"{what} printed {type(data).__name__}, not a list", "garbage")
+    for item in data:
+        if not isinstance(item, dict):
+            raise TargetError(f"{what}: an entry is {type(item).__name__}", "garbage")
+    return data
+
+
 def parse_restic_snapshots(text: str, node: str, share_tag: str) -> list[RemoteSnapshot]:
     """`restic snapshots --json` of one share, oldest first. restic already filtered by
     host and tag; they are checked again, and anything malformed is reason "garbage"
     (a listing that cannot be trusted must not drive parents, restores or verifies)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise TargetError(f"restic snapshots --json printed no JSON: {text[:120]!r}", "garbage") from None
-    if not isinstance(data, list):
-        raise TargetError(f"restic snapshots --json printed {type(data).__name__}, not a list", "garbage")
     found: list[RemoteSnapshot] = []
-    for item in data:
-        if not isinstance(item, dict):
-            raise TargetError(f"restic snapshots --json: an entry is {type(item).__name__}", "garbage")
+    for item in _json_objects(text, "restic snapshots --json"):
         ident, when, tags, host = item.get("id"), item.get("time"), item.get("tags") or [], item.get("hostname")
         if not isinstance(ident, str) or not _RESTIC_ID.fullmatch(ident) or not isinstance(when, str) \
                 or not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags) \
@@ -735,16 +741,8 @@ def parse_pbs_snapshots(text: str, group_id: str) -> list[RemoteSnapshot]:
     SnapshotListItem (backup-type, backup-id, backup-time as Unix seconds, files, size,
     owner, protected, ...). Unfinished snapshots (no index.json.blob, a backup that died)
     are left out; anything malformed is reason "garbage"."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise TargetError(f"snapshot list printed no JSON: {text[:120]!r}", "garbage") from None
-    if not isinstance(data, list):
-        raise TargetError(f"snapshot list printed {type(data).__name__}, not a list", "garbage")
     found: list[RemoteSnapshot] = []
-    for item in data:
-        if not isinstance(item, dict):
-            raise TargetError(f"snapshot list: an entry is {type(item).__name__}", "garbage")
+    for item in _json_objects(text, "snapshot list"):
         kind, ident, stamp, files = (item.get("backup-type"), item.get("backup-id"), item.get("backup-time"),
                                      item.get("files"))
         if not isinstance(kind, str) or not isinstance(ident, str) or isinstance(stamp, bool) \
