@@ -493,6 +493,14 @@ def _parse_chain(s: str, i: int, usec: bool) -> tuple[list[_Component] | None, i
         i += 1
         nesting += 1
 
+def _date_separator(s: str, t: int, raw: _Raw) -> int:
+    """Past the "-" (or "~": days before the end of the month) between date fields."""
+    if s[t] == "~":
+        raw.end_of_month = True
+    elif s[t] != "-":
+        raise _Invalid(f"unexpected {_at(s, t)}", t, guessable=True)
+    return t + 1
+
 
 def _parse_date(s: str, i: int, raw: _Raw) -> tuple[int, bool]:
     """Return where the time part starts, and whether `@TIMESTAMP` made it unnecessary."""
@@ -514,11 +522,7 @@ def _parse_date(s: str, i: int, raw: _Raw) -> tuple[int, bool]:
     if _ch(s, t) in ("", ":"):
         return i, False  # no date: this was the hour, parse it again as a time
 
-    if s[t] == "~":
-        raw.end_of_month = True
-    elif s[t] != "-":
-        raise _Invalid(f"unexpected {_at(s, t)}", t, guessable=True)
-    t += 1
+    t = _date_separator(s, t, raw)
     second, t = _parse_chain(s, t, False)
     if _ch(s, t) in ("", " "):
         raw.month, raw.day = first, second
@@ -526,11 +530,7 @@ def _parse_date(s: str, i: int, raw: _Raw) -> tuple[int, bool]:
     if raw.end_of_month:
         raise _Invalid('"~" (days before the end of the month) must come right before the day', t)
 
-    if s[t] == "~":
-        raw.end_of_month = True
-    elif s[t] != "-":
-        raise _Invalid(f"unexpected {_at(s, t)}", t, guessable=True)
-    t += 1
+    t = _date_separator(s, t, raw)
     third, t = _parse_chain(s, t, False)
     if _ch(s, t) not in ("", " "):
         raise _Invalid(f"unexpected {_at(s, t)}", t, guessable=True)

@@ -454,6 +454,11 @@ def keep_rules(keep: Mapping[str, int]) -> dict[str, int]:
     return rules
 
 
+def keep_arguments(keep: Mapping[str, int]) -> list[str]:
+    """`--keep-daily 7 --keep-weekly 4`: restic's forget and PBS's prune spell them alike."""
+    return [arg for rule, count in keep_rules(keep).items() for arg in (f"--keep-{rule}", str(count))]
+
+
 # ---- restic ----------------------------------------------------------------------------
 
 
@@ -682,13 +687,11 @@ class ResticTarget:
         return _check_restored(target, wanted, remote)
 
     def forget(self, share: str, keep: Mapping[str, int], timeout: float) -> None:
-        key, rules = _check_share(share), keep_rules(keep)
+        key, rules = _check_share(share), keep_arguments(keep)
         budget = _Budget(f"target {self.name}: forget for {share}", timeout)
         if not self._repository_exists(budget):
             return
-        args = ["forget", "--prune", *self._filters(key), "--group-by", "host"]
-        for rule, count in rules.items():
-            args += [f"--keep-{rule}", str(count)]
+        args = ["forget", "--prune", *self._filters(key), "--group-by", "host", *rules]
         result = self._run_unlocked(args, budget)
         if not result.ok:
             raise self._failure(f"forget --prune for {share}", result)
@@ -854,11 +857,9 @@ class PbsTarget:
         return _check_restored(target, wanted, remote)
 
     def forget(self, share: str, keep: Mapping[str, int], timeout: float) -> None:
-        key, rules = _check_share(share), keep_rules(keep)
+        key, rules = _check_share(share), keep_arguments(keep)
         budget = _Budget(f"target {self.name}: prune for {share}", timeout)
-        args = ["prune", f"host/{backup_id(key)}"]
-        for rule, count in rules.items():
-            args += [f"--keep-{rule}", str(count)]
+        args = ["prune", f"host/{backup_id(key)}", *rules]
         result = self._run([*args, "--output-format", "json", *self._where()], budget)
         if not result.ok:
             raise self._failure(f"prune for {share}", result)

@@ -324,6 +324,28 @@ def test_restic_makes_its_repository_on_the_first_backup_and_gets_a_password_fil
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
 
 
+def assert_restores(target: Target, share: str, first: tuple[RemoteSnapshot, Path],
+                    second: tuple[RemoteSnapshot, Path], missing: str, tmp_path: Path) -> tuple[Path, Path]:
+    """The restore contract every target keeps: chosen files (names with glob characters
+    too) into INTO/NAME, byte for byte; the whole snapshot; a file it does not hold is
+    reason "missing". Returns the two directories restored into (`all`, `fresh`)."""
+    (one, one_source), (two, two_source) = first, second
+    restored = target.restore(share, one, ["docs/report.txt", "odd name [1]*?.txt"], tmp_path, 60)
+    assert restored == tmp_path / one_source.name
+    assert sorted(p.relative_to(restored).as_posix() for p in restored.rglob("*")) == [
+        "docs", "docs/report.txt", "odd name [1]*?.txt"]
+    assert (restored / "docs" / "report.txt").read_bytes() == FIRST_FILES["docs/report.txt"]
+    into = tmp_path / "all"
+    into.mkdir()
+    assert tree(target.restore(share, two, None, into, 60)) == tree(two_source)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(TargetError) as caught:
+        target.restore(share, one, [missing], fresh, 60)
+    assert caught.value.reason == "missing"
+    return into, fresh
+
+
 def test_restic_backs_up_lists_restores_and_forgets(tmp_path: Path, repo: Path, runner: RecordingRunner,
                                                    password: Path) -> None:
     first, second = snapshot_pair(tmp_path)
@@ -343,19 +365,7 @@ def test_restic_backs_up_lists_restores_and_forgets(tmp_path: Path, repo: Path, 
     assert target.snapshots("FINANCE", 30) == [one, two]  # share names are case-insensitive
     assert target.snapshots("other share", 30) == []
 
-    restored = target.restore("Finance", one, ["docs/report.txt", "odd name [1]*?.txt"], tmp_path, 60)
-    assert restored == tmp_path / first.name
-    assert sorted(p.relative_to(restored).as_posix() for p in restored.rglob("*")) == [
-        "docs", "docs/report.txt", "odd name [1]*?.txt"]
-    assert (restored / "docs" / "report.txt").read_bytes() == FIRST_FILES["docs/report.txt"]
-    into = tmp_path / "all"
-    into.mkdir()
-    assert tree(target.restore("Finance", two, None, into, 60)) == tree(second)
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    with pytest.raises(TargetError) as caught:
-        target.restore("Finance", one, ["not/there.txt"], fresh, 60)
-    assert caught.value.reason == "missing"
+    into, fresh = assert_restores(target, "Finance", (one, first), (two, second), "not/there.txt", tmp_path)
     with pytest.raises(TargetError) as caught:
         target.restore("Finance", one, ["../etc/passwd"], fresh, 60)
     assert caught.value.reason == "invalid"
@@ -581,19 +591,7 @@ def test_pbs_backs_up_lists_restores_and_prunes(tmp_path: Path, pbs: Pbs, runner
     assert runner.calls[-1][0][1:] == ("snapshot", "list", "host/smbgw-team_20docs", "--output-format", "json",
                                        "--repository", "smbgw@pbs!agent@pbs1.example:store1", "--ns", "pve1")
 
-    restored = target.restore("Team Docs", one, ["docs/report.txt", "odd name [1]*?.txt"], tmp_path, 60)
-    assert restored == tmp_path / first.name
-    assert sorted(p.relative_to(restored).as_posix() for p in restored.rglob("*")) == [
-        "docs", "docs/report.txt", "odd name [1]*?.txt"]
-    assert (restored / "docs" / "report.txt").read_bytes() == FIRST_FILES["docs/report.txt"]
-    into = tmp_path / "all"
-    into.mkdir()
-    assert tree(target.restore("Team Docs", two, None, into, 60)) == tree(second)
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    with pytest.raises(TargetError) as caught:
-        target.restore("Team Docs", one, ["no/such/file"], fresh, 60)
-    assert caught.value.reason == "missing"
+    assert_restores(target, "Team Docs", (one, first), (two, second), "no/such/file", tmp_path)
 
     target.backup("Team Docs", second, "smbgw-2026.12.03-03.00.00", T3, 60)
     target.forget("Team Docs", {"last": 1}, 60)
