@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,7 +82,22 @@ def test_high_profile_requires_signing_and_encryption(sandbox: Sandbox, agent: A
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        session = wait_for(lambda: sessions(sandbox), timeout=15)[0]
+        # smbd records what a session's packets were (signed, encrypted) as it processes
+        # them, so a session is read back once it has done some work and its record says
+        # so; the last record seen is what a failure shows.
+        assert holder.stdin is not None
+        holder.stdin.write("ls\n")
+        holder.stdin.flush()
+        seen: list[dict[str, Any]] = []
+
+        def protected() -> bool:
+            seen[:] = sessions(sandbox)
+            return bool(seen) and all(seen[0][kind]["degree"] == "full" for kind in ("encryption", "signing"))
+
+        with contextlib.suppress(AssertionError):
+            wait_for(protected, timeout=15)
+        assert seen, "no authenticated session appeared"
+        session = seen[0]
         assert session["encryption"]["degree"] == "full", session
         assert session["signing"]["degree"] == "full", session
         assert session["session_dialect"].startswith("SMB3"), session
