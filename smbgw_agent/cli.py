@@ -359,17 +359,35 @@ def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.Argu
             command.add_argument(argument)
         for flag, text in declared.flags:
             command.add_argument(f"--{flag}", action="store_true", help=text)
+        for option, text in declared.options:
+            command.add_argument(f"--{option}", metavar="VALUE", help=text)
         command.add_argument("--json", action="store_true")
     return parser
 
 
-def cmd_plugin_verb(paths: Paths, command: Command, args: argparse.Namespace) -> int:
+def verb_arguments(command: Command, args: argparse.Namespace) -> dict[str, Any]:
+    """The request's `arguments`: every declared name, options not given as null."""
     arguments: dict[str, Any] = {name: getattr(args, name) for name in command.arguments}
     arguments.update({flag: bool(getattr(args, flag.replace("-", "_"))) for flag, _text in command.flags})
+    arguments.update({option: getattr(args, option.replace("-", "_")) for option, _text in command.options})
+    return arguments
+
+
+def show_progress(text: str) -> None:
+    """A line of a running job's progress, as it comes (flushed: stdout may be a pipe)."""
+    out(text)
+    sys.stdout.flush()
+
+
+def cmd_plugin_verb(paths: Paths, command: Command, args: argparse.Namespace) -> int:
+    # Progress is always asked for; with --json it is not printed, so stdout stays one
+    # JSON document.
+    on_progress = (lambda _text: None) if args.json else show_progress
     try:
         # A job may run for hours (an off-host backup): the agent bounds it by the job's
         # own limit and always answers, so the client waits as long as that takes.
-        reply = request(paths.control_socket, "run", timeout=7 * 86400.0, verb=command.name, arguments=arguments)
+        reply = request(paths.control_socket, "run", timeout=7 * 86400.0, on_progress=on_progress,
+                        verb=command.name, arguments=verb_arguments(command, args))
     except (OSError, ValueError) as exc:
         err(f"cannot reach smbgw-agent at {paths.control_socket}: {exc}")
         return EXIT_UNREACHABLE

@@ -17,14 +17,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
 from smbgw_agent import __version__
 from smbgw_agent.assembly import load_plugins_and_config
-from smbgw_agent.control import ControlServer, Request
+from smbgw_agent.control import ControlServer, OnProgress, Request
 from smbgw_agent.effects.fileio import remove_stale_temporaries
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.effects.sdnotify import Notifier
@@ -107,7 +107,9 @@ class Agent:
         self.services = ServiceControl(self.runner, use_systemd=use_systemd)
         self.services.cancelled = lambda: self.stop_requested
         self.wake = threading.Event()
-        self.jobs = JobRunner(on_finished=self._on_job_finished)
+        # A quiet job's end (`Job.wake` said no) only wakes the loop, which then looks at
+        # the schedules again; it runs no pass.
+        self.jobs = JobRunner(on_finished=self._on_job_finished, on_quiet=self.wake.set)
         self.reconciler = Reconciler(
             paths, config, plugins, self.services, self.runner, heartbeat=self._heartbeat, jobs=self.jobs,
         )
@@ -295,9 +297,13 @@ class Agent:
             self.next_resync = 0.0
             force = True
         requests = []
+        commanded = False
         for request in self._drain_requests():
             if request.command == "run":
+                # A verb may have changed what the next pass should do (`drain` records
+                # that the node is drained): that pass comes now, not at the next resync.
                 self._start_command(request)
+                commanded = True
             else:
                 requests.append(request)
         if requests:
@@ -309,7 +315,7 @@ class Agent:
         if now >= self.next_guard:
             self.next_guard = now + GUARD_INTERVAL
             changed_paths = self._between_passes()
-        due = resync_due or requests or force or changed_paths or job_finished or self._retry_due()
+        due = resync_due or requests or force or changed_paths or job_finished or commanded or self._retry_due()
         if self.dirty.is_set() or due:
             if self.dirty.is_set() and not resync_due:
                 self._debounce()
@@ -362,18 +368,7 @@ class Agent:
             request.done.set()
             return
         log.info("smbgwctl %s: started job %s", verb, job_id)
-        jobs = self.jobs
-
-        def follow() -> dict[str, Any]:
-            record = jobs.wait(job_id, timeout + FOLLOW_SLACK)
-            if record is None:
-                return {"ok": False, "job": job_id, "error": f"job {job_id} did not end within {timeout:g}s"}
-            result = record.result if isinstance(record.result, dict) else {}
-            return {"ok": record.state == SUCCEEDED, "job": job_id, "state": record.state,
-                    "error": record.error, "result": result,
-                    "duration_seconds": (record.finished or 0.0) - (record.started or 0.0)}
-
-        request.follow = follow
+        request.follow = follow_job(self.jobs, job_id, timeout)
         request.done.set()
 
     def _answer(self, requests: list[Request], report: PassReport | None) -> None:
@@ -393,6 +388,21 @@ class Agent:
                 "duration_seconds": report.duration,
             }
             request.done.set()
+
+
+def follow_job(jobs: JobRunner, job_id: str, timeout: float) -> Callable[[OnProgress], dict[str, Any]]:
+    """How the control thread that holds a `run` client waits for its job: passing on
+    each new progress text (the control server decides whether the client gets it), then
+    the reply with the job's outcome."""
+    def follow(on_progress: OnProgress) -> dict[str, Any]:
+        record = jobs.wait(job_id, timeout + FOLLOW_SLACK, on_progress)
+        if record is None:
+            return {"ok": False, "job": job_id, "error": f"job {job_id} did not end within {timeout:g}s"}
+        result = record.result if isinstance(record.result, dict) else {}
+        return {"ok": record.state == SUCCEEDED, "job": job_id, "state": record.state,
+                "error": record.error, "result": result,
+                "duration_seconds": (record.finished or 0.0) - (record.started or 0.0)}
+    return follow
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

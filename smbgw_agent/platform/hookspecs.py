@@ -296,9 +296,10 @@ def smbgw_collect(ctx: CollectContext) -> Sequence[Metric]:
 def smbgw_commands() -> Sequence[Command]:
     """Verbs this plugin adds to smbgwctl (``smbgwctl snapshot SHARE``).
 
-    Each `Command` names its positional arguments and switches, and a `start(ctx,
-    arguments)` that the agent calls on the reconcile thread between passes; it returns
-    the `Job` to run (or raises `CommandRefused` with a message for the user). smbgwctl
-    prints the job's outcome when it ends. A verb of the core, or one two plugins claim,
-    stops the agent at start.
+    Each `Command` names its positional arguments, switches (`flags`) and switches with
+    a value (`options`), and a `start(ctx, arguments)` that the agent calls on the
+    reconcile thread between passes; it returns the `Job` to run (or raises
+    `CommandRefused` with a message for the user). smbgwctl prints the job's progress
+    while it runs and its outcome when it ends. A verb of the core, or one two plugins
+    claim, stops the agent at start.
     """

@@ -9,11 +9,13 @@ and ends as succeeded, failed or timed out. Jobs never feed the watchdog: only t
 loop does, so a hung job cannot keep a hung agent alive, and a slow job cannot starve it.
 
 When a job ends, the agent is woken; the owning plugin's next plan reads the outcome
-(`JobRunner.record`) and decides what it means for its resource. One job per id at a
-time: submitting an id that is still running is refused, so a retrying pass cannot pile
-up copies of the same `pct create`. Jobs of one `group` (off-host transfers, say) run at
-most `group_limit` at once: a due job whose group is full waits, without taking a worker
-thread, until one of the group ends.
+(`JobRunner.record`) and decides what it means for its resource. A job whose `wake` says
+its result needs nobody (a cheap health check every 2 s that found what it found last
+time) ends quietly: no pass, only a look at the schedules, so the next one runs on time.
+One job per id at a time: submitting an id that is still running is refused, so a
+retrying pass cannot pile up copies of the same `pct create`. Jobs of one `group`
+(off-host transfers, say) run at most `group_limit` at once: a due job whose group is
+full waits, without taking a worker thread, until one of the group ends.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, TIMED_OUT = "queued", "running", "succeeded"
 FINISHED = (SUCCEEDED, FAILED, TIMED_OUT)
 MAX_RECORDS = 1000
 MAX_PROGRESS = 500
+# How often `wait` looks at a job's progress for someone following it (`smbgwctl drain`):
+# often enough for a line about once a second, rarely enough to cost nothing.
+PROGRESS_POLL = 0.25
 
 
 class JobProgress:
@@ -52,6 +57,10 @@ class JobProgress:
 
 @dataclass(frozen=True)
 class Job:
+    """`wake(result)`, when set, decides whether the job's end calls for a pass: it gets
+    what `run` returned, and only a true answer wakes the agent (a job that failed or
+    timed out always does). None: every end wakes it."""
+
     id: str
     run: Callable[[JobProgress], Any]
     timeout: float
@@ -59,6 +68,7 @@ class Job:
     plugin: str = ""
     group: str = ""
     group_limit: int = 0  # 0: no limit
+    wake: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,9 +86,16 @@ class Schedule:
     plugin: str = ""
     group: str = ""
     group_limit: int = 0
+    wake: Callable[[Any], bool] | None = None  # as `Job.wake`
 
     def job(self) -> Job:
-        return Job(self.id, self.run, self.timeout, self.resource, self.plugin, self.group, self.group_limit)
+        return Job(self.id, self.run, self.timeout, self.resource, self.plugin, self.group, self.group_limit,
+                   wake=self.wake)
+
+
+def every_resource_of(plugin: str) -> str:
+    """What `take_finished` reports for a job of `plugin` that names no resource."""
+    return f"plugin:{plugin}"
 
 
 @dataclass
@@ -107,8 +124,14 @@ class JobRecord:
 
 @dataclass
 class JobRunner:
+    """Runs jobs and schedules. `on_finished` is called when a job's end calls for a pass
+    (its plugin has an outcome to record), `on_quiet` when it does not (`Job.wake` said
+    no): the loop need not reconcile then, but it must look at the schedules again,
+    because `next_due` leaves out a schedule while its job runs."""
+
     workers: int = 4
     on_finished: Callable[[], None] = lambda: None
+    on_quiet: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.time
     records: dict[str, JobRecord] = field(default_factory=dict)
     schedules: dict[str, Schedule] = field(default_factory=dict)
@@ -144,13 +167,32 @@ class JobRunner:
     def _busy(self, group: str) -> int:
         return sum(1 for r in self.records.values() if r.group == group and r.state not in FINISHED)
 
-    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+    def wait(self, job_id: str, timeout: float,
+             on_progress: Callable[[str], None] | None = None) -> JobRecord | None:
         """The job's record once it has finished, or None if it does not within `timeout`
-        (or is unknown): how `smbgwctl snapshot` waits for the snapshot it asked for."""
+        (or is unknown): how `smbgwctl snapshot` waits for the snapshot it asked for.
+
+        `on_progress` is called with the job's progress text each time it is seen to have
+        changed (every PROGRESS_POLL seconds, and once more at the end, so the last word
+        before the outcome is not lost); changes in between are not replayed. What it
+        raises ends the wait (the client is gone), never the job."""
         record = self.records.get(job_id)
-        if record is None or not record.done.wait(timeout):
+        if record is None:
             return None
-        return record
+        if on_progress is None:
+            return record if record.done.wait(timeout) else None
+        deadline = time.monotonic() + timeout
+        shown = ""
+        while True:
+            ended = record.done.wait(max(0.0, min(PROGRESS_POLL, deadline - time.monotonic())))
+            text = record.progress
+            if text and text != shown:
+                shown = text
+                on_progress(text)
+            if ended:
+                return record
+            if time.monotonic() >= deadline:
+                return None
 
     def _trim(self) -> None:
         if len(self.records) <= MAX_RECORDS:
@@ -174,20 +216,36 @@ class JobRunner:
             log.error("job %s (%s) %s: %s", job.id, job.plugin, record.state, record.error)
         finally:
             record.finished = self.clock()
-            if job.resource:
-                with self._lock:
-                    self._finished.add(job.resource)
             if job.id in self.schedules:
                 self.last_runs[job.id] = record.started or record.finished
+            loud = self._calls_for_pass(job, record)
+            if loud and (job.resource or job.plugin):
+                with self._lock:
+                    self._finished.add(job.resource or every_resource_of(job.plugin))
             record.done.set()
         try:
-            self.on_finished()
+            (self.on_finished if loud else self.on_quiet)()
         except Exception:  # a wake-up that fails must not lose the record
             log.exception("waking the agent after job %s failed", job.id)
 
+    @staticmethod
+    def _calls_for_pass(job: Job, record: JobRecord) -> bool:
+        """Does this end need a pass? Always after a failure or a timeout (someone must
+        see it), otherwise as the job's `wake` says; a `wake` that raises counts as yes,
+        so a broken one costs a pass, never a lost outcome."""
+        if job.wake is None or record.state != SUCCEEDED:
+            return True
+        try:
+            return bool(job.wake(record.result))
+        except Exception as exc:
+            log.error("job %s (%s): its wake check failed, waking the agent: %s", job.id, job.plugin, exc)
+            return True
+
     def take_finished(self) -> set[str]:
         """Resources whose jobs finished since the last call: the next pass plans them,
-        so their plugins can record the outcome even when nothing else changed."""
+        so their plugins can record the outcome even when nothing else changed. A job
+        that names no resource (a plugin's watch over all of its addresses) stands for
+        every node resource of its plugin (`every_resource_of`)."""
         with self._lock:
             finished, self._finished = self._finished, set()
         return finished
@@ -207,7 +265,8 @@ class JobRunner:
     def _waiting(self, schedule: Schedule) -> bool:
         """Can this schedule not start now whatever its time says? (Its job still runs, or
         its group is full.) Such a schedule is looked at again when a job ends, which
-        wakes the agent: counting it here would make the loop spin until then."""
+        wakes the loop (`on_finished`, or `on_quiet` for a quiet end): counting it here
+        would make the loop spin until then."""
         with self._lock:
             current = self.records.get(schedule.id)
             if current is not None and current.state not in FINISHED:

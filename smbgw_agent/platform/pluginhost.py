@@ -44,6 +44,7 @@ _BUILTIN_FALLBACK = {
     "mode_native": "smbgw_plugins.mode_native:NativeModePlugin",
     "quota": "smbgw_plugins.quota:QuotaPlugin",
     "backup": "smbgw_plugins.backup:BackupPlugin",
+    "vip": "smbgw_plugins.ha:VipPlugin",
 }
 CORE_AGENT_TABLES = frozenset({"agent", "samba", "metrics"})
 CORE = "core"

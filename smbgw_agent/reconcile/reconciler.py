@@ -28,7 +28,7 @@ from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform.changes import DELETE, UPDATE, Change, Health, NodeResource, share_key, share_resource
 from smbgw_agent.platform.commands import CommandRefused
 from smbgw_agent.platform.context import PassContext, SmbdControl
-from smbgw_agent.platform.jobs import JobRunner
+from smbgw_agent.platform.jobs import JobRunner, every_resource_of
 from smbgw_agent.platform.pluginhost import CORE, PluginCallError, PluginHost
 from smbgw_agent.reconcile.backoff import Backoff
 from smbgw_agent.reconcile.desired import SERVING_NOTES, Desired, resolve_desired
@@ -428,6 +428,7 @@ class Reconciler:
         ids |= set(applied) - set(wanted)
         ids |= set(self.resource_backoff.attempts) & (set(wanted) | set(applied))
         ids |= self._job_resources & (set(wanted) | set(applied))
+        ids |= {i for i, r in {**applied, **wanted}.items() if every_resource_of(r.plugin) in self._job_resources}
         return ids
 
     def _hold_refused_files(self, desired: Desired, report: PassReport) -> None:

@@ -622,7 +622,20 @@ def test_invalid_agent_toml_stops_the_agent_without_restart_loop(node: Node) -> 
     wait_ready(node, 0)
 
 
+def test_plugin_verbs_and_the_vzdump_hook_work_as_installed(node: Node) -> None:
+    """smbgwctl's plugin verbs reach the sandboxed agent over its control socket, and the
+    vzdump hook the package ships runs in vzdump's emptied environment."""
+    ensure_finance(node)
+    refused = node.run("/usr/sbin/smbgwctl", "snapshot", "finance", check=False)
+    assert refused.returncode == 1 and "share finance has no [backup] table" in refused.stderr, refused
+    hook = "/usr/share/smbgw-agent/smbgw-vzdump-hook"
+    for argv in (["job-start"], ["backup-start", "snapshot", "105"], ["backup-end", "snapshot", "105"]):
+        ran = node.run("env", "-i", "LC_ALL=C", "VMTYPE=lxc", hook, *argv, check=False)
+        assert ran.returncode == 0, (argv, ran.stdout, ran.stderr)
+
+
 def test_remove_and_purge_leave_shares_served(node: Node) -> None:
+    # Last in this file: it removes the package every test above runs against.
     ensure_finance(node)
     env = ["env", "DEBIAN_FRONTEND=noninteractive"]
     node.run(*env, "apt-get", "remove", "--yes", "smbgw-agent", timeout=300)
@@ -636,15 +649,3 @@ def test_remove_and_purge_leave_shares_served(node: Node) -> None:
     assert served(node, "finance", "hello.txt")
     assert node.props("LoadState")["LoadState"] == "not-found"
     assert not os.path.lexists(node.container.path("/etc/systemd/system/multi-user.target.wants/" + UNIT))
-
-
-def test_plugin_verbs_and_the_vzdump_hook_work_as_installed(node: Node) -> None:
-    """smbgwctl's plugin verbs reach the sandboxed agent over its control socket, and the
-    vzdump hook the package ships runs in vzdump's emptied environment."""
-    ensure_finance(node)
-    refused = node.run("/usr/sbin/smbgwctl", "snapshot", "finance", check=False)
-    assert refused.returncode == 1 and "share finance has no [backup] table" in refused.stderr, refused
-    hook = "/usr/share/smbgw-agent/smbgw-vzdump-hook"
-    for argv in (["job-start"], ["backup-start", "snapshot", "105"], ["backup-end", "snapshot", "105"]):
-        ran = node.run("env", "-i", "LC_ALL=C", "VMTYPE=lxc", hook, *argv, check=False)
-        assert ran.returncode == 0, (argv, ran.stdout, ran.stderr)

@@ -58,7 +58,6 @@ EXPORTED_TODAY: dict[str, tuple[str, set[str]]] = {
     "smbgw_collector_success": ("gauge", {"collector"}),
 }
 NOT_EXPORTED_YET = {
-    "smbgw_vip_present",
     "smbgw_ad_joined", "smbgw_ctdb_node_healthy",
 }
 
@@ -235,7 +234,7 @@ def test_values_say_what_the_agent_did(scraped: Scraped) -> None:
     assert (value(port, "smbgw_reconcile_duration_seconds_count") or 0) >= 2
     assert abs((value(port, "smbgw_last_reconcile_success_timestamp_seconds") or 0) - time.time()) < 600
     collectors = {s.labels["collector"]: s.value for s in by_name(port)["smbgw_collector_success"]}
-    assert collectors == {"core": 1, "usage": 1, "mode_native": 1, "smbstatus": 1, "quota": 1, "backup": 1}
+    assert collectors == {"core": 1, "usage": 1, "mode_native": 1, "smbstatus": 1, "quota": 1, "backup": 1, "vip": 1}
 
 
 def test_sessions_count_a_connected_client(scraped: Scraped) -> None:

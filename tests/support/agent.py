@@ -30,10 +30,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 class AgentProcess:
-    def __init__(self, box: Sandbox, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, box: Sandbox, extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
         self.box = box
         self.extra_args = extra_args or []
         self.env = env or {}
+        # A command the agent is started through, which must exec it (same pid), e.g.
+        # `ip netns exec NS` to run it in a network namespace of the test's own.
+        self.wrapper = wrapper or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = box.root / "agent.log"
 
@@ -43,6 +47,7 @@ class AgentProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
+                    *self.wrapper,
                     sys.executable,
                     "-m",
                     "smbgw_agent",

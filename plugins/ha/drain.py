@@ -1,0 +1,76 @@
+"""`smbgwctl drain` / `undrain`: take the node out of service for maintenance and back.
+
+Draining is a state, not an action: the node records it (it survives an agent restart),
+and every pass from then on releases the node's addresses, exactly as when smbd is down.
+What the command itself does is wait and tell: one line a second with what is still
+held and who is still connected, until the node holds no address and no SMB session
+remains, or the time is up (then it lists who is still connected).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from smbgw_agent.effects.runner import CommandError, Runner
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.observe.smbstatus import SmbstatusError, parse_smbstatus
+from smbgw_agent.platform.jobs import JobProgress
+
+DEFAULT_TIMEOUT = 300.0
+POLL = 1.0
+MAX_SHOWN = 10
+SMBSTATUS_MAX_OUTPUT = 64 << 20
+
+
+class DrainTimeout(Exception):
+    """The node still serves someone when the drain's time is up."""
+
+
+def sessions(paths: Paths, runner: Runner) -> list[str]:
+    """Who is connected ("alice from 192.0.2.7"), from `smbstatus --json`."""
+    try:
+        result = runner.run(["smbstatus", "-s", str(paths.smb_conf), "--json"], timeout=20,
+                            max_output=SMBSTATUS_MAX_OUTPUT)
+        return parse_smbstatus(result.stdout).clients
+    except (CommandError, SmbstatusError) as exc:
+        raise RuntimeError(f"cannot list SMB sessions: {exc}") from exc
+
+
+def _shown(items: list[str]) -> str:
+    more = f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else ""
+    return ", ".join(items[:MAX_SHOWN]) + more
+
+
+@dataclass
+class DrainWait:
+    """The job behind `smbgwctl drain`: wait until nothing is held and nobody connected."""
+
+    held: Callable[[], list[str]]        # addresses this node still holds
+    connected: Callable[[], list[str]]   # SMB sessions
+    timeout: float = DEFAULT_TIMEOUT
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    def __call__(self, progress: JobProgress) -> dict[str, Any]:
+        start = self.clock()
+        while True:
+            held, connected = self.held(), self.connected()
+            waited = self.clock() - start
+            if not held and not connected:
+                return {"text": f"drained after {waited:.0f}s: this node holds no address and serves no session",
+                        "held": [], "sessions": []}
+            line = "waiting:"
+            if held:
+                line += f" {len(held)} address(es) still held ({_shown(held)})"
+            if connected:
+                line += f"{',' if held else ''} {len(connected)} SMB session(s) ({_shown(connected)})"
+            progress.report(f"{line} [{waited:.0f}s of {self.timeout:.0f}s]")
+            if waited >= self.timeout or progress.expired:
+                still = (f"addresses still held: {_shown(held)}; " if held else "") + \
+                        (f"still connected: {_shown(connected)}" if connected else "")
+                raise DrainTimeout(f"the node is drained (its addresses are released), but after {waited:.0f}s "
+                                   f"it still serves: {still.rstrip('; ')}")
+            self.sleep(POLL)

@@ -1,0 +1,137 @@
+"""Put the frames of `plugins.ha.packets` on a link: probe before claiming, announce after.
+
+Raw AF_PACKET sockets (CAP_NET_RAW), because the kernel does neither job for an address
+it does not hold yet: Linux has no duplicate address detection for IPv4 at all, and its
+IPv6 DAD runs only after the address is configured, when clients may already be using it.
+Each call opens its own socket bound to one interface and one EtherType, and closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from . import packets
+from .packets import Address
+
+# <linux/if_packet.h>: the Python socket module does not name these.
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 0x10
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_AUXDATA.size)
+MAX_FRAME = 65536
+IFNAMSIZ = 16
+
+
+class ProbeError(Exception):
+    """A probe or an announcement could not be made; the message is for the administrator."""
+
+
+def _problem(error: OSError, interface: str, address: Address, doing: str) -> ProbeError:
+    """Say what an administrator can act on, not an errno."""
+    if error.errno in (errno.EPERM, errno.EACCES):
+        return ProbeError("sending ARP/NDP packets needs CAP_NET_RAW")
+    if error.errno in (errno.ENODEV, errno.ENXIO):
+        return ProbeError(f"interface {interface} does not exist")
+    if error.errno == errno.ENETDOWN:
+        return ProbeError(f"interface {interface} is down")
+    return ProbeError(f"{doing} {address} on {interface} failed: {error.strerror or error}")
+
+
+@contextlib.contextmanager
+def _errors(interface: str, address: Address, doing: str) -> Iterator[None]:
+    # A name the kernel cannot have would otherwise surface as Python's own ValueError or
+    # an OSError without errno.
+    if not interface or len(interface.encode(errors="replace")) >= IFNAMSIZ or "\0" in interface:
+        raise ProbeError(f"interface {interface} does not exist")
+    try:
+        yield
+    except OSError as error:
+        raise _problem(error, interface, address, doing) from error
+
+
+@contextlib.contextmanager
+def _link(interface: str, address: Address) -> Iterator[socket.socket]:
+    """A packet socket on `interface` for the frames of `address`'s family.
+
+    Opened with protocol 0 (it receives nothing) and given the EtherType only by bind, so
+    no frame from another interface is queued in between.
+    """
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        sock.bind((interface, packets.ethertype(address)))
+        yield sock
+
+
+def _vlan_tagged(ancillary: list[tuple[int, int, bytes]]) -> bool:
+    """Whether the kernel took a VLAN tag off the frame: it was on another VLAN.
+
+    With VLAN offload a tagged frame reaches a socket on the parent interface untagged,
+    its tag only in the auxiliary data. Priority tags (VLAN 0) are this VLAN.
+    """
+    for level, kind, data in ancillary:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+            status, _len, _snaplen, _mac, _net, tci, _tpid = _AUXDATA.unpack_from(data)
+            return bool(status & TP_STATUS_VLAN_VALID) and tci & 0x0FFF != 0
+    return False
+
+
+def _receive(sock: socket.socket) -> bytes | None:
+    """The next frame another host sent us within the socket's timeout, else None."""
+    try:
+        frame, ancillary, flags, source = sock.recvmsg(MAX_FRAME, _ANCILLARY_SIZE)
+    except TimeoutError:
+        return None
+    if source[2] == socket.PACKET_OUTGOING or flags & socket.MSG_TRUNC or _vlan_tagged(ancillary):
+        return None
+    return frame
+
+
+def _listen(sock: socket.socket, frame: bytes, sends: deque[float], deadline: float, mac: bytes,
+            address: Address) -> bytes | None:
+    """Send `frame` at each time in `sends` and listen until `deadline` (monotonic)."""
+    while True:
+        now = time.monotonic()
+        while sends and sends[0] <= now:
+            sends.popleft()
+            sock.send(frame)
+        if now >= deadline:
+            return None
+        sock.settimeout(min(sends[0], deadline) - now if sends else deadline - now)
+        received = _receive(sock)
+        other = None if received is None else packets.conflict(received, mac, address)
+        if other is not None:
+            return other
+
+
+def probe(interface: str, address: Address, mac: bytes, window: float = 0.6, probes: int = 3) -> bytes | None:
+    """The MAC of a host on `interface` that holds or is claiming `address`; None if it is free.
+
+    Sends `probes` ARP probes or DAD solicitations spread evenly over `window` seconds,
+    the first at once, and listens for the whole window: a host slow to answer still holds
+    the address. The first conflict ends it, as one is proof enough. Timeouts come from
+    the monotonic clock, so neither a clock step nor a flood of unrelated frames stretches
+    the window. `mac` is the interface's own address, the one our frames carry.
+    """
+    if probes < 1 or not window > 0:
+        raise ValueError("probe needs at least one probe and a positive window")
+    frame = packets.probe_frame(mac, address)
+    with _errors(interface, address, "probing"), _link(interface, address) as sock:
+        start = time.monotonic()
+        sends = deque(start + window * i / probes for i in range(probes))
+        return _listen(sock, frame, sends, start + window, mac, address)
+
+
+def announce(interface: str, address: Address, mac: bytes) -> None:
+    """Tell the link that `address` is now at `mac`: a gratuitous ARP request and reply, or an
+    unsolicited neighbour advertisement. Callers repeat it to survive a lost frame."""
+    frames = packets.announcement_frames(mac, address)
+    with _errors(interface, address, "announcing"), _link(interface, address) as sock:
+        for frame in frames:
+            sock.send(frame)
