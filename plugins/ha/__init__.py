@@ -47,7 +47,7 @@ from smbgw_agent.platform.jobs import Job, JobProgress, Schedule
 
 from . import claim
 from . import vips as addresses
-from .drain import DEFAULT_TIMEOUT, DrainWait, sessions
+from .drain import DEFAULT_TIMEOUT, DrainWait, cluster_drain, cluster_undrain, sessions
 from .health import PathCheck, smbd_problem
 from .ledger import FILE, Ledger
 from .table import VipSettings, parse_agent_table, parse_share_table
@@ -406,6 +406,8 @@ class VipPlugin:
     @hookimpl
     def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
         view = ctx.status.get("plugins", {}).get(PLUGIN, {}) if isinstance(ctx.status, Mapping) else {}
+        if clustered(ctx.config):
+            return []  # CTDB holds the addresses: its plugin reports them
         present = GaugeMetricFamily("smbgw_vip_present", "1 if the share's [ha] vip is configured on its interface "
                                     "on this node", labels=["share", "vip", "interface"])
         conflict = GaugeMetricFamily("smbgw_vip_conflict", "1 while another host answers for the address, so "
@@ -442,12 +444,12 @@ class VipPlugin:
         return held
 
     def _start_drain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job:
+        timeout = _duration(arguments.get("timeout"), DEFAULT_TIMEOUT)
         if clustered(ctx.config):
-            raise CommandRefused("this node runs CTDB: drain it with the ctdb plugin's drain (not available yet)")
+            return cluster_drain(ctx, timeout, arguments.get("target"), bool(arguments.get("force")))
         if arguments.get("target"):
             raise CommandRefused("--target moves addresses to another node, which needs CTDB; without it each "
                                  "address belongs to the node its shares are placed on")
-        timeout = _duration(arguments.get("timeout"), DEFAULT_TIMEOUT)
         held = self._held(ctx)()
         if held and not arguments.get("force"):
             raise CommandRefused(
@@ -466,6 +468,8 @@ class VipPlugin:
         return Job("vip:drain", wait, timeout + 60.0, "", PLUGIN)
 
     def _start_undrain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job:
+        if clustered(ctx.config):
+            return cluster_undrain(ctx)
         ledger = self._ledger(ctx)
         was = ledger.drained()
         try:

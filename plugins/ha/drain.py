@@ -17,8 +17,13 @@ from typing import Any
 from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.observe.smbstatus import SmbstatusError, parse_smbstatus
-from smbgw_agent.platform.jobs import JobProgress
+from smbgw_agent.platform.commands import CommandRefused
+from smbgw_agent.platform.context import PassContext
+from smbgw_agent.platform.jobs import Job, JobProgress
 
+from .ctdb import tool
+
+PLUGIN = "vip"
 DEFAULT_TIMEOUT = 300.0
 POLL = 1.0
 MAX_SHOWN = 10
@@ -74,3 +79,57 @@ class DrainWait:
                 raise DrainTimeout(f"the node is drained (its addresses are released), but after {waited:.0f}s "
                                    f"it still serves: {still.rstrip('; ')}")
             self.sleep(POLL)
+
+
+# ---- in a CTDB cluster -------------------------------------------------------------------
+
+
+def _target_pnn(cluster: tool.Cluster, target: str) -> int:
+    """`--target` as a pnn or a node's private address; it must be able to take addresses."""
+    node = next((n for n in cluster.nodes if target in (str(n.pnn), n.address)), None)
+    if node is None:
+        known = ", ".join(f"{n.pnn} ({n.address})" for n in cluster.nodes)
+        raise CommandRefused(f"--target {target}: no such node in the cluster (nodes: {known})")
+    if node.pnn == cluster.pnn:
+        raise CommandRefused(f"--target {target} is this node")
+    if node.state != "ok":
+        raise CommandRefused(f"--target {target}: node {node.pnn} is {node.state}, it cannot take addresses")
+    return node.pnn
+
+
+def cluster_drain(ctx: PassContext, timeout: float, target: str | None, force: bool) -> Job:
+    """`ctdb disable`: CTDB moves this node's public addresses to the healthy nodes (to
+    `--target` first, if given), then the wait for sessions to end."""
+    runner, paths = ctx.runner, ctx.paths
+    try:
+        cluster = tool.read_cluster(runner)
+    except tool.CtdbError as exc:
+        raise CommandRefused(f"cannot read the CTDB cluster: {exc}") from exc
+    pnn, held = cluster.pnn, cluster.held_by(cluster.pnn)
+    target_pnn = _target_pnn(cluster, target) if target else None
+    others = [n for n in cluster.nodes if n.pnn != pnn and n.state == "ok"]
+    if held and not others and not force:
+        raise CommandRefused(f"no other node of the cluster is healthy: draining would leave {', '.join(held)} "
+                             "with no holder. Fix the other nodes first, or drain with --force")
+
+    def run(progress: JobProgress) -> dict[str, Any]:
+        if target_pnn is not None:
+            for address in held:
+                progress.report(f"moving {address} to node {target_pnn}")
+                tool.move_address(runner, address, target_pnn)
+        progress.report("ctdb disable")
+        tool.disable(runner)
+        wait = DrainWait(lambda: tool.read_cluster(runner).held_by(pnn), lambda: sessions(paths, runner), timeout)
+        return wait(progress)
+
+    return Job("vip:drain", run, timeout + 180.0, "", PLUGIN)
+
+
+def cluster_undrain(ctx: PassContext) -> Job:
+    runner = ctx.runner
+
+    def run(_progress: JobProgress) -> dict[str, Any]:
+        tool.enable(runner)
+        return {"text": "undrained: ctdb enable; CTDB gives this node addresses again"}
+
+    return Job("vip:undrain", run, 120.0, "", PLUGIN)

@@ -57,6 +57,12 @@ def resource_id(address: str) -> str:
     return PREFIX + address
 
 
+def address_of(share: ShareSpec) -> str | None:
+    """The address of a share's `[ha] vip`, written one way (whatever the mode)."""
+    table = share.sections.get(SECTION)
+    return str(ipaddress.ip_interface(table["vip"]).ip) if table else None
+
+
 def vip_of(share: ShareSpec) -> tuple[str, int, str] | None:
     """(address, prefix length, interface) a native share asks for, or None."""
     table = share.sections.get(SECTION)

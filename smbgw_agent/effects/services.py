@@ -88,6 +88,19 @@ class ServiceControl:
         self.reports[unit] = report
         return report
 
+    def ensure_enabled(self, unit: str) -> bool | None:
+        """Enable `unit` through systemd (it then starts at boot); None without systemd.
+        True if it was not enabled before."""
+        manager = self.manager()
+        if manager is None:
+            return None
+        try:
+            return manager.enable(unit)
+        except SystemdError as exc:
+            if isinstance(exc, SystemdUnavailable):
+                self._manager = None
+            raise ServiceError(f"enabling {unit} through systemd failed: {exc}") from exc
+
     def is_active(self, unit: str) -> bool | None:
         """Whether `unit` is active, without changing anything (None: no systemd to ask)."""
         manager = self.manager()

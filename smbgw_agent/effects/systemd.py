@@ -370,6 +370,24 @@ class SystemdManager:
                 result=result,
             )
 
+    def enable(self, unit: str, *, timeout: float | None = None) -> bool:
+        """Enable `unit` (and unmask it first if the package or an image masked it), as
+        `systemctl enable` would, then have systemd reload its unit files. True if
+        anything changed."""
+        self._check_open("enable", unit)
+        limit = self._call_limit(self._timeout if timeout is None else timeout)
+        try:
+            state = str(self._manager.GetUnitFileState(unit, timeout=limit))
+            if state == "enabled":
+                return False
+            if state.startswith("masked"):
+                self._manager.UnmaskUnitFiles([unit], False, timeout=limit)
+            self._manager.EnableUnitFiles([unit], False, True, timeout=limit)
+            self._manager.Reload(timeout=limit)
+        except GLib.Error as exc:
+            raise self._call_error(exc, "enable", unit) from None
+        return True
+
     # -- state ----------------------------------------------------------------------------
 
     def state(self, unit: str, *, timeout: float | None = None) -> UnitState:

@@ -45,6 +45,7 @@ _BUILTIN_FALLBACK = {
     "quota": "smbgw_plugins.quota:QuotaPlugin",
     "backup": "smbgw_plugins.backup:BackupPlugin",
     "vip": "smbgw_plugins.ha:VipPlugin",
+    "ctdb": "smbgw_plugins.ha.ctdb.plugin:CtdbPlugin",
 }
 CORE_AGENT_TABLES = frozenset({"agent", "samba", "metrics"})
 CORE = "core"

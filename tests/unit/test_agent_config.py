@@ -260,7 +260,7 @@ def test_load_from_root_and_shares_dir_stay_under_the_root(tmp_path: Path, nativ
 def test_setup_disables_plugins_and_warns_about_unknown_names(tmp_path: Path) -> None:
     paths = Paths.under(tmp_path)
     paths.agent_config.parent.mkdir(parents=True)
-    paths.agent_config.write_text('[agent]\ndisabled_plugins = ["mode_native", "no_such_plugin"]\n[ctdb]\n')
+    paths.agent_config.write_text('[agent]\ndisabled_plugins = ["mode_native", "no_such_plugin", "ctdb"]\n[ctdb]\n')
     plugins, config = load_plugins_and_config(paths)
     assert "mode_native" not in plugins.names
     assert plugins.modes() == []

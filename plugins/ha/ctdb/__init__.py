@@ -1,0 +1,1 @@
+"""Clustered Samba with CTDB (the agent.toml `[ctdb]` table): the plugin is `plugin.CtdbPlugin`."""
