@@ -4,6 +4,8 @@ tests/integration/test_ctdb_cluster.py)."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform.context import CollectContext, PassContext
+from smbgw_agent.platform.jobs import JobRunner
 
 NODES3 = ["10.211.33.11", "10.211.33.12", "10.211.33.13"]
 
@@ -64,6 +67,8 @@ class Ctdb(Runner):
         self.ran: list[list[str]] = []
 
     def run(self, argv: Sequence[str], **_kwargs: Any) -> Completed:  # type: ignore[override]
+        if argv[0] == "testparm":  # the live smb.conf already says clustering = yes
+            return Completed(tuple(argv), 0, "Yes\n", "", 0.0)
         self.ran.append(list(argv))
         return Completed(tuple(argv), 0, "", "", 0.0)
 
@@ -71,7 +76,7 @@ class Ctdb(Runner):
 def context(tmp_path: Path, shares: Sequence[ShareSpec], active: bool = False, **ctdb: Any) -> PassContext:
     return PassContext(paths=Paths.under(tmp_path), config=config(**ctdb), runner=Ctdb(),
                        services=Systemd({"ctdb.service": active}),  # type: ignore[arg-type]
-                       desired={s.key: s for s in shares}, applied={})
+                       desired={s.key: s for s in shares}, applied={}, jobs=JobRunner())
 
 
 def test_a_share_placed_on_one_node_or_without_an_interface_is_refused_in_a_cluster() -> None:
@@ -116,6 +121,9 @@ def test_first_pass_writes_everything_enables_samba_monitoring_and_starts_ctdb(t
     assert any("50.samba" in c.detail for c in changes)
     subject.smbgw_apply_resource(ctx, resource, changes)
     assert subject.smbgw_commit(ctx, ["ctdb"]) == {}
+    assert ctx.jobs is not None
+    started = ctx.jobs.wait("ctdb:start", 10)  # started once smb.conf says clustering = yes, off the pass
+    assert started is not None and started.state == "succeeded", started
     assert (tmp_path / "etc/ctdb/public_addresses").read_text().endswith("10.211.33.100/24 eth0\n")
     assert (tmp_path / SAMBA_SCRIPT.lstrip("/")).readlink() == Path(ctdb_plugin.SAMBA_SCRIPT_TARGET)
     assert ctx.services.asked == ["enable ctdb.service", "start ctdb.service"]  # type: ignore[attr-defined]
@@ -138,8 +146,27 @@ def test_a_running_cluster_reloads_what_changed_and_never_restarts_ctdb(tmp_path
         ["ctdb", "reloadnodes"], ["ctdb", "reloadips"],
         ["ctdb", "setvar", "KeepaliveInterval", "1"], ["ctdb", "setvar", "KeepaliveLimit", "5"]]
     assert "restart ctdb" not in changed.services.asked  # type: ignore[attr-defined]
-    health = subject.smbgw_health(changed)
-    assert any(not h.ok and "takes effect when ctdb restarts" in h.detail for h in health)
+
+    def ctdbd_started(at: float) -> None:
+        class Reading:
+            ok, error = True, None
+            value = tool.Cluster(0, (NodeStatus(0, NODES3[0], this_node=True),), {}, False, started_at=at)
+        subject._reading = Reading()  # type: ignore[assignment]
+
+    ctdbd_started(0.0)  # long before ctdb.conf changed: the change is not in force
+    assert any(not h.ok and "takes effect when ctdb restarts" in h.detail for h in subject.smbgw_health(changed))
+    ctdbd_started(time.time() + 1)  # restarted since, by whoever
+    assert not any("takes effect" in h.detail for h in subject.smbgw_health(changed))
+
+
+def test_when_a_process_started(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42/stat").write_text("42 (ctdbd (main)) S 1 42 42 0 -1 4194560 " + "0 " * 12 + "12345 0\n")
+    (tmp_path / "stat").write_text("cpu  1 2 3\nbtime 1796000000\n")
+    assert tool.process_start(42, tmp_path) == 1796000000 + 12345 / os.sysconf("SC_CLK_TCK")
+    assert tool.process_start(43, tmp_path) is None
+    (tmp_path / "42/stat").write_text("garbage")
+    assert tool.process_start(42, tmp_path) is None
 
 
 def test_a_nodes_change_that_moves_a_live_node_is_refused(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ node's addresses over, so the agent does not do it behind the administrator's ba
 says so in status until ctdb is restarted.
 
 Every node serves every share: a share's `node` placement is an error here. The cluster
-is read every few seconds in the background (`ctdb -X status`, `ctdb -X ip all`) for
+is read every few seconds in the background (`ctdb -X status`, `ctdb -X ip`) for
 status and metrics; a scrape never waits for ctdb.
 """
 
@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from smbgw_agent.effects.fileio import atomic_write
+from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.effects.samba import reload_command
 from smbgw_agent.effects.services import ServiceError, ServiceReport
 from smbgw_agent.model.config import AgentConfig
@@ -38,6 +40,7 @@ from smbgw_agent.platform import order
 from smbgw_agent.platform.changes import CREATE, UPDATE, Change, Health, NodeResource
 from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress
 from smbgw_agent.platform.parameters import HOST, Parameter
 
 from .. import vips
@@ -53,6 +56,8 @@ CONF, TUNABLES, NODES, PUBLIC = ("/etc/ctdb/ctdb.conf", "/etc/ctdb/ctdb.tunables
 SAMBA_SCRIPT = "/etc/ctdb/events/legacy/50.samba.script"
 SAMBA_SCRIPT_TARGET = "/usr/share/ctdb/events/legacy/50.samba.script"
 READ_INTERVAL = 5.0
+START_JOB = "ctdb:start"
+START_TIMEOUT = 180.0
 MAX_FILE = 1 << 20
 
 
@@ -70,6 +75,15 @@ def _read(path: Path) -> str | None:
     except OSError as exc:
         return f"<unreadable: {exc}>"
     return data.decode("utf-8", errors="replace")
+
+
+def clustering_live(runner: Runner, smb_conf: Path) -> bool:
+    """The live smb.conf, as Samba reads it (includes and all), says `clustering = yes`."""
+    try:
+        result = runner.run(["testparm", "-s", "--parameter-name", "clustering", str(smb_conf)], timeout=30)
+    except CommandError:
+        return False
+    return result.stdout.strip().casefold() == "yes"
 
 
 def public_entries(shares: Mapping[str, ShareSpec], settings: CtdbSettings) -> list[tuple[str, str]]:
@@ -105,7 +119,7 @@ class CtdbSmbd:
 class CtdbPlugin:
     def __init__(self) -> None:
         self._reading: BackgroundReading[tool.Cluster] | None = None
-        self._restart_pending: str | None = None
+        self._failure_seen: float | None = None  # the failed start job already reported
         self._shares: dict[str, tuple[str, str]] = {}  # share -> (vip, interface), for metrics
 
     # ---- tables and validation -------------------------------------------------------
@@ -198,6 +212,12 @@ class CtdbPlugin:
             changes.append(Change(RESOURCE, CREATE, "enable CTDB's 50.samba event script (CTDB starts and "
                                                     "monitors smbd)"))
         if ctx.services.is_active(CTDB_UNIT) is False:
+            record = ctx.jobs.record(START_JOB) if ctx.jobs is not None else None
+            if record is not None and record.state not in FINISHED:
+                return changes  # starting
+            if record is not None and record.state != SUCCEEDED and record.finished != self._failure_seen:
+                self._failure_seen = record.finished
+                raise ServiceError(f"starting {CTDB_UNIT} failed: {record.error}")
             changes.append(Change(RESOURCE, UPDATE, f"enable and start {CTDB_UNIT}"))
         return changes
 
@@ -230,13 +250,9 @@ class CtdbPlugin:
                 changed.add(path)
                 log.info("wrote %s", path)
         _link(ctx.paths.host(SAMBA_SCRIPT), SAMBA_SCRIPT_TARGET)
-        was_running = ctx.services.is_active(CTDB_UNIT)
-        ctx.services.ensure_enabled(CTDB_UNIT)
-        report = ctx.services.ensure_active(CTDB_UNIT)
-        if report.active is False:
-            raise ServiceError(f"{CTDB_UNIT} does not start: {report.detail} (journalctl -u ctdb)")
-        if not was_running:
-            self._restart_pending = None
+        if not ctx.services.is_active(CTDB_UNIT):
+            if ctx.jobs is not None:
+                ctx.jobs.submit(Job(START_JOB, self._start_job(ctx), START_TIMEOUT, RESOURCE, PLUGIN))
             return
         if NODES in changed:
             tool.reload_nodes(ctx.runner)
@@ -247,12 +263,48 @@ class CtdbPlugin:
             tool.set_tunables(ctx.runner, [("KeepaliveInterval", settings.keepalive_interval),
                                            ("KeepaliveLimit", settings.keepalive_limit)])
         if CONF in changed:
-            self._restart_pending = (f"{CONF} changed while ctdb runs: it takes effect when ctdb restarts "
-                                     "(systemctl restart ctdb, which moves this node's addresses; do it "
-                                     "in a maintenance window)")
-            log.warning("%s", self._restart_pending)
+            log.warning("%s changed while ctdb runs: it takes effect when ctdb restarts", CONF)
+
+    @staticmethod
+    def _start_job(ctx: PassContext) -> Callable[[JobProgress], dict[str, Any]]:
+        """Start ctdb once the live smb.conf says `clustering = yes`: CTDB's 50.samba
+        (re)starts smbd when ctdb starts, and an smbd started before the include that
+        turns clustering on (written by the mode's commit, later in this pass) would run
+        unclustered. On a worker thread: ctdb takes seconds to start."""
+        services, runner, smb_conf = ctx.services, ctx.runner, ctx.paths.smb_conf
+
+        def run(progress: JobProgress) -> dict[str, Any]:
+            while not clustering_live(runner, smb_conf):
+                if progress.expired:
+                    raise ServiceError(f"{smb_conf} does not say clustering = yes; ctdb was not started")
+                progress.report(f"waiting for {smb_conf} to say clustering = yes")
+                time.sleep(0.5)
+            services.ensure_enabled(CTDB_UNIT)
+            report = services.ensure_active(CTDB_UNIT)
+            if report.active is False:
+                raise ServiceError(f"{CTDB_UNIT} does not start: {report.detail} (journalctl -u ctdb)")
+            log.info("started %s", CTDB_UNIT)
+            return {"text": f"started {CTDB_UNIT}"}
+
+        return run
 
     # ---- observing -------------------------------------------------------------------
+
+    def _restart_pending(self, ctx: PassContext) -> str | None:
+        """ctdb.conf is newer than the running ctdbd: CTDB reads it only when it starts, so
+        the change (cluster lock, log level) is not in force yet. Worked out from the file
+        and the process each time, so it clears when ctdb restarts, whoever restarts it."""
+        cluster = self._cluster()
+        if cluster is None or cluster.started_at is None:
+            return None
+        try:
+            changed = ctx.paths.host(CONF).stat().st_mtime
+        except OSError:
+            return None
+        if changed <= cluster.started_at:
+            return None
+        return (f"{CONF} changed after ctdb started: it takes effect when ctdb restarts (systemctl restart ctdb, "
+                "which moves this node's addresses to the others; do it in a maintenance window)")
 
     def _cluster(self) -> tool.Cluster | None:
         return self._reading.value if self._reading is not None and self._reading.ok else None
@@ -265,7 +317,7 @@ class CtdbPlugin:
         self._shares = {spec.name: (address, interface) for spec in ctx.desired.values()
                         if (address := vips.address_of(spec)) and (interface := _interface(spec, settings))}
         cluster = self._cluster()
-        view: dict[str, Any] = {"restart_pending": self._restart_pending,
+        view: dict[str, Any] = {"restart_pending": self._restart_pending(ctx),
                                 "error": self._reading.error if self._reading is not None else None}
         if cluster is not None:
             view.update({"pnn": cluster.pnn, "recovery": cluster.recovery,
@@ -278,8 +330,9 @@ class CtdbPlugin:
         if not configured(ctx.config):
             return []
         findings = []
-        if self._restart_pending:
-            findings.append(Health("ctdb-config", False, self._restart_pending, RESOURCE))
+        pending = self._restart_pending(ctx)
+        if pending:
+            findings.append(Health("ctdb-config", False, pending, RESOURCE))
         cluster = self._cluster()
         if cluster is None:
             error = self._reading.error if self._reading is not None else "not read yet"

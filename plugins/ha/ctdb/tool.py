@@ -7,9 +7,11 @@ The recovery mode appears only in plain `ctdb status` ("Recovery mode:NORMAL (0)
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from smbgw_agent.effects.runner import CommandError, Runner
 
@@ -44,6 +46,7 @@ class Cluster:
     nodes: tuple[NodeStatus, ...]
     addresses: dict[str, int]  # public address -> pnn holding it (-1: none)
     recovery: bool
+    started_at: float | None = None  # when this node's ctdbd started (Unix time), if known
     read_at: float = field(default_factory=time.time)
 
     def node(self, pnn: int) -> NodeStatus | None:
@@ -58,15 +61,29 @@ class Cluster:
 
 
 def read_cluster(runner: Runner) -> Cluster:
-    """`ctdb pnn`, `ctdb -X status`, `ctdb -X ip all`, `ctdb status` (for the recovery mode)."""
+    """`ctdb pnn`, `ctdb -X status`, `ctdb -X ip`, `ctdb status` (for the recovery mode)."""
     try:
         pnn = parse_pnn(_ctdb(runner, "pnn"))
         nodes = parse_status(_ctdb(runner, "-X", "status"))
-        addresses = parse_ips(_ctdb(runner, "-X", "ip", "all"))
+        addresses = parse_ips(_ctdb(runner, "-X", "ip"))  # this node's view: `ip all` would wait on a cut node
         recovery = parse_recmode(_ctdb(runner, "status"))
+        started = process_start(parse_pnn(_ctdb(runner, "getpid")))
     except ValueError as exc:
         raise CtdbError(f"ctdb answered something unexpected: {exc}") from exc
-    return Cluster(pnn, tuple(nodes), addresses, recovery)
+    return Cluster(pnn, tuple(nodes), addresses, recovery, started)
+
+
+def process_start(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """When process `pid` started, as Unix time: its start in clock ticks after boot
+    (/proc/PID/stat, field 22) plus the boot time (/proc/stat btime). None if unknown."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+        boot = next(int(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def disable(runner: Runner) -> None:
