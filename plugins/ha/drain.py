@@ -113,10 +113,15 @@ def cluster_drain(ctx: PassContext, timeout: float, target: str | None, force: b
                              "with no holder. Fix the other nodes first, or drain with --force")
 
     def run(progress: JobProgress) -> dict[str, Any]:
-        if target_pnn is not None:
-            for address in held:
-                progress.report(f"moving {address} to node {target_pnn}")
-                tool.move_address(runner, address, target_pnn)
+        # Each address is moved first (one takeover, the new holder answers at once), then
+        # the node is disabled; `ctdb disable` alone releases the addresses and leaves them
+        # unheld until the next takeover run, seconds in which clients get no answer.
+        for index, address in enumerate(held):
+            to = target_pnn if target_pnn is not None else others[index % len(others)].pnn if others else None
+            if to is None:
+                break
+            progress.report(f"moving {address} to node {to}")
+            tool.move_address(runner, address, to)
         progress.report("ctdb disable")
         tool.disable(runner)
         wait = DrainWait(lambda: tool.read_cluster(runner).held_by(pnn), lambda: sessions(paths, runner), timeout)

@@ -101,6 +101,18 @@ class ServiceControl:
                 self._manager = None
             raise ServiceError(f"enabling {unit} through systemd failed: {exc}") from exc
 
+    def restart(self, unit: str) -> None:
+        """Restart `unit` through systemd (nothing without systemd)."""
+        manager = self.manager()
+        if manager is None:
+            return
+        try:
+            manager.restart(unit)
+        except SystemdError as exc:
+            if isinstance(exc, SystemdUnavailable):
+                self._manager = None
+            raise ServiceError(f"restarting {unit} through systemd failed: {exc}") from exc
+
     def is_active(self, unit: str) -> bool | None:
         """Whether `unit` is active, without changing anything (None: no systemd to ask)."""
         manager = self.manager()

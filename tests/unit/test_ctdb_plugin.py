@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from smbgw_plugins.ha.ctdb import plugin as ctdb_plugin
 from smbgw_plugins.ha.ctdb import tool
-from smbgw_plugins.ha.ctdb.plugin import CONF, NODES, PUBLIC, SAMBA_SCRIPT, TUNABLES, CtdbPlugin
+from smbgw_plugins.ha.ctdb.plugin import CONF, HEALTH_SCRIPT, NODES, PUBLIC, TUNABLES, CtdbPlugin
 from smbgw_plugins.ha.ctdb.status import NodeStatus
 from smbgw_plugins.ha.ctdb.table import parse_agent_table
 
@@ -53,6 +53,9 @@ class Systemd:
         self.asked.append(f"enable {unit}")
         return True
 
+    def restart(self, unit: str) -> None:
+        self.asked.append(f"restart {unit}")
+
     def ensure_active(self, unit: str) -> ServiceReport:
         self.asked.append(f"start {unit}")
         self.active[unit] = True
@@ -70,10 +73,16 @@ class Ctdb(Runner):
         if argv[0] == "testparm":  # the live smb.conf already says clustering = yes
             return Completed(tuple(argv), 0, "Yes\n", "", 0.0)
         self.ran.append(list(argv))
+        if list(argv) == ["ctdb", "runstate"]:
+            return Completed(tuple(argv), 0, "RUNNING\n", "", 0.0)
         return Completed(tuple(argv), 0, "", "", 0.0)
 
 
 def context(tmp_path: Path, shares: Sequence[ShareSpec], active: bool = False, **ctdb: Any) -> PassContext:
+    smb_conf = Paths.under(tmp_path).smb_conf
+    if not smb_conf.exists():
+        smb_conf.parent.mkdir(parents=True, exist_ok=True)
+        smb_conf.write_text("# the administrator's\n[global]\n   workgroup = CORP\n\n[data]\n   path = /srv/data\n")
     return PassContext(paths=Paths.under(tmp_path), config=config(**ctdb), runner=Ctdb(),
                        services=Systemd({"ctdb.service": active}),  # type: ignore[arg-type]
                        desired={s.key: s for s in shares}, applied={}, jobs=JobRunner())
@@ -118,16 +127,18 @@ def test_first_pass_writes_everything_enables_samba_monitoring_and_starts_ctdb(t
     changes = subject.smbgw_plan_resource(ctx, "ctdb", resource, None)
     assert {c.detail for c in changes} >= {f"write {CONF}", f"write {NODES}", f"write {PUBLIC}",
                                           "enable and start ctdb.service"}
-    assert any("50.samba" in c.detail for c in changes)
+    assert f"write {HEALTH_SCRIPT}" in {c.detail for c in changes}
     subject.smbgw_apply_resource(ctx, resource, changes)
     assert subject.smbgw_commit(ctx, ["ctdb"]) == {}
     assert ctx.jobs is not None
     started = ctx.jobs.wait("ctdb:start", 10)  # started once smb.conf says clustering = yes, off the pass
     assert started is not None and started.state == "succeeded", started
     assert (tmp_path / "etc/ctdb/public_addresses").read_text().endswith("10.211.33.100/24 eth0\n")
-    assert (tmp_path / SAMBA_SCRIPT.lstrip("/")).readlink() == Path(ctdb_plugin.SAMBA_SCRIPT_TARGET)
-    assert ctx.services.asked == ["enable ctdb.service", "start ctdb.service"]  # type: ignore[attr-defined]
-    assert ctx.runner.ran == []  # type: ignore[attr-defined]  # nothing to reload in a ctdb just started
+    script = tmp_path / HEALTH_SCRIPT.lstrip("/")
+    assert script.stat().st_mode & 0o777 == 0o755 and "smbcontrol smbd ping" in script.read_text()
+    assert ctx.services.asked == ["enable ctdb.service", "start ctdb.service",  # type: ignore[attr-defined]
+                                  "restart smbd.service"]
+    assert ctx.runner.ran == [["ctdb", "runstate"]]  # type: ignore[attr-defined]  # nothing to reload
     assert subject.smbgw_plan_resource(ctx, "ctdb", resource, resource) == [], "a second pass plans nothing"
 
 
@@ -204,3 +215,57 @@ def test_metrics_from_a_cluster_reading(tmp_path: Path) -> None:
     assert samples[("smbgw_node_drained", ())] == 1.0
     findings = {h.detail for h in subject.smbgw_health(ctx) if not h.ok}
     assert "public address 10.211.33.101 is held by no node" in findings
+
+
+def test_clustering_goes_into_smb_confs_own_global_section(tmp_path: Path) -> None:
+    subject = CtdbPlugin()
+    ctx = context(tmp_path, [])
+    (resource,) = subject.smbgw_node_resources(ctx)
+    changes = subject.smbgw_plan_resource(ctx, "ctdb", resource, None)
+    assert f"add clustering = yes to [global] of {ctx.paths.smb_conf}" in {c.detail for c in changes}
+    subject.smbgw_apply_resource(ctx, resource, changes)
+    subject.smbgw_commit(ctx, ["ctdb"])
+    lines = ctx.paths.smb_conf.read_text().splitlines()
+    assert lines[1] == "[global]" and lines[3].strip() == "clustering = yes" and lines[4].strip() == "workgroup = CORP"
+    assert ctdb_plugin.clustering_in_global(ctx.paths.smb_conf.read_text()) is True
+
+
+@pytest.mark.parametrize("text, clustered", [
+    ("[global]\nclustering = yes\n", True), ("[GLOBAL]\n  Clustering=Yes\n", True),
+    ("[global]\n;clustering = yes\n", None), ("[global]\nclustering = no\n", False),
+    ("[global]\nclustering = yes\nclustering = no\n", False), ("[data]\nclustering = yes\n", None), ("", None),
+    ("[global]\ninclude = /x\n[data]\n[global]\nclustering = true\n", True),
+])
+def test_clustering_is_read_from_the_global_section_only(text: str, clustered: bool | None) -> None:
+    assert ctdb_plugin.clustering_in_global(text) is clustered
+    if clustered is None:
+        assert ctdb_plugin.clustering_in_global(ctdb_plugin.with_clustering(text)) is True
+
+
+def test_an_administrator_who_turned_clustering_off_is_told_not_overruled(tmp_path: Path) -> None:
+    subject = CtdbPlugin()
+    ctx = context(tmp_path, [])
+    ctx.paths.smb_conf.write_text("[global]\n   clustering = no\n")
+    (resource,) = subject.smbgw_node_resources(ctx)
+    with pytest.raises(ValueError, match="says clustering = no"):
+        subject.smbgw_plan_resource(ctx, "ctdb", resource, None)
+
+
+def test_the_cluster_watch_calls_for_a_pass_only_when_the_cluster_changed() -> None:
+    answers = {"pnn": "0\n", "-X status": "|Node|IP|Disconnected|Unknown|Banned|Disabled|Unhealthy|Stopped|Inactive|"
+               "PartiallyOnline|ThisNode|\n|0|10.211.33.11|0|0|0|0|0|0|0|0|Y|\n",
+               "-X ip": "|Public IP|Node|\n|10.211.33.100|0|\n", "status": "Recovery mode:NORMAL (0)\n",
+               "getpid": "4242\n"}
+
+    class Answering(Runner):
+        def run(self, argv: Sequence[str], **_kwargs: Any) -> Completed:  # type: ignore[override]
+            return Completed(tuple(argv), 0, answers[" ".join(argv[1:])], "", 0.0)
+
+    watch = ctdb_plugin.ClusterWatch()
+    assert watch.refresh(Answering()) is True and watch.ok
+    assert watch.refresh(Answering()) is False, "the same cluster again: no pass"
+    answers["-X ip"] = "|Public IP|Node|\n|10.211.33.100|-1|\n"
+    assert watch.refresh(Answering()) is True
+    answers["pnn"] = "garbage\n"
+    assert watch.refresh(Answering()) is True and not watch.ok and "unexpected" in str(watch.error)
+    assert watch.refresh(Answering()) is False

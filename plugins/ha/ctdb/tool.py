@@ -56,6 +56,11 @@ class Cluster:
     def this(self) -> NodeStatus | None:
         return self.node(self.pnn)
 
+    def signature(self) -> tuple[object, ...]:
+        """What a change of calls for a pass (not the time it was read)."""
+        return (self.pnn, tuple((n.pnn, n.state) for n in self.nodes), tuple(sorted(self.addresses.items())),
+                self.recovery, self.started_at)
+
     def held_by(self, pnn: int) -> list[str]:
         return sorted(address for address, holder in self.addresses.items() if holder == pnn)
 
@@ -86,6 +91,15 @@ def process_start(pid: int, proc: Path = Path("/proc")) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def running(runner: Runner) -> bool:
+    """ctdbd has finished starting up (`ctdb runstate` says RUNNING): it accepts clients,
+    such as a clustered smbd."""
+    try:
+        return _ctdb(runner, "runstate").strip().upper() == "RUNNING"
+    except CtdbError:
+        return False
+
+
 def disable(runner: Runner) -> None:
     """This node gives its public addresses to the others and takes none (`ctdb disable`)."""
     _ctdb(runner, "disable", timeout=60.0)
@@ -96,7 +110,10 @@ def enable(runner: Runner) -> None:
 
 
 def move_address(runner: Runner, address: str, pnn: int) -> None:
-    _ctdb(runner, "moveip", address, str(pnn), timeout=60.0)
+    """`ctdb moveip` with a short control time limit: CTDB 4.17 keeps takeover runs
+    disabled for twice that limit after a move (fixed in 4.20), and a node failing in
+    that window would not fail over until it passed."""
+    _ctdb(runner, "-t", "2", "moveip", address, str(pnn), timeout=60.0)
 
 
 def reload_nodes(runner: Runner) -> None:
