@@ -18,7 +18,7 @@ from smbgw_plugins.ha.ctdb.status import NodeStatus
 from smbgw_plugins.ha.ctdb.table import parse_agent_table
 
 from smbgw_agent.effects.runner import Completed, Runner
-from smbgw_agent.effects.services import ServiceReport
+from smbgw_agent.effects.services import ServiceError, ServiceReport
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.shares import ShareSpec
@@ -269,3 +269,25 @@ def test_the_cluster_watch_calls_for_a_pass_only_when_the_cluster_changed() -> N
     answers["pnn"] = "garbage\n"
     assert watch.refresh(Answering()) is True and not watch.ok and "unexpected" in str(watch.error)
     assert watch.refresh(Answering()) is False
+
+
+def test_a_failed_start_is_reported_once_then_tried_again(tmp_path: Path) -> None:
+    subject = CtdbPlugin()
+    ctx = context(tmp_path, [])
+
+    class Refusing(Systemd):
+        def ensure_active(self, unit: str) -> ServiceReport:
+            self.asked.append(f"start {unit}")
+            return ServiceReport(unit, "systemd", False, "failed (Result: exit-code)")
+
+    ctx.services = Refusing({"ctdb.service": False})  # type: ignore[assignment]
+    (resource,) = subject.smbgw_node_resources(ctx)
+    subject.smbgw_apply_resource(ctx, resource, subject.smbgw_plan_resource(ctx, "ctdb", resource, None))
+    subject.smbgw_commit(ctx, ["ctdb"])
+    assert ctx.jobs is not None
+    record = ctx.jobs.wait("ctdb:start", 10)
+    assert record is not None and record.state == "failed" and "does not start" in str(record.error)
+    with pytest.raises(ServiceError, match=r"starting ctdb\.service failed: .*does not start"):
+        subject.smbgw_plan_resource(ctx, "ctdb", resource, resource)
+    again = subject.smbgw_plan_resource(ctx, "ctdb", resource, resource)  # after the backoff: once more
+    assert [c.detail for c in again] == ["enable and start ctdb.service"]
