@@ -36,6 +36,7 @@ from smbgw_agent.effects import netlink
 from smbgw_agent.effects.netlink import Link
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.errors import FieldError
+from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.model.units import parse_duration
 from smbgw_agent.platform import order
@@ -145,15 +146,16 @@ class VipPlugin:
         links: list[Link] = scratch["links"]
         return links
 
-    def _hold(self, ctx: PassContext, vip: Vip, smbd: str | None) -> str:
+    def _hold(self, vip: Vip, desired: Mapping[str, ShareSpec], paths: Paths, drained: bool,
+              smbd: str | None) -> str:
         """Why the node must not hold `vip` now ("" if it may): drained, smbd down, or no
-        share behind it can be read."""
-        if self._ledger(ctx).drained():
+        share behind it can be read. The pass and the watch both ask this."""
+        if drained:
             return DRAINED_REASON
         if smbd:
             return smbd
-        problems = [self._paths.problem(ctx.paths.host(ctx.desired[name.casefold()].path))
-                    for name in vip.shares if name.casefold() in ctx.desired]
+        problems = [self._paths.problem(paths.host(desired[name.casefold()].path))
+                    for name in vip.shares if name.casefold() in desired]
         if problems and all(problems):
             return "; ".join(p for p in problems if p)
         return ""
@@ -164,9 +166,10 @@ class VipPlugin:
             return []
         vips = self._declared(ctx).vips
         smbd = smbd_problem(ctx) if vips else None
+        drained = bool(self._ledger(ctx).drained()) if vips else False
         resources = []
         for vip in vips.values():
-            reason = self._hold(ctx, vip, smbd)
+            reason = self._hold(vip, ctx.desired, ctx.paths, drained, smbd)
             resources.append(NodeResource(vip.resource_id, vip.spec(not reason, reason)))
         # An address this agent added that nothing declares and the core has no record of
         # (the agent was killed after adding it, before the pass was recorded, and the share
@@ -388,12 +391,10 @@ class VipPlugin:
         def run(progress: JobProgress) -> str:
             with self._lock:
                 expected = dict(self._expected)
-            smbd, drained = smbd_problem(ctx), ledger.drained()
+            smbd, drained = smbd_problem(ctx), bool(ledger.drained())
             links = netlink.links()
             for vip, hold in expected.values():
-                problems = [self._paths.problem(paths.host(desired[name.casefold()].path))
-                            for name in vip.shares if name.casefold() in desired]
-                healthy = not drained and not smbd and not (problems and all(problems))
+                healthy = not self._hold(vip, desired, paths, drained, smbd)
                 present = any(link.name == vip.interface for link, _found in held_on(vip, links))
                 if healthy != hold:
                     return f"{vip.address}: the node {'can' if healthy else 'cannot'} serve its shares now"

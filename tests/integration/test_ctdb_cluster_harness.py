@@ -2,8 +2,8 @@
 (`tests/support/cluster.py`).
 
 Three containers (node1..node3) on one bridge, each with the project's .deb, run a real
-CTDB cluster with one public address (the VIP), configured exactly as TESTBED.md's recipe
-says; a client namespace on the same bridge reaches the VIP. Shown here:
+CTDB cluster with one public address (the VIP), configured by hand the way a CTDB
+administrator would; a client namespace on the same bridge reaches the VIP. Shown here:
 
 * all three nodes become OK, and the VIP is held by exactly one of them (CTDB's view from
   every node, the addresses on every eth0, and who answers ARP from the client);
@@ -14,7 +14,7 @@ says; a client namespace on the same bridge reaches the VIP. Shown here:
 * powering the holder off moves the VIP too; powered on again, the node boots from its
   own disk, CTDB starts by itself and the node rejoins.
 
-The holder cut must not be the cluster-lock leader (TESTBED's pitfall: the lock is a local
+The holder cut must not be the cluster-lock leader (the lock is a local
 directory the cut leader still reaches, so nobody else could take over): if it is, the VIP
 is moved off it first with `ctdb -t 2 moveip` (4.17's moveip leaves takeover runs disabled
 for twice its time limit: 20 s by default, during which a cut does not fail over).
@@ -152,7 +152,7 @@ def ctdb_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 
 
 def configure_by_hand(cluster: Cluster) -> None:
-    """TESTBED's recipe: ctdb.conf, nodes (same order everywhere), public_addresses, tunables."""
+    """ctdb.conf, nodes (same order everywhere), public_addresses, tunables, written by hand."""
     nodes = "".join(f"{node.address}\n" for node in cluster.nodes)
     for node in cluster.nodes:
         cluster.write_file(node, "/etc/ctdb/ctdb.conf", CTDB_CONF)

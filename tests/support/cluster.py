@@ -345,14 +345,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_pid_alive = debpkg._pid_alive  # the same check the .deb test's stale cleanup uses
 
 
 _STALE_NAME = re.compile(rf"{NETNS_PREFIX}(\d+)x[0-9a-f]+(?:sw|c|n\d)?")

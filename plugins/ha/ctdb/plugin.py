@@ -137,14 +137,8 @@ def with_clustering(text: str) -> str:
 
 
 def public_entries(shares: Mapping[str, ShareSpec], settings: CtdbSettings) -> list[tuple[str, str]]:
-    entries = []
-    for spec in shares.values():
-        table = spec.sections.get(vips.SECTION)
-        if table:
-            interface = table.get("interface") or settings.public_interface
-            if interface:
-                entries.append((str(table["vip"]), str(interface)))
-    return entries
+    return [(str(spec.sections[vips.SECTION]["vip"]), interface) for spec in shares.values()
+            if (interface := _interface(spec, settings))]
 
 
 class ClusterWatch:
