@@ -116,12 +116,3 @@ def fill(directory: Path) -> Path:
         os.close(fd)
     return filler
 
-
-def faketime_library() -> str | None:
-    for candidate in (
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    ):
-        if os.path.exists(candidate):
-            return candidate
-    return None
