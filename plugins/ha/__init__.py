@@ -12,6 +12,8 @@ keepalived would for one holder, without an election of its own:
 - **health-gated**: the address is held only while the node can serve a share behind
   it (smbd runs, the share directory reads); otherwise it is released, with the reason,
   and claimed again once healthy. A watch every `health_interval` notices within seconds;
+- **conflicts while held**: another host that starts using a held address is answered
+  with an announcement; if it insists, the address is ceded and reported (`defend.py`);
 - **drift**: an address removed by hand comes back; one the agent added for a share that
   is gone is removed; an address the agent did not add is never touched (what it added
   is recorded in its ledger, `/var/lib/smbgw/vip.json`, before it adds it);
@@ -46,7 +48,7 @@ from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import Job, JobProgress, Schedule
 
-from . import claim
+from . import claim, defend
 from . import vips as addresses
 from .drain import DEFAULT_TIMEOUT, DrainWait, cluster_drain, cluster_undrain, sessions
 from .health import PathCheck, smbd_problem
@@ -76,6 +78,8 @@ class VipPlugin:
         self._paths = PathCheck()
         self._announcer: claim.Announcer | None = None
         self._conflicts: dict[str, str] = {}  # address -> MAC of the other holder
+        self._ceded: dict[str, tuple[str, float]] = {}  # address -> (other MAC, when), given up to it
+        self._defender: defend.Defender | None = None
         self._lock = threading.Lock()
         self._expected: dict[str, tuple[Vip, bool]] = {}  # what the last pass decided, for the watch
         self._stopped = False
@@ -117,6 +121,8 @@ class VipPlugin:
         self._stopped = False
         self._announcer = claim.Announcer(VipSettings.from_config(ctx.config.plugin_sections))
         self._announcer.start()
+        self._defender = defend.Defender(claim.announce_now, self._cede)
+        self._defender.start()
 
     @hookimpl
     def smbgw_shutdown(self) -> None:
@@ -125,6 +131,25 @@ class VipPlugin:
         self._stopped = True
         if self._announcer is not None:
             self._announcer.stop()
+        if self._defender is not None:
+            self._defender.stop()
+            self._defender = None
+
+    def _cede(self, address: str, other: str) -> None:
+        """The defender gave `address` up to `other` (on its thread): the watch sees the node
+        may no longer hold it and starts a pass, which releases it."""
+        with self._lock:
+            self._ceded[address] = (other, time.monotonic())
+            self._conflicts[address] = other
+
+    def _ceded_to(self, address: str) -> str | None:
+        """The host `address` was ceded to, while the hold-down after ceding lasts."""
+        with self._lock:
+            found = self._ceded.get(address)
+            if found is not None and time.monotonic() - found[1] >= defend.DEFEND_INTERVAL:
+                del self._ceded[address]  # a probe decides now whether it is free again
+                found = None
+        return found[0] if found else None
 
     @staticmethod
     def _ledger(ctx: PassContext) -> Ledger:
@@ -152,6 +177,10 @@ class VipPlugin:
         share behind it can be read. The pass and the watch both ask this."""
         if drained:
             return DRAINED_REASON
+        other = self._ceded_to(vip.address)
+        if other:
+            return (f"vip conflict: another host ({other}) kept using {vip.address} while this node held it; "
+                    "released, and claimed again once a probe finds it free")
         if smbd:
             return smbd
         problems = [self._paths.problem(paths.host(desired[name.casefold()].path))
@@ -305,7 +334,9 @@ class VipPlugin:
                 self._announcer.cancel(address)
             owned.pop(address)
             ledger.set_owned(owned)
-            self._conflicts.pop(address, None)
+            with self._lock:
+                if address not in self._ceded:
+                    self._conflicts.pop(address, None)
 
     def _claim(self, ledger: Ledger, vip: Vip, link: Link, probed: bool) -> None:
         owned = ledger.owned()
@@ -343,19 +374,25 @@ class VipPlugin:
         owned = ledger.owned()
         view: dict[str, Any] = {}
         expected: dict[str, tuple[Vip, bool]] = {}
+        watched: list[defend.Held] = []
         for resource_id, resource in sorted(ctx.resources.items()):
             if not resource_id.startswith(PREFIX) or resource.plugin not in ("", PLUGIN):
                 continue
             vip = Vip.from_spec(resource.spec)
-            present = any(link.name == vip.interface for link, _found in held_on(vip, links))
+            link = next((link for link, _found in held_on(vip, links) if link.name == vip.interface), None)
+            present = link is not None
             hold = bool(resource.spec.get("hold"))
             expected[vip.address] = (vip, hold)
+            if link is not None and hold and vip.address in owned:
+                watched.append(defend.Held(vip.address, link.name, link.mac))
             view[vip.address] = {"prefixlen": vip.prefixlen, "interface": vip.interface, "shares": list(vip.shares),
                                  "hold": hold, "reason": resource.spec.get("reason", ""), "present": present,
                                  "owned": vip.address in owned, "conflict": self._conflicts.get(vip.address)}
         if not ctx.dry_run:
             with self._lock:
                 self._expected = expected
+            if self._defender is not None:
+                self._defender.watch(watched)
         return {"mode": "single", "drained": bool(drained), "drained_since": (drained or {}).get("since"),
                 "addresses": view, "ledger_problem": ledger.problem}
 

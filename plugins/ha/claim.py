@@ -61,7 +61,7 @@ class Announcer:
     def __init__(self, settings: VipSettings, send: Callable[[str, str, bytes], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self._send = send or _send
+        self._send = send or announce_now
         self._clock = clock
         self._queue: list[_Due] = []
         self._generation: dict[str, int] = {}
@@ -128,7 +128,7 @@ class Announcer:
                 log.warning("announcing %s on %s: %s", due.address, due.interface, exc)
 
 
-def _send(interface: str, address: str, mac: bytes) -> None:
+def announce_now(interface: str, address: str, mac: bytes) -> None:
     probe.announce(interface, ipaddress.ip_address(address), mac)
 
 

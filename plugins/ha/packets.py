@@ -332,3 +332,26 @@ def conflict(frame: bytes, mac: bytes, address: Address) -> bytes | None:
     if isinstance(address, IPv4Address):
         return arp_conflict(frame, mac, address)
     return ndp_conflict(frame, mac, address)
+
+
+def held_conflict(frame: bytes, mac: bytes, address: Address) -> bytes | None:
+    """The MAC of another host that `frame` shows uses `address` while we hold it, else None.
+
+    Narrower than :func:`conflict`: an ARP packet whose sender IP is the address (RFC 5227
+    2.4), or a neighbour advertisement for it (RFC 4862 5.4.4), from a MAC that is not
+    ours. A probe or a DAD solicitation from another host is that host asking; our kernel
+    answers it for an address we hold, and the asker backs off.
+    """
+    if address.is_unspecified:  # the sender of every probe; no host holds it
+        return None
+    if isinstance(address, IPv4Address):
+        arp = parse_arp(frame)
+        if arp is None or arp.sender_ip != address:
+            return None
+        other = arp.sender_mac
+    else:
+        neighbor = parse_ndp(frame)
+        if neighbor is None or neighbor.kind != NEIGHBOR_ADVERTISEMENT or neighbor.target != address:
+            return None
+        other = neighbor.link_layer or neighbor.source_mac
+    return other if other != mac and is_unicast_mac(other) else None

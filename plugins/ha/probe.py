@@ -3,13 +3,16 @@
 Raw AF_PACKET sockets (CAP_NET_RAW), because the kernel does neither job for an address
 it does not hold yet: Linux has no duplicate address detection for IPv4 at all, and its
 IPv6 DAD runs only after the address is configured, when clients may already be using it.
-Each call opens its own socket bound to one interface and one EtherType, and closes it.
+Each probe or announcement opens its own socket bound to one interface and one EtherType,
+and closes it; a `listener` stays open, filtered down to what watching a held address needs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import ipaddress
 import socket
 import struct
 import time
@@ -67,6 +70,58 @@ def _link(interface: str, address: Address) -> Iterator[socket.socket]:
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         sock.bind((interface, packets.ethertype(address)))
         yield sock
+
+
+# Classic BPF (<linux/filter.h>): what a long-lived listener lets through. Bound to IPv6,
+# a packet socket would otherwise be handed a copy of every IPv6 frame the interface
+# carries, SMB traffic included; neighbour advertisements are a trickle of it.
+SO_ATTACH_FILTER = 26
+_BPF_LDH_ABS, _BPF_LDB_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x28, 0x30, 0x15, 0x06
+_ONLY_ADVERTISEMENTS = (
+    (_BPF_LDH_ABS, 0, 0, 12), (_BPF_JEQ_K, 0, 5, packets.ETH_P_IPV6),   # EtherType IPv6
+    (_BPF_LDB_ABS, 0, 0, 20), (_BPF_JEQ_K, 0, 3, packets.ICMPV6),       # next header ICMPv6
+    (_BPF_LDB_ABS, 0, 0, 54), (_BPF_JEQ_K, 0, 1, packets.NEIGHBOR_ADVERTISEMENT),
+    (_BPF_RET_K, 0, 0, MAX_FRAME), (_BPF_RET_K, 0, 0, 0),
+)
+_ONLY_ARP = ((_BPF_LDH_ABS, 0, 0, 12), (_BPF_JEQ_K, 0, 1, packets.ETH_P_ARP),
+             (_BPF_RET_K, 0, 0, MAX_FRAME), (_BPF_RET_K, 0, 0, 0))
+
+
+def _attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
+    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code)
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }; the kernel
+    # copies the program during the call, so the buffer only has to outlive it.
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HP", len(program), ctypes.addressof(buffer)))
+
+
+def listener(interface: str, ethertype: int) -> socket.socket:
+    """A packet socket on `interface` that receives only ARP, or only IPv6 neighbour
+    advertisements, for watching held addresses. Filtered before it is bound, so nothing
+    else is ever queued. The caller closes it."""
+    address: Address = ipaddress.IPv4Address(0) if ethertype == packets.ETH_P_ARP else ipaddress.IPv6Address(0)
+    with _errors(interface, address, "watching"):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            _attach_filter(sock, _ONLY_ARP if ethertype == packets.ETH_P_ARP else _ONLY_ADVERTISEMENTS)
+            sock.bind((interface, ethertype))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def pending(sock: socket.socket) -> Iterator[bytes]:
+    """The frames another host sent that wait on a non-blocking `sock`, until none is left."""
+    while True:
+        try:
+            frame, ancillary, flags, source = sock.recvmsg(MAX_FRAME, _ANCILLARY_SIZE)
+        except BlockingIOError:
+            return
+        if source[2] != socket.PACKET_OUTGOING and not flags & socket.MSG_TRUNC and not _vlan_tagged(ancillary):
+            yield frame
 
 
 def _vlan_tagged(ancillary: list[tuple[int, int, bytes]]) -> bool:

@@ -190,3 +190,54 @@ def test_without_cap_net_raw_the_capability_is_named(link: VethPair) -> None:
     done = run_python(link.a.namespace, PROBE, link.a.interface, f"{NET4}.50", link.a.mac.hex(), prefix=drop)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ProbeError: sending ARP/NDP packets needs CAP_NET_RAW"
+
+
+# The listener the defender keeps open, in A: what its two sockets let through in a time.
+WATCH = """
+import json, select, sys, time
+from smbgw_plugins.ha import packets, probe
+interface, seconds = sys.argv[1], float(sys.argv[2])
+sockets = {"arp": probe.listener(interface, packets.ETH_P_ARP), "ipv6": probe.listener(interface, packets.ETH_P_IPV6)}
+print("ready", flush=True)
+seen = {name: [] for name in sockets}
+deadline = time.monotonic() + seconds
+while (left := deadline - time.monotonic()) > 0:
+    readable, _, _ = select.select(list(sockets.values()), [], [], left)
+    for name, sock in sockets.items():
+        if sock in readable:
+            seen[name] += [frame.hex() for frame in probe.pending(sock)]
+print(json.dumps(seen))
+"""
+
+
+SEND_UDP = """
+import socket, sys, time
+for address in sys.argv[1:]:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        for _ in range(3):
+            sock.sendto(b"not for the listener", (address, 9))
+            time.sleep(0.2)
+"""
+
+
+def test_the_held_address_listener_lets_through_only_arp_and_advertisements(link: VethPair) -> None:
+    with started(link.a.namespace, WATCH, link.a.interface, "3") as a:
+        assert a.stdout is not None and a.stdout.readline() == "ready\n"
+        ip("neigh", "flush", "dev", link.b.interface, namespace=link.b.namespace)
+        # B resolves A (an ARP request, a neighbour solicitation) and sends it UDP over both
+        # families: the solicitations and the datagrams are what the filter must drop.
+        sent = run_python(link.b.namespace, SEND_UDP, f"{NET4}.1", f"{NET6}:1")
+        assert sent.returncode == 0, sent.stderr
+        for address in (f"{NET4}.77", f"{NET6}:77"):
+            done = run_python(link.b.namespace, ANNOUNCE, link.b.interface, address, link.b.mac.hex())
+            assert done.returncode == 0, done.stderr
+        out, _ = a.communicate(timeout=TIMEOUT)
+    seen = {name: [bytes.fromhex(frame) for frame in frames] for name, frames in json.loads(out).items()}
+    assert seen["arp"] and all(frame[12:14] == b"\x08\x06" for frame in seen["arp"])
+    assert seen["ipv6"] and all(frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 136
+                                for frame in seen["ipv6"]), "only neighbour advertisements"
+    assert not any(frame[6:12] == link.a.mac for frames in seen.values() for frame in frames), "A's own frames"
+    # B's announcements are what a defender of .77 and ::77 in A would act on
+    assert any(packets.held_conflict(f, link.a.mac, IPv4Address(f"{NET4}.77")) == link.b.mac for f in seen["arp"])
+    assert any(packets.held_conflict(f, link.a.mac, IPv6Address(f"{NET6}:77")) == link.b.mac for f in seen["ipv6"])

@@ -20,7 +20,7 @@ import pytest
 
 from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess, wait_for
-from tests.support.netns import VethPair, ip
+from tests.support.netns import VethPair, ip, run_python
 from tests.support.viplan import (
     NET4,
     NET6,
@@ -149,6 +149,48 @@ def test_an_address_another_host_answers_for_is_not_claimed(sandbox: Sandbox, la
     wait_for(lambda: not resource(vip_agent, vip4).get("error"))
     assert f'smbgw_vip_conflict{{vip="{vip4}"}} 0.0' in metrics(lan)
     assert vip6 not in held(lan)
+
+
+# Another host starting to use an address: its own gratuitous ARP / unsolicited NA, sent
+# from B with B's MAC (the frames are the ones test_ha_probe.py checks against the kernel).
+CLAIM_FROM_B = """
+import ipaddress, sys
+from smbgw_plugins.ha.probe import announce
+announce(sys.argv[1], ipaddress.ip_address(sys.argv[2]), bytes.fromhex(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize(("vip", "prefix"), [(f"{NET4}.170", 24), (f"{NET6}:170", 64)])
+def test_a_host_that_takes_a_held_address_is_answered_then_given_way_to(
+        sandbox: Sandbox, lan: VethPair, wire: Wire, vip_agent: AgentProcess, vip: str, prefix: int) -> None:
+    share(sandbox, "sigma", f"{vip}/{prefix}", lan.a.interface)
+    wait_for(lambda: held(lan).get(vip) == prefix, timeout=15)
+    wait_for(lambda: wire.announcements(vip) >= 6, timeout=15)  # the claim's burst and repeat are over
+    time.sleep(0.5)  # the pass that recorded the claim has told the defender to watch it
+
+    def claim_from_b() -> float:
+        """When B started: A's answer may come before the child has even exited."""
+        began = time.time()
+        done = run_python(lan.b.namespace, CLAIM_FROM_B, lan.b.interface, vip, lan.b.mac.hex())
+        assert done.returncode == 0, done.stderr
+        return began
+
+    first = claim_from_b()
+    # defended: one announcement from A, and A keeps the address
+    wait_for(lambda: wire.announcements(vip, since=first) >= 1, timeout=5)
+    assert held(lan).get(vip) == prefix
+    # B insists within 10 s: A gives way, says to whom, and does not announce it again
+    time.sleep(1.5)  # after the frames of B's first announcement and A's answer
+    second = claim_from_b()
+    wait_for(lambda: vip not in held(lan), timeout=15)
+    other = ":".join(f"{b:02x}" for b in lan.b.mac)
+    view = wait_for(lambda: address_view(vip_agent, vip).get("conflict") and address_view(vip_agent, vip))
+    assert view["conflict"] == other and "kept using" in view["reason"], view
+    assert f'smbgw_vip_conflict{{vip="{vip}"}} 1.0' in metrics(lan)
+    assert wire.announcements(vip, since=second) == 0
+    # B only announced it, never configured it: after the hold-down a probe finds it free
+    wait_for(lambda: held(lan).get(vip) == prefix, timeout=40)
+    wait_for(lambda: f'smbgw_vip_conflict{{vip="{vip}"}} 0.0' in metrics(lan), timeout=15)
 
 
 def test_the_address_follows_the_nodes_ability_to_serve(sandbox: Sandbox, lan: VethPair,

@@ -286,6 +286,33 @@ def test_ndp_non_conflicts(frame: bytes) -> None:
     assert packets.ndp_conflict(frame, OURS, V6) is None
 
 
+@pytest.mark.parametrize(("frame", "address"), [
+    (packets.arp_announcement(THEIRS, V4), V4),
+    (packets.arp_announcement(THEIRS, V4, reply=True), V4),
+    (arp_frame(1, THEIRS, str(V4), bytes(6), "10.213.47.1"), V4),  # it asks for its gateway from our address
+    (packets.ndp_unsolicited_advertisement(THEIRS, V6), V6),
+    (nd_frame(136, HOLDER_LL, IPv6Address("fe80::a"), V6, flags=0x60, dst_mac=OURS), V6),
+])
+def test_a_held_address_conflicts_with_another_host_using_it(frame: bytes, address: IPv4Address | IPv6Address) -> None:
+    assert packets.held_conflict(frame, OURS, address) == THEIRS
+
+
+@pytest.mark.parametrize(("frame", "address"), [
+    (packets.arp_probe(THEIRS, V4), V4),  # it asks; our kernel answers and it backs off
+    (packets.ndp_dad_solicitation(THEIRS, V6), V6),
+    (packets.arp_announcement(OURS, V4), V4),  # our own
+    (packets.ndp_unsolicited_advertisement(OURS, V6), V6),
+    (arp_frame(1, THEIRS, "10.213.47.7", bytes(6), str(V4)), V4),  # someone asks who has it
+    (arp_frame(1, bytes(6), str(V4), bytes(6), "10.213.47.1"), V4),  # no host has a zero MAC
+    (packets.arp_announcement(THEIRS, IPv4Address("10.213.47.101")), V4),
+    (nd_frame(135, HOLDER_LL, packets.solicited_node(V6), V6, options=b"\x01\x01" + THEIRS), V6),
+    (with_vlan(packets.arp_announcement(THEIRS, V4)), V4),
+    (packets.arp_announcement(THEIRS, V4), V6),  # the other family
+])
+def test_a_held_address_does_not_conflict_with_asking(frame: bytes, address: IPv4Address | IPv6Address) -> None:
+    assert packets.held_conflict(frame, OURS, address) is None
+
+
 def test_ndp_lengths_must_agree() -> None:
     frame = bytearray(packets.ndp_unsolicited_advertisement(THEIRS, V6))
     frame[18:20] = (33).to_bytes(2, "big")  # says one byte more than there is
@@ -323,8 +350,9 @@ def valid_frames() -> list[bytes]:
 def survives(frame: bytes) -> None:
     """Every parser answers None or a well-formed value, and raises nothing."""
     for address in (V4, V6):
-        other = packets.conflict(frame, OURS, address)
-        assert other is None or (packets.is_unicast_mac(other) and other != OURS)
+        for check in (packets.conflict, packets.held_conflict):
+            other = check(frame, OURS, address)
+            assert other is None or (packets.is_unicast_mac(other) and other != OURS)
     arp = packets.parse_arp(frame)
     assert arp is None or len(arp.sender_mac) == 6
     neighbor = packets.parse_ndp(frame)
@@ -379,6 +407,9 @@ def test_round_trips(address: IPv4Address | IPv6Address, ours: bytes, theirs: by
     other = None if theirs == ours else theirs
     for frame in [probe, *announcements]:
         assert packets.conflict(frame, ours, address) == other
+    for frame in announcements:
+        assert packets.held_conflict(frame, ours, address) == (None if address.is_unspecified else other)
+    assert packets.held_conflict(probe, ours, address) is None
     assert packets.conflict(probe, theirs, address) is None
     if isinstance(address, IPv6Address):
         assert intact(probe) and all(intact(frame) for frame in announcements)
