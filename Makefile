@@ -104,3 +104,9 @@ bench-scrape: venv
 .PHONY: bench-guard
 bench-guard: venv
 	$(PY) bench/guard.py
+
+# Failover of a public address in the 3-node CTDB cluster: 10 pulled cables (median, max),
+# against CTDB's default keepalives. Root; ~10 minutes.
+.PHONY: bench-failover
+bench-failover: venv
+	$(PY) bench/failover.py

@@ -1,12 +1,14 @@
 """The agent running a real 3-node CTDB cluster: three Debian systemd containers on one
 switch, the project's .deb installed in each, nothing configured by hand but agent.toml
-and one share file in a directory all three share (standing in for /etc/pve).
+and one share file in a directory all three share (standing in for /etc/pve). Once on
+Debian 12 (Proxmox VE 8, CTDB 4.17) and once on Debian 13 (Proxmox VE 9, CTDB 4.22).
 
 The agent renders CTDB's files and starts it; a client in its own namespace copies a file
 through the share's public address; the holding node's cable is pulled and the client's
 next operation succeeds on another node (the failover time is printed); `smbgwctl drain`
 on the holder moves the address away while a client keeps working (its operations, the
-reconnects and any that failed are printed).
+reconnects and any that failed are printed). A node powered off hard fails over too, and
+rejoins by itself when it boots.
 """
 
 from __future__ import annotations
@@ -19,37 +21,24 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.cluster import CLUSTER_DIR, Cluster, ClusterNode, three_nodes, wait_for
+from tests.support.cluster_share import (
+    PASSWORD,
+    USER,
+    VIP,
+    agent_toml,
+    client_try,
+    holder,
+    journal,
+    metrics,
+    serve_share,
+    status,
+    wait_next_operation,
+)
+from tests.support.releases import RELEASES
 
 pytestmark = pytest.mark.integration
 
-VIP = "10.211.33.100"
-USER, PASSWORD, UID = "alice", "Cluster-Passw0rd", "2000"
 RECONNECT_WINDOW = 20.0  # seconds a client keeps reconnecting before an operation counts as failed
-SHARE_FILE = f'path = "{CLUSTER_DIR}/finance"\n\n[ha]\nvip = "{VIP}/24"\n'
-METRICS = """
-import urllib.request
-print(urllib.request.urlopen("http://127.0.0.1:9945/metrics", timeout=10).read().decode())
-"""
-
-
-def agent_toml(cluster: Cluster, nodes: list[str] | None = None) -> str:
-    listed = ", ".join(f'"{address}"' for address in (nodes or [n.address for n in cluster.nodes]))
-    return (f'[agent]\nallowed_roots = ["{CLUSTER_DIR}"]\n\n[ctdb]\nnodes = [{listed}]\n'
-            f'public_interface = "eth0"\ncluster_lock = "{CLUSTER_DIR}/.ctdb.lock"\n'
-            'keepalive_interval = "1s"\nkeepalive_limit = 3\n')
-
-
-def status(cluster: Cluster, node: ClusterNode) -> dict[str, object]:
-    text = cluster.run(node, "cat", "/run/smbgw/status.json", check=False).stdout
-    try:
-        found = json.loads(text)
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def metrics(cluster: Cluster, node: ClusterNode) -> str:
-    return cluster.run(node, "python3", "-c", METRICS).stdout
 
 
 def plugin_view(cluster: Cluster, node: ClusterNode, plugin: str) -> dict[str, object]:
@@ -64,52 +53,15 @@ def resource_error(cluster: Cluster, node: ClusterNode, resource: str) -> str | 
     return found.get("error") if isinstance(found, dict) else None
 
 
-def client_ls(cluster: Cluster, timeout: float = 20.0) -> bool:
-    result = cluster.client("smbclient", f"//{VIP}/finance", "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
-                            "-t", str(int(timeout)), "-c", "ls", timeout=timeout + 10)
-    return result.returncode == 0
-
-
-def diagnostics(cluster: Cluster) -> str:
-    """What each node's agent and CTDB said, for a failed bring-up."""
-    out = []
-    for node in cluster.nodes:
-        for argv in (["journalctl", "--no-pager", "-n", "60", "-u", "smbgw-agent"],
-                     ["journalctl", "--no-pager", "-n", "40", "-u", "ctdb"],
-                     ["systemctl", "--no-pager", "status", "ctdb", "smbd"], ["ls", "-l", "/etc/ctdb",
-                                                                           "/etc/ctdb/events/legacy"],
-                     ["ctdb", "status"], ["cat", "/etc/ctdb/ctdb.conf", "/etc/ctdb/nodes",
-                                          "/etc/ctdb/public_addresses"]):
-            result = cluster.run(node, *argv, check=False, timeout=30)
-            out.append(f"---- {node.name}: {' '.join(argv)}\n{result.stdout[-6000:]}{result.stderr[-2000:]}")
-    return "\n".join(out)
-
-
-def holder(cluster: Cluster) -> ClusterNode:
-    return cluster.node(cluster.ctdb_ip_holders(cluster.nodes[0])[VIP])
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with three_nodes() as built:
-        share_dir = built.shared / "finance"
-        share_dir.mkdir()
-        share_dir.chmod(0o777)
-        (built.shares_d / "finance.toml").write_text(SHARE_FILE)
-        for node in built.nodes:
-            built.run(node, "useradd", "--uid", UID, "--no-create-home", USER)
-            built.write_file(node, "/etc/smbgw/agent.toml", agent_toml(built))
-            built.run(node, "systemctl", "reload", "smbgw-agent")
-        began = time.monotonic()
-        try:
-            wait_for("all three CTDB nodes OK", lambda: built.ctdb_healthy(built.nodes[0]) or None, timeout=240)
-        except TimeoutError:
-            print(diagnostics(built))
-            raise
-        print(f"\nCTDB configured by the agent: all nodes OK {time.monotonic() - began:.1f}s after agent.toml")
-        # passdb.tdb is a clustered database now: one smbpasswd serves every node
-        built.run(built.nodes[0], "smbpasswd", "-s", "-a", USER, input=f"{PASSWORD}\n{PASSWORD}\n")
-        wait_for("the share through its public address", lambda: client_ls(built) or None, timeout=120)
+@pytest.fixture(scope="module", params=RELEASES)
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The cluster on Debian 12 (Proxmox VE 8, CTDB 4.17) and on Debian 13 (Proxmox VE 9,
+    CTDB 4.22): the same .deb, each release's own Samba, CTDB and systemd."""
+    with three_nodes(suite=request.param) as built:
+        version = built.run(built.nodes[0], "ctdb", "version", check=False).stdout.strip()
+        healthy_after = serve_share(built)
+        print(f"\n[{request.param}, CTDB {version}] configured by the agent: all nodes OK {healthy_after:.1f}s "
+              "after agent.toml")
         yield built
 
 
@@ -133,24 +85,37 @@ def test_the_agent_renders_ctdb_and_every_node_serves_the_share(cluster: Cluster
     assert (cluster.shared / "finance/hello.txt").exists()
 
 
-def test_a_node_cut_from_the_network_fails_over(cluster: Cluster) -> None:
+def move_off_the_leader(cluster: Cluster) -> ClusterNode:
+    """The holder, after moving the address off the leader if the leader held it: the
+    leader holds the cluster lock on a "cluster file system" that a cut node still reaches
+    here (a host directory), so a cut leader would keep the lock the others need."""
     leader = cluster.ctdb_leader(cluster.nodes[0])
     victim = holder(cluster)
-    if victim.pnn == leader:  # the leader holds the lock on a "cluster file system" it still reaches
+    if victim.pnn == leader:
         other = next(n for n in cluster.nodes if n.pnn != leader)
-        cluster.ctdb(cluster.nodes[0], "moveip", VIP, str(other.pnn))
+        cluster.ctdb(cluster.nodes[0], "-t", "2", "moveip", VIP, str(other.pnn))
         wait_for("the address on a node that does not hold the cluster lock",
                  lambda: holder(cluster).pnn == other.pnn or None, timeout=30)
-        time.sleep(25)  # right after a recovery a cut takes much longer (18-21 s measured here)
         victim = other
+    return victim
+
+
+def settle(cluster: Cluster) -> None:
+    """All nodes OK, then CTDB's RerecoveryTimeout (10 s) and a margin: a fault within it of
+    the last recovery waits it out before the next recovery may start (18-21 s measured)."""
+    wait_for("all nodes OK", lambda: cluster.ctdb_healthy(cluster.nodes[0]) or None, timeout=240)
+    time.sleep(15)
+
+
+def test_a_node_cut_from_the_network_fails_over(cluster: Cluster) -> None:
+    settle(cluster)
+    victim = move_off_the_leader(cluster)
     cut_at = time.monotonic()
     cluster.cut(victim)
     try:
-        wait_for("a client operation through the address after the cut", lambda: client_ls(cluster, 5) or None,
-                 timeout=90, interval=0.2)
-        failover = time.monotonic() - cut_at
+        failover = wait_next_operation(cluster, cut_at)
         witness = next(n for n in cluster.nodes if n is not victim)
-        new = cluster.node(cluster.ctdb_ip_holders(witness)[VIP])
+        new = holder(cluster, witness)
         print(f"\nfailover after a cut: the client's next operation succeeded {failover:.1f}s after the cut "
               f"({victim.name} -> {new.name}; KeepaliveInterval=1, KeepaliveLimit=3)")
         assert new is not victim
@@ -159,9 +124,32 @@ def test_a_node_cut_from_the_network_fails_over(cluster: Cluster) -> None:
     wait_for("the cut node back in the cluster", lambda: cluster.ctdb_healthy(cluster.nodes[0]) or None, timeout=180)
 
 
+def test_a_node_powered_off_fails_over_and_rejoins_at_boot(cluster: Cluster) -> None:
+    settle(cluster)
+    victim = holder(cluster)  # the leader too: its lock dies with it
+    witness = next(n for n in cluster.nodes if n is not victim)
+    off_at = time.monotonic()
+    cluster.power_off(victim)
+    try:
+        failover = wait_next_operation(cluster, off_at)
+        new = holder(cluster, witness)
+        print(f"\nfailover after a power cut: the client's next operation succeeded {failover:.1f}s after it "
+              f"({victim.name} -> {new.name})")
+        assert new is not victim
+    finally:
+        booted = cluster.power_on(victim)
+    # At boot the .deb's units start the agent, the agent starts CTDB (enabled) and smbd.
+    back = time.monotonic()
+    wait_for(f"{victim.name} OK again after boot", lambda: cluster.ctdb_healthy(witness) or None, timeout=240)
+    print(f"{victim.name} booted in {booted:.1f}s and was OK in the cluster {time.monotonic() - back:.1f}s later")
+    assert cluster.run(victim, "systemctl", "is-active", "smbgw-agent", "ctdb", "smbd").returncode == 0
+
+
 def test_drain_moves_the_address_to_another_node(cluster: Cluster) -> None:
+    settle(cluster)
     victim = holder(cluster)
     failures: list[str] = []
+    attempts: list[tuple[float, float, bool, str]] = []  # wall-clock start, seconds, worked, what failed
     outages: list[float] = []
     done = threading.Event()
     operations = [0]
@@ -174,19 +162,24 @@ def test_drain_moves_the_address_to_another_node(cluster: Cluster) -> None:
         # reconnect at once instead of waiting out TCP.
         while not done.is_set():
             began = time.monotonic()
-            while not client_ls(cluster, 20):
+            while True:
+                started, tried = time.time(), time.monotonic()
+                worked, said = client_try(cluster, 20)
+                attempts.append((started, time.monotonic() - tried, worked, said))
+                if worked:
+                    if time.monotonic() - began > 1.0:
+                        outages.append(time.monotonic() - began)
+                    break
                 if time.monotonic() - began > RECONNECT_WINDOW:
                     failures.append(time.strftime("%H:%M:%S"))
                     break
                 time.sleep(0.5)
-            else:
-                if time.monotonic() - began > 1.0:
-                    outages.append(time.monotonic() - began)
             operations[0] += 1
             time.sleep(0.2)
 
     worker = threading.Thread(target=keep_working, daemon=True)
     worker.start()
+    began = time.time()
     try:
         time.sleep(1)
         drained = cluster.run(victim, "smbgwctl", "drain", "--timeout", "60s", check=False, timeout=300)
@@ -199,9 +192,14 @@ def test_drain_moves_the_address_to_another_node(cluster: Cluster) -> None:
         worker.join(60)
     print(f"\ndrain: {operations[0]} client operations, {len(outages)} had to reconnect "
           f"(waited {', '.join(f'{o:.1f}s' for o in outages) or 'never'}), {len(failures)} failed")
-    # Not asserted yet: on an idle machine no operation failed (44 of 44), but on a loaded
-    # one an operation could not complete within 20 s of reconnecting (issue 11, open: the
-    # disable after the move seems to set off a recovery that freezes the databases).
+    slow = [a for a in attempts if not a[2] or a[1] > 3.0]
+    if slow:
+        print("slow or failed attempts (start, seconds, worked, what the client said):")
+        for started, seconds, worked, said in slow:
+            print(f"  {time.strftime('%H:%M:%S', time.localtime(started))}.{int(started % 1 * 1000):03d} "
+                  f"{seconds:5.1f}s {'ok' if worked else 'FAILED'} {said}")
+        print(f"drain output:\n{drained.stdout}")
+        print(journal(cluster, began - 1, time.time()))
     assert operations[0] >= 3
     wait_for("the drained metric", lambda: "smbgw_node_drained 1.0" in metrics(cluster, victim) or None, timeout=20)
     undrained = cluster.run(victim, "smbgwctl", "undrain", check=False)

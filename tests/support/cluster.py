@@ -377,8 +377,10 @@ def remove_stale() -> list[str]:
     for root, _ in _cgroup_roots():
         for path in root.glob(f"{NETNS_PREFIX}*"):
             match = _STALE_NAME.fullmatch(path.name)
-            if match and not _pid_alive(int(match.group(1))) and remove_cgroup(path.name, timeout=0):
-                removed.append(str(path))
+            if match and not _pid_alive(int(match.group(1))):
+                removed += [f"left-over process {pid}" for pid in _kill_cgroup_tree(path)]
+                if remove_cgroup(path.name, timeout=2):
+                    removed.append(str(path))
     for path in WORK_ROOT.glob(f"{NETNS_PREFIX}*"):
         match = _STALE_NAME.fullmatch(path.name)
         if match and path.is_dir() and not _pid_alive(int(match.group(1))):
@@ -386,6 +388,23 @@ def remove_stale() -> list[str]:
                 nspawn._remove_tree(path)
                 removed.append(str(path))
     return removed
+
+
+def _kill_cgroup_tree(top: Path) -> list[int]:
+    """SIGKILL what is still running in a dead run's cgroup tree: processes its containers
+    left behind when their PID 1 died before they did (an smbd re-parented to the host when
+    a run was killed during setup). Only our own cgroups, named after our run, are read."""
+    killed = []
+    for dirpath, _dirs, _files in os.walk(top):
+        try:
+            pids = [int(p) for p in (Path(dirpath) / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
 
 
 def _kill_orphan_container(pid: int) -> int | None:
@@ -576,8 +595,12 @@ def _in_parallel(jobs: Sequence[Callable[[], T]]) -> list[T]:
 
 @contextlib.contextmanager
 def three_nodes(*, install_deb: bool = True, boot_timeout: float = 90.0,
-                files: Mapping[str, str | bytes] | None = None, verbose: bool = True) -> Iterator[Cluster]:
+                files: Mapping[str, str | bytes] | None = None, verbose: bool = True,
+                suite: str = SUITE) -> Iterator[Cluster]:
     """Build the network, boot node1..node3 (in parallel) and yield the :class:`Cluster`.
+
+    ``suite``: the Debian release of the nodes (bookworm: Proxmox VE 8, CTDB 4.17;
+    trixie: Proxmox VE 9, CTDB 4.22); its image is built once and cached like the others.
 
     ``files`` are placed in every node before boot. ``install_deb`` installs the project's
     .deb (built first if stale) in each node. ``cluster.timings`` holds what each setup
@@ -590,7 +613,7 @@ def three_nodes(*, install_deb: bool = True, boot_timeout: float = 90.0,
     remove_stale()
     timings: dict[str, float] = {}
     began = time.monotonic()
-    image = nspawn.ensure_base_image(CLUSTER_PACKAGES, SUITE)
+    image = nspawn.ensure_base_image(CLUSTER_PACKAGES, suite)
     timings["image (built once, then reused)"] = time.monotonic() - began
     began = time.monotonic()
     deb = debpkg.ensure_deb().deb if install_deb else Path()
