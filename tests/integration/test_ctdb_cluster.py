@@ -201,6 +201,7 @@ def test_drain_moves_the_address_to_another_node(cluster: Cluster) -> None:
         print(f"drain output:\n{drained.stdout}")
         print(journal(cluster, began - 1, time.time()))
     assert operations[0] >= 3
+    assert not failures, f"client operations that could not complete within {RECONNECT_WINDOW:g}s: {failures}"
     wait_for("the drained metric", lambda: "smbgw_node_drained 1.0" in metrics(cluster, victim) or None, timeout=20)
     undrained = cluster.run(victim, "smbgwctl", "undrain", check=False)
     assert undrained.returncode == 0, undrained.stdout + undrained.stderr

@@ -60,9 +60,11 @@ from typing import TypeVar
 from tests.support import debpkg, nspawn
 from tests.support.nspawn import NspawnError, SystemdContainer
 
-# The image: the .deb's dependencies plus CTDB (whose 10.interface event script needs
-# ethtool). Cached by content like every other image (the package list is in its name).
-CLUSTER_PACKAGES: tuple[str, ...] = (*debpkg.CONTAINER_PACKAGES, "ctdb", "ethtool")
+# The image: the .deb's dependencies plus CTDB, whose 10.interface event script needs
+# ethtool, and iptables (it blocks an address's traffic while releasing it; a Proxmox
+# node has it for its firewall). Cached by content like every other image (the package
+# list is in its name).
+CLUSTER_PACKAGES: tuple[str, ...] = (*debpkg.CONTAINER_PACKAGES, "ctdb", "ethtool", "iptables")
 SUITE = nspawn.SUITE
 
 NETNS_PREFIX = "smbgwctdb"

@@ -109,11 +109,18 @@ def enable(runner: Runner) -> None:
     _ctdb(runner, "enable", timeout=60.0)
 
 
+# `ctdb moveip`'s control time limit. Its release and takeover run the nodes' releaseip
+# and takeip event scripts, which a loaded node can take seconds over; a limit that
+# expires between the two leaves the address on no node until moveip's own retry (3 s
+# later) or the next takeover run. CTDB 4.17 also keeps takeover runs disabled for twice
+# the limit after a move (4.20 re-enables them when the move is done), so a node that
+# fails in those 10 s fails over when they end.
+MOVE_TIME_LIMIT = 5
+
+
 def move_address(runner: Runner, address: str, pnn: int) -> None:
-    """`ctdb moveip` with a short control time limit: CTDB 4.17 keeps takeover runs
-    disabled for twice that limit after a move (fixed in 4.20), and a node failing in
-    that window would not fail over until it passed."""
-    _ctdb(runner, "-t", "2", "moveip", address, str(pnn), timeout=60.0)
+    """`ctdb moveip`: release `address` where it is held, take it on node `pnn`."""
+    _ctdb(runner, "-t", str(MOVE_TIME_LIMIT), "moveip", address, str(pnn), timeout=60.0)
 
 
 def reload_nodes(runner: Runner) -> None:
