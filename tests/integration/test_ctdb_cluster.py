@@ -76,6 +76,9 @@ def test_the_agent_renders_ctdb_and_every_node_serves_the_share(cluster: Cluster
         wait_for(f"{node.name}'s agent sees three OK nodes",
                  lambda n=node: [e["state"] for e in plugin_view(cluster, n, "ctdb").get("nodes") or []]  # type: ignore[attr-defined]
                  == ["ok", "ok", "ok"] or None, timeout=30)
+        view = plugin_view(cluster, node, "ctdb")
+        assert view.get("leader") == cluster.ctdb_leader(node), view
+        assert view.get("capabilities") == {"leader": True, "lmaster": True}, view
         scraped = metrics(cluster, node)
         for pnn in range(3):
             assert f'smbgw_ctdb_node_healthy{{pnn="{pnn}"}} 1.0' in scraped

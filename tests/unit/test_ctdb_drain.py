@@ -43,7 +43,8 @@ class Cluster(Runner):
             return Completed(tuple(argv), 0, NO_SESSIONS, "", 0.0)
         answers = {"pnn": "0\n", "status": "Recovery mode:NORMAL (0)\n", "getpid": "4242\n",
                    "-X status": STATUS.format(disabled=int(self.disabled), sick=int(self.others_sick)),
-                   "-X ip": f"|Public IP|Node|\n|{VIP}|{self.holder}|\n"}
+                   "-X ip": f"|Public IP|Node|\n|{VIP}|{self.holder}|\n", "leader": "1\n",
+                   "-X getcapabilities": "|LEADER|LMASTER|\n|1|1|\n"}
         if command in answers:
             return Completed(tuple(argv), 0, answers[command], "", 0.0)
         self.ran.append(command)

@@ -255,15 +255,20 @@ def test_the_cluster_watch_calls_for_a_pass_only_when_the_cluster_changed() -> N
     answers = {"pnn": "0\n", "-X status": "|Node|IP|Disconnected|Unknown|Banned|Disabled|Unhealthy|Stopped|Inactive|"
                "PartiallyOnline|ThisNode|\n|0|10.211.33.11|0|0|0|0|0|0|0|0|Y|\n",
                "-X ip": "|Public IP|Node|\n|10.211.33.100|0|\n", "status": "Recovery mode:NORMAL (0)\n",
-               "getpid": "4242\n"}
+               "getpid": "4242\n", "leader": "0\n", "-X getcapabilities": "|LEADER|LMASTER|\n|1|1|\n"}
 
     class Answering(Runner):
         def run(self, argv: Sequence[str], **_kwargs: Any) -> Completed:  # type: ignore[override]
-            return Completed(tuple(argv), 0, answers[" ".join(argv[1:])], "", 0.0)
+            said = answers[" ".join(argv[1:])]
+            return Completed(tuple(argv), 0 if said != "fail" else 1, said, "", 0.0)
 
     watch = ctdb_plugin.ClusterWatch()
     assert watch.refresh(Answering()) is True and watch.ok
     assert watch.refresh(Answering()) is False, "the same cluster again: no pass"
+    answers["leader"] = "UNKNOWN\n"  # an election: the view shows it
+    assert watch.refresh(Answering()) is True
+    answers["-X getcapabilities"] = "fail"  # not known: the rest of the reading still counts
+    assert watch.refresh(Answering()) is True and watch.ok
     answers["-X ip"] = "|Public IP|Node|\n|10.211.33.100|-1|\n"
     assert watch.refresh(Answering()) is True
     answers["pnn"] = "garbage\n"

@@ -21,6 +21,7 @@ status and metrics; a scrape never waits for ctdb.
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -150,13 +151,21 @@ class ClusterWatch:
         self.ok = False
 
     def refresh(self, runner: Runner) -> bool:
-        """Read the cluster again; True when what it shows (or the error) changed."""
-        before = (self.value.signature() if self.value is not None else None, self.error)
+        """Read the cluster again; True when what it shows (or the kind of error) changed."""
+        before = (self.value.signature() if self.value is not None else None, _error_kind(self.error))
         try:
             self.value, self.error, self.ok = tool.read_cluster(runner), None, True
         except tool.CtdbError as exc:
             self.error, self.ok = str(exc), False
-        return (self.value.signature() if self.value is not None else None, self.error) != before
+        return (self.value.signature() if self.value is not None else None, _error_kind(self.error)) != before
+
+
+def _error_kind(error: str | None) -> str | None:
+    """An error as far as it calls for a pass: a ctdb that answers garbage says something
+    different every time, and is still the same fault."""
+    if error is None or tool.UNEXPECTED in error:
+        return error if error is None else tool.UNEXPECTED
+    return re.sub(r"\d+", "N", error)
 
 
 class CtdbSmbd:
@@ -401,7 +410,10 @@ class CtdbPlugin:
         view: dict[str, Any] = {"restart_pending": self._restart_pending(ctx),
                                 "error": self._reading.error if self._reading is not None else None}
         if cluster is not None:
-            view.update({"pnn": cluster.pnn, "recovery": cluster.recovery,
+            capabilities = cluster.capabilities
+            view.update({"pnn": cluster.pnn, "recovery": cluster.recovery, "leader": cluster.leader,
+                         "capabilities": None if capabilities is None else
+                         {"leader": capabilities.leader, "lmaster": capabilities.lmaster},
                          "nodes": [node.to_dict() for node in cluster.nodes],
                          "addresses": {address: holder for address, holder in sorted(cluster.addresses.items())}})
         return view

@@ -7,6 +7,7 @@ The recovery mode appears only in plain `ctdb status` ("Recovery mode:NORMAL (0)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -15,10 +16,20 @@ from pathlib import Path
 
 from smbgw_agent.effects.runner import CommandError, Runner
 
-from .status import NodeStatus, parse_ips, parse_pnn, parse_recmode, parse_status
+from .status import (
+    Capabilities,
+    NodeStatus,
+    parse_capabilities,
+    parse_ips,
+    parse_leader,
+    parse_pnn,
+    parse_recmode,
+    parse_status,
+)
 
 CTDB = "ctdb"
 TIMEOUT = 10.0
+UNEXPECTED = "ctdb answered something unexpected"
 MAX_OUTPUT = 4 << 20
 
 
@@ -26,15 +37,16 @@ class CtdbError(Exception):
     """ctdb could not be asked, or answered something that is not its documented output."""
 
 
-def _ctdb(runner: Runner, *args: str, check: bool = True, timeout: float = TIMEOUT) -> str:
+def _ctdb(runner: Runner, *args: str, check: bool = True, timeout: float | None = None) -> str:
+    command = f"{CTDB} {' '.join(args)}"
     try:
-        result = runner.run([CTDB, *args], timeout=timeout, check=False, max_output=MAX_OUTPUT)
+        result = runner.run([CTDB, *args], timeout=timeout or TIMEOUT, check=False, max_output=MAX_OUTPUT)
     except CommandError as exc:
-        raise CtdbError(f"ctdb {' '.join(args)}: {exc}") from exc
+        said = str(exc)
+        raise CtdbError(said if said.startswith(command) else f"{command}: {said}") from exc
     if check and not result.ok:
-        said = (result.stderr.strip() or result.stdout.strip()).splitlines()
-        raise CtdbError(f"ctdb {' '.join(args)} failed (exit {result.returncode}): "
-                        f"{said[0][:200] if said else 'no output'}")
+        lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise CtdbError(f"{command} failed (exit {result.returncode}): {lines[0][:200] if lines else 'no output'}")
     return result.stdout
 
 
@@ -47,6 +59,8 @@ class Cluster:
     addresses: dict[str, int]  # public address -> pnn holding it (-1: none)
     recovery: bool
     started_at: float | None = None  # when this node's ctdbd started (Unix time), if known
+    leader: int | None = None  # the node holding the cluster lock; None while there is none or unknown
+    capabilities: Capabilities | None = None  # this node's (may it lead, may it be a location master)
     read_at: float = field(default_factory=time.time)
 
     def node(self, pnn: int) -> NodeStatus | None:
@@ -59,14 +73,16 @@ class Cluster:
     def signature(self) -> tuple[object, ...]:
         """What a change of calls for a pass (not the time it was read)."""
         return (self.pnn, tuple((n.pnn, n.state) for n in self.nodes), tuple(sorted(self.addresses.items())),
-                self.recovery, self.started_at)
+                self.recovery, self.started_at, self.leader, self.capabilities)
 
     def held_by(self, pnn: int) -> list[str]:
         return sorted(address for address, holder in self.addresses.items() if holder == pnn)
 
 
 def read_cluster(runner: Runner) -> Cluster:
-    """`ctdb pnn`, `ctdb -X status`, `ctdb -X ip`, `ctdb status` (for the recovery mode)."""
+    """`ctdb pnn`, `ctdb -X status`, `ctdb -X ip`, `ctdb status` (for the recovery mode),
+    and, for the status view only, `ctdb leader` and `ctdb -X getcapabilities` (their
+    failure leaves them unknown rather than the whole reading)."""
     try:
         pnn = parse_pnn(_ctdb(runner, "pnn"))
         nodes = parse_status(_ctdb(runner, "-X", "status"))
@@ -74,8 +90,14 @@ def read_cluster(runner: Runner) -> Cluster:
         recovery = parse_recmode(_ctdb(runner, "status"))
         started = process_start(parse_pnn(_ctdb(runner, "getpid")))
     except ValueError as exc:
-        raise CtdbError(f"ctdb answered something unexpected: {exc}") from exc
-    return Cluster(pnn, tuple(nodes), addresses, recovery, started)
+        raise CtdbError(f"{UNEXPECTED}: {exc}") from exc
+    leader: int | None = None
+    capabilities: Capabilities | None = None
+    with contextlib.suppress(CtdbError, ValueError):
+        leader = parse_leader(_ctdb(runner, "leader"))
+    with contextlib.suppress(CtdbError, ValueError):
+        capabilities = parse_capabilities(_ctdb(runner, "-X", "getcapabilities"))
+    return Cluster(pnn, tuple(nodes), addresses, recovery, started, leader, capabilities)
 
 
 def process_start(pid: int, proc: Path = Path("/proc")) -> float | None:
