@@ -38,6 +38,7 @@ from . import packets, probe
 
 log = logging.getLogger(__name__)
 DEFEND_INTERVAL = 10.0  # RFC 5227 section 1.1
+RETRY = 5.0  # seconds before a listener that could not be opened is tried again
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,20 @@ class Defender:
                     held = self._held
                 self._sync(sockets, {entry.key for entry in held})
                 keys = {sock.fileno(): key for key, sock in sockets.items()}
-                readable, _, _ = select.select([self._wake_read, *keys], [], [])
+                # A socket that could not be opened (the interface is not there yet) is
+                # tried again after RETRY; otherwise only a frame or a wake ends the wait.
+                readable, _, _ = select.select([self._wake_read, *keys], [], [], RETRY if self.problems else None)
                 for fd in readable:
                     if fd == self._wake_read:
                         os.read(self._wake_read, 4096)
-                    else:
-                        key = keys[fd]
+                        continue
+                    key = keys[fd]
+                    try:
                         self._read(sockets[key], [entry for entry in held if entry.key == key])
+                    except OSError as exc:  # the link went away or down: open it again later
+                        sockets.pop(key).close()
+                        self.problems[key] = f"reading {key[0]}: {exc.strerror or exc}"
+                        log.warning("watching %s for address conflicts: %s", key[0], self.problems[key])
         except Exception:  # never let a bad frame or a vanished link end the watch silently
             log.exception("watching held addresses for conflicts stopped")
         finally:

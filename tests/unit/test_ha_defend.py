@@ -4,6 +4,11 @@ on real sockets, is in tests/integration/test_ha_probe.py and test_ha_vip.py."""
 
 from __future__ import annotations
 
+import errno
+import socket
+import threading
+import time
+
 from smbgw_plugins.ha import defend, probe
 
 OURS = bytes.fromhex("020000000001")
@@ -119,3 +124,48 @@ def test_stop_is_safe_twice_and_watch_after_stop_does_nothing() -> None:
     guard.stop()
     guard.stop()
     guard.watch([HELD])  # a late pass after shutdown: no write to a closed descriptor
+
+
+class VanishingLink:
+    """A listener whose link goes away: readable, then its read fails as a packet
+    socket's does when its interface goes down."""
+
+    def __init__(self) -> None:
+        self.inside, self.outside = socket.socketpair()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.inside.fileno()
+
+    def recvmsg(self, *_args: object) -> object:
+        raise OSError(errno.ENETDOWN, "Network is down")
+
+    def close(self) -> None:
+        self.closed = True
+        self.inside.close()
+        self.outside.close()
+
+
+def test_a_link_that_goes_away_is_watched_again_not_given_up() -> None:
+    opened: list[VanishingLink] = []
+    reopened = threading.Event()
+
+    def open_listener(_interface: str, _ethertype: int) -> socket.socket:
+        link = VanishingLink()
+        opened.append(link)
+        if len(opened) == 2:
+            reopened.set()
+        return link  # type: ignore[return-value]
+
+    guard = defend.Defender(Recorder().announce, Recorder().cede, open_listener=open_listener)
+    guard.start()
+    try:
+        guard.watch([HELD])
+        deadline = time.monotonic() + 5
+        while not opened and time.monotonic() < deadline:
+            time.sleep(0.01)
+        opened[0].outside.send(b"a frame")  # readable; the read fails
+        assert reopened.wait(5), "the watch stopped after a read error"
+        assert opened[0].closed
+    finally:
+        guard.stop()
