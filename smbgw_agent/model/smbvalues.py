@@ -23,6 +23,9 @@ MAX_VALUE = 1024
 # Characters Windows refuses in share names, plus the ones that are structural in smb.conf.
 _FORBIDDEN_IN_NAME = set('[]/\\:*?"<>|+=;,%')
 _PARAMETER_NAME = re.compile(r"^[a-z][a-z0-9 :_-]{0,62}[a-z0-9]$")
+# `idmap config * : backend` and its kind: the default idmap domain is named `*`, the
+# one place a parameter name needs it (smb.conf gives `*` no other meaning).
+_IDMAP_DEFAULT_DOMAIN = re.compile(r"^idmap config \* : [a-z][a-z_]{0,30}[a-z]$")
 
 
 def _control_characters(value: str) -> list[str]:
@@ -75,7 +78,7 @@ def check_parameter_name(name: str) -> str:
         # Checked before white space is folded: "name\nx" must not become "name x".
         raise FieldError(f"{name!r} contains control characters; not a valid smb.conf parameter name")
     normalized = " ".join(name.lower().split())
-    if not _PARAMETER_NAME.match(normalized):
+    if not (_PARAMETER_NAME.match(normalized) or _IDMAP_DEFAULT_DOMAIN.match(normalized)):
         raise FieldError(f"{name!r} is not a valid smb.conf parameter name")
     return normalized
 

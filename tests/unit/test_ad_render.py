@@ -19,6 +19,7 @@ from smbgw_plugins.ad.table import MAX_ID, AdSettings, IdmapSettings, IdRange, p
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.effects.samba import run_testparm
 from smbgw_agent.model.smbvalues import check_text
+from smbgw_agent.platform.parameters import Parameter, merge_parameters
 
 EXAMPLES = int(os.environ.get("SMBGW_PROPERTY_EXAMPLES", "150"))
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize="SMBGW_PROPERTY_EXAMPLES" not in os.environ,
@@ -166,6 +167,15 @@ def test_any_valid_table_renders_safe_values(table: dict[str, Any]) -> None:
 
 
 # ---- Samba reads them back ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["rid", "ad", "autorid"])
+def test_the_globals_pass_the_agents_own_parameter_checks(backend: str) -> None:
+    """What the plugin will hand the core goes through the same name and value checks
+    as every other plugin's globals, `idmap config * : …` included."""
+    parameters = global_parameters(ad_settings(backend))
+    merged = merge_parameters([("ad", Parameter(name, value)) for name, value in parameters], "the globals")
+    assert sorted(merged) == sorted((name.lower(), value) for name, value in parameters)
 
 
 def smb_conf(path: Path, parameters: list[tuple[str, str]]) -> Path:

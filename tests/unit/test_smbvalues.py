@@ -182,6 +182,9 @@ def test_principals_refused(principal: str, reason: str) -> None:
         ("shadow:format", "shadow:format"),
         ("acl_xattr:ignore system acls", "acl_xattr:ignore system acls"),
         ("ea support", "ea support"),
+        ("idmap config CORP : range", "idmap config corp : range"),
+        ("idmap config * : backend", "idmap config * : backend"),  # the default domain is named *
+        ("IDMAP  CONFIG *  :  range", "idmap config * : range"),
     ],
 )
 def test_parameter_names_normalized(raw: str, normalized: str) -> None:
@@ -189,7 +192,9 @@ def test_parameter_names_normalized(raw: str, normalized: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["", "x", "[global]", "a=b", "1abc", "path\x00", "a%b", "ends-", "x" * 70, "a;b", "a/b", "dépôt", "a.b"]
+    "raw", ["", "x", "[global]", "a=b", "1abc", "path\x00", "a%b", "ends-", "x" * 70, "a;b", "a/b", "dépôt", "a.b",
+            "* : backend", "veto*files", "idmap config ** : backend", "idmap config *x : backend",
+            "idmap config * : ", "idmap config * : back end", "idmap config * : range=1", "idmap config *"]
 )
 def test_parameter_names_refused(raw: str) -> None:
     with pytest.raises(FieldError, match=r"not a valid smb\.conf parameter name"):
