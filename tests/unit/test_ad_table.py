@@ -25,6 +25,7 @@ from smbgw_plugins.ad.table import (
 
 from smbgw_agent.model.errors import FieldError
 from smbgw_agent.model.fields import FieldProblems
+from tests.support.tables import problems_of
 
 EXAMPLES = int(os.environ.get("SMBGW_PROPERTY_EXAMPLES", "150"))
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize="SMBGW_PROPERTY_EXAMPLES" not in os.environ,
@@ -53,12 +54,7 @@ def without(*keys: str, **changes: Any) -> dict[str, Any]:
 
 
 def problems(data: dict[str, Any]) -> dict[str | None, str]:
-    with pytest.raises(FieldProblems) as caught:
-        parse_agent_table(data)
-    found: dict[str | None, str] = {}
-    for message, key, _ in caught.value.problems:
-        found[key] = f"{found[key]}; {message}" if key in found else message
-    return found
+    return problems_of(parse_agent_table, data)
 
 
 def problem(key: str, value: Any) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from smbgw_plugins.ha.ctdb.table import CtdbSettings, parse_agent_table
 
-from smbgw_agent.model.fields import FieldProblems
+from tests.support.tables import problems_of
 
 MINIMAL = {"nodes": ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "cluster_lock": "/mnt/pve/cephfs/.ctdb.lock"}
 
@@ -17,12 +17,7 @@ def parse(**changes: Any) -> dict[str, Any]:
 
 
 def problems(data: dict[str, Any]) -> dict[str | None, str]:
-    with pytest.raises(FieldProblems) as caught:
-        parse_agent_table(data)
-    found: dict[str | None, str] = {}
-    for message, key, _ in caught.value.problems:
-        found[key] = f"{found[key]}; {message}" if key in found else message
-    return found
+    return problems_of(parse_agent_table, data)
 
 
 def problem(key: str, value: Any) -> str:
