@@ -43,39 +43,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.cluster import Cluster, ClusterNode, three_nodes, wait_for  # noqa: E402
+from tests.support.cluster import Cluster, ClusterNode, three_nodes  # noqa: E402
 from tests.support.cluster_share import (  # noqa: E402
     CTDB_DEFAULT_KEEPALIVE,
     FAST_KEEPALIVE,
     VIP,
     holder,
+    move_off_the_leader,
     serve_share,
     set_keepalive,
+    settle,
     wait_next_operation,
 )
 
-RERECOVERY_MARGIN = 15.0
-
-
-def settle(cluster: Cluster) -> None:
-    wait_for("all nodes OK", lambda: cluster.ctdb_healthy(cluster.nodes[0]) or None, timeout=300)
-    time.sleep(RERECOVERY_MARGIN)
-
 
 def victim_for(cluster: Cluster, fault: str) -> ClusterNode:
-    victim = holder(cluster)
-    if fault == "cut":
-        leader = cluster.ctdb_leader(cluster.nodes[0])
-        if victim.pnn == leader:
-            other = next(n for n in cluster.nodes if n.pnn != leader)
-            cluster.ctdb(cluster.nodes[0], "-t", "2", "moveip", VIP, str(other.pnn))
-            wait_for("the address off the leader", lambda: holder(cluster).pnn == other.pnn or None, timeout=30)
-            victim = other
-    return victim
+    return move_off_the_leader(cluster) if fault == "cut" else holder(cluster)
 
 
 def one_run(cluster: Cluster, fault: str) -> tuple[float, str]:
-    settle(cluster)
+    settle(cluster, timeout=300)
     victim = victim_for(cluster, fault)
     witness = next(n for n in cluster.nodes if n is not victim)
     began = time.monotonic()

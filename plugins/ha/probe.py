@@ -120,7 +120,7 @@ def pending(sock: socket.socket) -> Iterator[bytes]:
             frame, ancillary, flags, source = sock.recvmsg(MAX_FRAME, _ANCILLARY_SIZE)
         except BlockingIOError:
             return
-        if source[2] != socket.PACKET_OUTGOING and not flags & socket.MSG_TRUNC and not _vlan_tagged(ancillary):
+        if _from_another_host(ancillary, flags, source):
             yield frame
 
 
@@ -143,9 +143,13 @@ def _receive(sock: socket.socket) -> bytes | None:
         frame, ancillary, flags, source = sock.recvmsg(MAX_FRAME, _ANCILLARY_SIZE)
     except TimeoutError:
         return None
-    if source[2] == socket.PACKET_OUTGOING or flags & socket.MSG_TRUNC or _vlan_tagged(ancillary):
-        return None
-    return frame
+    return frame if _from_another_host(ancillary, flags, source) else None
+
+
+def _from_another_host(ancillary: list[tuple[int, int, bytes]], flags: int, source: tuple[object, ...]) -> bool:
+    """A whole frame another host sent on this link: not our own going out, not cut short,
+    not from another VLAN."""
+    return source[2] != socket.PACKET_OUTGOING and not flags & socket.MSG_TRUNC and not _vlan_tagged(ancillary)
 
 
 def _listen(sock: socket.socket, frame: bytes, sends: deque[float], deadline: float, mac: bytes,

@@ -30,7 +30,9 @@ from tests.support.cluster_share import (
     holder,
     journal,
     metrics,
+    move_off_the_leader,
     serve_share,
+    settle,
     status,
     wait_next_operation,
 )
@@ -86,28 +88,6 @@ def test_the_agent_renders_ctdb_and_every_node_serves_the_share(cluster: Cluster
     assert cluster.client("smbclient", f"//{VIP}/finance", "-U", f"{USER}%{PASSWORD}", "-c",
                           "put /etc/hostname hello.txt").returncode == 0
     assert (cluster.shared / "finance/hello.txt").exists()
-
-
-def move_off_the_leader(cluster: Cluster) -> ClusterNode:
-    """The holder, after moving the address off the leader if the leader held it: the
-    leader holds the cluster lock on a "cluster file system" that a cut node still reaches
-    here (a host directory), so a cut leader would keep the lock the others need."""
-    leader = cluster.ctdb_leader(cluster.nodes[0])
-    victim = holder(cluster)
-    if victim.pnn == leader:
-        other = next(n for n in cluster.nodes if n.pnn != leader)
-        cluster.ctdb(cluster.nodes[0], "-t", "2", "moveip", VIP, str(other.pnn))
-        wait_for("the address on a node that does not hold the cluster lock",
-                 lambda: holder(cluster).pnn == other.pnn or None, timeout=30)
-        victim = other
-    return victim
-
-
-def settle(cluster: Cluster) -> None:
-    """All nodes OK, then CTDB's RerecoveryTimeout (10 s) and a margin: a fault within it of
-    the last recovery waits it out before the next recovery may start (18-21 s measured)."""
-    wait_for("all nodes OK", lambda: cluster.ctdb_healthy(cluster.nodes[0]) or None, timeout=240)
-    time.sleep(15)
 
 
 def test_a_node_cut_from_the_network_fails_over(cluster: Cluster) -> None:

@@ -142,6 +142,31 @@ def set_keepalive(cluster: Cluster, keepalive: dict[str, str]) -> None:
                  timeout=60, interval=1.0)
 
 
+RERECOVERY_MARGIN = 15.0  # CTDB's RerecoveryTimeout (10 s) and a margin
+
+
+def settle(cluster: Cluster, timeout: float = 240.0) -> None:
+    """All nodes OK, then CTDB's RerecoveryTimeout and a margin: a fault within it of the
+    last recovery waits it out before the next recovery may start (18-21 s measured)."""
+    wait_for("all nodes OK", lambda: cluster.ctdb_healthy(cluster.nodes[0]) or None, timeout=timeout)
+    time.sleep(RERECOVERY_MARGIN)
+
+
+def move_off_the_leader(cluster: Cluster) -> ClusterNode:
+    """The holder, after moving the address off the leader if the leader held it: the
+    leader holds the cluster lock on a "cluster file system" that a cut node still reaches
+    here (a host directory), so a cut leader would keep the lock the others need."""
+    leader = cluster.ctdb_leader(cluster.nodes[0])
+    victim = holder(cluster)
+    if victim.pnn == leader:
+        other = next(n for n in cluster.nodes if n.pnn != leader)
+        cluster.ctdb(cluster.nodes[0], "-t", "2", "moveip", VIP, str(other.pnn))
+        wait_for("the address on a node that does not hold the cluster lock",
+                 lambda: holder(cluster).pnn == other.pnn or None, timeout=30)
+        victim = other
+    return victim
+
+
 ATTEMPT_EVERY = 0.25  # seconds between the starts of two client attempts
 ATTEMPT_LIMIT = 5.0  # each attempt's own time limit (smbclient -t)
 

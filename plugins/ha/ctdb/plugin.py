@@ -152,20 +152,24 @@ class ClusterWatch:
 
     def refresh(self, runner: Runner) -> bool:
         """Read the cluster again; True when what it shows (or the kind of error) changed."""
-        before = (self.value.signature() if self.value is not None else None, _error_kind(self.error))
+        before = self._shown()
         try:
             self.value, self.error, self.ok = tool.read_cluster(runner), None, True
         except tool.CtdbError as exc:
             self.error, self.ok = str(exc), False
-        return (self.value.signature() if self.value is not None else None, _error_kind(self.error)) != before
+        return self._shown() != before
+
+    def _shown(self) -> tuple[object, str | None]:
+        """What a change of calls for a pass: the cluster's signature and the kind of error."""
+        return (self.value.signature() if self.value is not None else None, _error_kind(self.error))
 
 
 def _error_kind(error: str | None) -> str | None:
     """An error as far as it calls for a pass: a ctdb that answers garbage says something
     different every time, and is still the same fault."""
-    if error is None or tool.UNEXPECTED in error:
-        return error if error is None else tool.UNEXPECTED
-    return re.sub(r"\d+", "N", error)
+    if error is None:
+        return None
+    return tool.UNEXPECTED if tool.UNEXPECTED in error else re.sub(r"\d+", "N", error)
 
 
 class CtdbSmbd:
