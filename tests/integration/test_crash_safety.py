@@ -20,7 +20,7 @@ import pytest
 
 from devtools.sandbox import Sandbox
 from tests.support.agent import served
-from tests.support.procs import RestartableAgent, check_with_testparm, temporaries, wait_served
+from tests.support.procs import RestartableAgent, check_with_testparm, lasting_temporaries, temporaries, wait_served
 
 pytestmark = pytest.mark.integration
 
@@ -97,11 +97,11 @@ def live_config_problems(box: Sandbox) -> list[str]:
     return problems
 
 
-def crash_debris(box: Sandbox) -> set[Path]:
-    return set(temporaries(
+def debris_directories(box: Sandbox) -> tuple[Path, ...]:
+    return (
         box.paths.samba_dir, box.smb_conf.parent, box.paths.run_dir, box.paths.state_dir,
         box.paths.samba_dir / ".staging",
-    ))
+    )
 
 
 def converged(status: dict[str, Any], expected: dict[str, str]) -> bool:
@@ -165,7 +165,7 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, res
         assert not problems, f"{context}: half-written configuration: {problems[:5]}"
         at_kill = generated_shares(box)
         staging_at_kill = (box.paths.samba_dir / ".staging").exists()
-        debris = crash_debris(box)
+        debris = set(temporaries(*debris_directories(box)))  # the agent is dead: all are debris
         leftovers_seen += [str(p.relative_to(box.root)) for p in debris]
 
         restartable.start()
@@ -183,7 +183,7 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, res
         assert not live_config_problems(box), context
         assert not (box.paths.samba_dir / ".staging").exists(), f"{context}: staging area left behind"
         allowed = debris if TOLERATE_UNCLEANED_CRASH_LEFTOVERS else set()
-        new_debris = crash_debris(box) - allowed
+        new_debris = set(lasting_temporaries(*debris_directories(box))) - allowed
         assert not new_debris, f"{context}: temporary files after the pass: {sorted(map(str, new_debris))}"
         for name in rng.sample(sorted(current), 3):
             wait_served(box, name, timeout=20)

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from devtools.sandbox import Sandbox
-from tests.support.procs import RestartableAgent, private_sandbox, temporaries, write_agent_toml
+from tests.support.procs import RestartableAgent, lasting_temporaries, private_sandbox, write_agent_toml
 
 pytestmark = pytest.mark.integration
 
@@ -245,7 +245,7 @@ class ReconcilerModel(RuleBasedStateMachine):
     @invariant()
     def no_temporary_files(self) -> None:
         root = self.box.root
-        assert temporaries(root / "etc/samba/smbgw", root / "etc/samba", root / "run/smbgw") == []
+        assert lasting_temporaries(root / "etc/samba/smbgw", root / "etc/samba", root / "run/smbgw") == []
 
 
 def test_the_reconciler_matches_its_model() -> None:

@@ -236,6 +236,19 @@ def temporaries(*directories: Path) -> list[Path]:
     return sorted(found)
 
 
+def lasting_temporaries(*directories: Path, recheck_after: float = 1.0) -> list[Path]:
+    """Temporaries that are still there `recheck_after` seconds later.
+
+    While the agent runs it writes status.json every few seconds through a `.tmp` file;
+    seeing one mid-write is not debris. A leftover is one that outlives the write.
+    """
+    first = temporaries(*directories)
+    if not first:
+        return []
+    time.sleep(recheck_after)
+    return sorted(set(first) & set(temporaries(*directories)))
+
+
 def wait_served(box: Sandbox, share: str, timeout: float = 20.0) -> None:
     """Wait until smbclient can connect to `share`; on timeout, say what smbclient said."""
     deadline = time.monotonic() + timeout
