@@ -37,6 +37,7 @@ REASONS = (DC_UNREACHABLE, DNS, CLOCK_SKEW, TRUST_BROKEN, WINBIND_DOWN, NOT_JOIN
 KERBEROS_SKEW = 300  # seconds: Kerberos refuses tickets beyond it (krb5.conf clockskew default)
 SKEW_WARNING = 60
 MAX_OUTPUT = 1 << 20  # a tool that says more than this is not saying what these expect
+_PASSWORD_CHANGED = "Last machine account password change"  # noqa: S105 (a JSON key)
 _TIME_FAILED = "Failed to get server's current time!"
 _PING_DC = re.compile(r'^checking the NETLOGON for domain\[([^\]]*)\] dc connection to "([^"]*)" (succeeded|failed)$')
 _WBC_ERROR = re.compile(r"\b(WBC_ERR_[A-Z_]+)\b")
@@ -63,6 +64,7 @@ class AdsInfo:
     kdc_server: str
     offset: int | None  # seconds, server minus local; None when the DC's time could not be read
     server_time: int | None
+    password_changed: int | None = None  # the machine password's last change (Unix time); 0: never joined
 
     def skew_level(self) -> str | None:
         """"error" beyond Kerberos' tolerance, "warning" beyond a minute, None otherwise
@@ -99,9 +101,10 @@ def parse_ads_info(stdout: str, stderr: str = "") -> AdsInfo:
     server_time = _integer(document, "Server time", what)
     offset = _integer(document, "Server time offset", what)
     known = server_time > 0 and _TIME_FAILED not in stderr
+    changed = _integer(document, _PASSWORD_CHANGED, what) if _PASSWORD_CHANGED in document else None
     return AdsInfo(_string(document, "LDAP server", what), _string(document, "LDAP server name", what),
                    _string(document, "Realm", what), _string(document, "KDC server", what),
-                   offset if known else None, server_time if known else None)
+                   offset if known else None, server_time if known else None, changed)
 
 
 @dataclass(frozen=True)

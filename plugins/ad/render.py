@@ -2,7 +2,10 @@
 
 The smb.conf globals of a member server, chosen to be few and each for a reason:
 
-- ``security = ADS``, ``realm``, ``workgroup``: membership of the domain.
+- ``server role = member server``, ``security = ADS``, ``realm``, ``workgroup``:
+  membership of the domain. The role is written as well because Debian's own smb.conf
+  says ``server role = standalone server`` in [global], and an explicit role wins over
+  ``security``.
 - ``idmap config * : backend = tdb`` and its ``range`` (`idmap_default_range`): the ids
   of BUILTIN and of any other domain; ``idmap config WORKGROUP : backend`` (rid or ad)
   and its ``range``: the domain's. With autorid, Samba runs it on ``*`` only and it
@@ -90,6 +93,7 @@ def global_parameters(settings: AdSettings) -> list[tuple[str, str]]:
     if settings.fallback not in FALLBACKS:
         raise ValueError(f"fallback {settings.fallback!r} is not one of {', '.join(FALLBACKS)}")
     return [
+        ("server role", "member server"),
         ("security", "ADS"),
         ("realm", realm(settings.realm)),
         ("workgroup", workgroup(settings.workgroup)),

@@ -136,7 +136,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -145,6 +144,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from smbgw_agent.effects.runner import CommandError, Completed, Runner
+from smbgw_agent.effects.secretfile import SecretFileError, secret_path
 
 from .names import name_at, time_of
 from .retention import MAX_COUNT, RULES
@@ -244,64 +244,13 @@ class Target(Protocol):
 
 def password_path(password_file: str | None, credential: str | None, host: Callable[[str], Path],
                   environ: Mapping[str, str]) -> Path:
-    """The checked path of a target's password file: `password_file` (as configured, an
-    absolute path mapped by `host`, i.e. `Paths.host`), or the systemd credential
-    `credential` (LoadCredential=, in $CREDENTIALS_DIRECTORY).
-
-    Checked because the tools would happily read a password anyone can read or replace:
-    a symbolic link (it could be pointed elsewhere later), anything but a regular file, a
-    file group- or other-readable or -writable, one owned by someone other than root or
-    the agent, and an empty one are refused. The content is read here only to see that
-    it is not empty; it is kept nowhere.
-    """
-    if (password_file is None) == (credential is None):
-        raise TargetError("a target needs exactly one of password_file and credential", "password")
-    if credential is not None:
-        if not _CREDENTIAL.fullmatch(credential) or credential in (".", ".."):
-            raise TargetError(f"{credential!r} is not a credential name", "password")
-        directory = environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise TargetError(f"credential {credential!r}: $CREDENTIALS_DIRECTORY is not set (give the unit "
-                              f"LoadCredential={credential}:/path/to/file)", "password")
-        path = Path(directory) / credential
-        shown = f"credential {credential!r} ({path})"
-    else:
-        assert password_file is not None
-        try:
-            path = host(password_file)
-        except ValueError as exc:
-            raise TargetError(f"password_file {password_file!r}: {exc}", "password") from exc
-        shown = f"password_file {password_file}"
+    """The checked path of a target's password file (see `smbgw_agent.effects.secretfile`):
+    `password_file` (an absolute path mapped by `host`, i.e. `Paths.host`) or the systemd
+    credential `credential`."""
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        raise TargetError(f"{shown} does not exist", "password") from None
-    except OSError as exc:
-        raise TargetError(f"{shown}: cannot read it: {exc.strerror}", "password") from None
-    if stat.S_ISLNK(info.st_mode):
-        raise TargetError(f"{shown} is a symbolic link; give the file itself", "password")
-    if not stat.S_ISREG(info.st_mode):
-        raise TargetError(f"{shown} is not a regular file", "password")
-    if info.st_mode & 0o077:
-        raise TargetError(f"{shown} has mode {stat.S_IMODE(info.st_mode):04o}: others can read or change it; "
-                          f"chmod 0600 it", "password")
-    if info.st_uid not in (0, os.geteuid()):
-        raise TargetError(f"{shown} is owned by uid {info.st_uid}, not by root or the agent", "password")
-    if info.st_size == 0:
-        raise TargetError(f"{shown} is empty", "password")
-    if info.st_size > MAX_PASSWORD_FILE:
-        raise TargetError(f"{shown} is {info.st_size} bytes, not a password file", "password")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            empty = not os.read(fd, MAX_PASSWORD_FILE).split(b"\n", 1)[0].strip()
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise TargetError(f"{shown}: cannot read it: {exc.strerror}", "password") from None
-    if empty:
-        raise TargetError(f"{shown}: its first line is empty (both tools take the password from it)", "password")
-    return path
+        return secret_path(password_file, credential, host, environ)
+    except SecretFileError as exc:
+        raise TargetError(str(exc), "password") from None
 
 
 # ---- shared helpers --------------------------------------------------------------------

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.effects.systemd import SystemdError, SystemdManager, SystemdUnavailable, UnitState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ServiceError(Exception):
@@ -91,27 +93,30 @@ class ServiceControl:
     def ensure_enabled(self, unit: str) -> bool | None:
         """Enable `unit` through systemd (it then starts at boot); None without systemd.
         True if it was not enabled before."""
+        return self._call("enabling", unit, lambda manager: manager.enable(unit))
+
+    def stop(self, unit: str) -> None:
+        """Stop `unit` through systemd (nothing without systemd)."""
+        self._call("stopping", unit, lambda manager: manager.stop(unit))
+
+    def disable(self, unit: str) -> bool | None:
+        """Disable `unit` through systemd; None without systemd, True if it was enabled."""
+        return self._call("disabling", unit, lambda manager: manager.disable(unit))
+
+    def _call(self, verb: str, unit: str, call: Callable[[SystemdManager], T]) -> T | None:
         manager = self.manager()
         if manager is None:
             return None
         try:
-            return manager.enable(unit)
+            return call(manager)
         except SystemdError as exc:
             if isinstance(exc, SystemdUnavailable):
                 self._manager = None
-            raise ServiceError(f"enabling {unit} through systemd failed: {exc}") from exc
+            raise ServiceError(f"{verb} {unit} through systemd failed: {exc}") from exc
 
     def restart(self, unit: str) -> None:
         """Restart `unit` through systemd (nothing without systemd)."""
-        manager = self.manager()
-        if manager is None:
-            return
-        try:
-            manager.restart(unit)
-        except SystemdError as exc:
-            if isinstance(exc, SystemdUnavailable):
-                self._manager = None
-            raise ServiceError(f"restarting {unit} through systemd failed: {exc}") from exc
+        self._call("restarting", unit, lambda manager: manager.restart(unit))
 
     def is_active(self, unit: str) -> bool | None:
         """Whether `unit` is active, without changing anything (None: no systemd to ask)."""

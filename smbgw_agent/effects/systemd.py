@@ -388,6 +388,21 @@ class SystemdManager:
             raise self._call_error(exc, "enable", unit) from None
         return True
 
+    def disable(self, unit: str, *, timeout: float | None = None) -> bool:
+        """Disable `unit` as `systemctl disable` would (it no longer starts at boot), then
+        have systemd reload its unit files. True if it was enabled."""
+        self._check_open("disable", unit)
+        limit = self._call_limit(self._timeout if timeout is None else timeout)
+        try:
+            state = str(self._manager.GetUnitFileState(unit, timeout=limit))
+            if state != "enabled":
+                return False
+            self._manager.DisableUnitFiles([unit], False, timeout=limit)
+            self._manager.Reload(timeout=limit)
+        except GLib.Error as exc:
+            raise self._call_error(exc, "disable", unit) from None
+        return True
+
     # -- state ----------------------------------------------------------------------------
 
     def state(self, unit: str, *, timeout: float | None = None) -> UnitState:

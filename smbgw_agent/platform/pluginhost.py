@@ -46,6 +46,7 @@ _BUILTIN_FALLBACK = {
     "backup": "smbgw_plugins.backup:BackupPlugin",
     "vip": "smbgw_plugins.ha:VipPlugin",
     "ctdb": "smbgw_plugins.ha.ctdb.plugin:CtdbPlugin",
+    "ad": "smbgw_plugins.ad.plugin:AdPlugin",
 }
 CORE_AGENT_TABLES = frozenset({"agent", "samba", "metrics"})
 CORE = "core"

@@ -36,6 +36,8 @@ PLUGIN_TOOLS: dict[str, tuple[str, ...]] = {
     # At the plugin's boundary (test_ctdb_faults): the agent-level matrix would need a
     # cluster. The plugin's testparm calls are mode_native's case above.
     "ctdb": ("ctdb",),
+    # At the plugin's boundary (test_ad_faults): the agent-level matrix would need a DC.
+    "ad": ("net", "wbinfo", "dig"),
 }
 
 _SCRIPTS = {

@@ -53,6 +53,7 @@ def ad_settings(backend: str = "rid", **changes: Any) -> AdSettings:
 
 def test_rid() -> None:
     assert global_parameters(ad_settings("rid")) == [
+        ("server role", "member server"),
         ("security", "ADS"),
         ("realm", "CORP.EXAMPLE.COM"),
         ("workgroup", "CORP"),
@@ -68,7 +69,7 @@ def test_rid() -> None:
 
 def test_ad() -> None:
     parameters = global_parameters(ad_settings("ad", workgroup="MY-DOM_1"))
-    assert parameters[3:8] == [
+    assert parameters[4:9] == [
         ("idmap config * : backend", "tdb"),
         ("idmap config * : range", "2000-9999"),
         ("idmap config MY-DOM_1 : backend", "ad"),
@@ -81,6 +82,7 @@ def test_ad() -> None:
 def test_autorid_is_the_default_backend_only() -> None:
     parameters = global_parameters(ad_settings("autorid", fallback="none"))
     assert parameters == [
+        ("server role", "member server"),
         ("security", "ADS"),
         ("realm", "CORP.EXAMPLE.COM"),
         ("workgroup", "CORP"),

@@ -1,0 +1,625 @@
+"""The node as a member of an Active Directory domain (agent.toml `[ad]`).
+
+What the plugin keeps true, and how:
+
+- **Globals**: the member server's smb.conf globals (`render.global_parameters`), merged
+  into the host's smb.conf by the mode like every plugin's.
+- **Kerberos**: /etc/krb5.conf (`render.krb5_conf`) unless `manage_krb5_conf = false`. An
+  administrator's own file found there is kept once (``/etc/krb5.conf.smbgw-saved``)
+  and put back when `[ad]` is removed.
+- **Join**: when the health check finds the node not joined, a join job (worker thread)
+  waits for the live smb.conf to say ``security = ADS``, checks that a DC answers and
+  that the clocks agree (a join under a skewed clock works, and then Kerberos fails),
+  runs ``net ads join`` with the password on stdin, then enables and restarts winbind and
+  reloads smbd. A failed join is retried with a doubling delay (1 min up to
+  `rejoin_min_interval`); one the domain refused for the account or password is not
+  retried until the password file changes (or `rejoin_min_interval` passes): a wrong
+  password retried every minute would lock the account out.
+- **Health**: every `health_interval` a check job reads the membership
+  (`tool.read_membership`) and judges it (`health.assess`); status, metrics and
+  recovery use the last judgement. A pass runs only when the judgement changed.
+- **Recovery**: `winbind_down` -> start winbind (through a pass); `trust_broken` ->
+  rejoin, at most once per `rejoin_min_interval`; `clock_skew`, `dc_unreachable` and
+  `dns` are reported and never "fixed" by a rejoin that cannot help.
+- **Removal**: without `[ad]` the globals return to standalone, krb5.conf to what it was,
+  winbind is stopped and disabled, and the machine account stays in AD unless
+  `leave_on_remove = true` (then ``net ads leave``, password on stdin, before the
+  globals change).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from smbgw_agent.effects.fileio import atomic_write
+from smbgw_agent.effects.runner import CommandError, Runner
+from smbgw_agent.effects.samba import reload_command
+from smbgw_agent.effects.secretfile import SecretFileError, read_secret, secret_signature
+from smbgw_agent.effects.services import ServiceControl, ServiceError
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.platform import order
+from smbgw_agent.platform.changes import DELETE, UPDATE, Change, Health, NodeResource
+from smbgw_agent.platform.commands import Command, CommandRefused
+from smbgw_agent.platform.context import CollectContext, PassContext
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
+from smbgw_agent.platform.parameters import HOST, Parameter
+
+from . import render, tool
+from .checks import NOT_JOINED, REASONS, TRUST_BROKEN
+from .health import CHECKS, OK, Membership, assess
+from .table import SECTION, AdSettings, LoginDefs, local_id_conflicts, parse_agent_table, parse_login_defs
+
+log = logging.getLogger(__name__)
+PLUGIN = RESOURCE = SECTION
+WINBIND_UNIT = "winbind.service"
+KRB5 = "/etc/krb5.conf"
+KRB5_SAVED = "/etc/krb5.conf.smbgw-saved"
+JOIN_JOB, CHECK_JOB = "ad:join", "ad:check"
+CHECK_TIMEOUT = 240.0
+JOIN_JOB_TIMEOUT = 300.0
+RECHECK_SOON = 5.0  # after a join or a recovery: see the result without waiting a whole interval
+FIRST_RETRY = 60.0
+SMB_CONF_WAIT = 60.0
+MAX_ID_FILE = 16 << 20
+# Plugin state keys.
+JOINED, LAST_JOIN, KRB5_MOVED = "joined", "last_join", "krb5_moved"
+
+
+def configured(config: AgentConfig) -> bool:
+    return SECTION in config.plugin_sections
+
+
+def settings_of(config: AgentConfig) -> AdSettings:
+    return AdSettings.from_config(config.plugin_sections)
+
+
+class MembershipWatch:
+    """The last judged round of checks, written by the check job, read by everyone."""
+
+    def __init__(self) -> None:
+        self.value: Membership | None = None
+        self.error: str | None = None
+        self.soon = False  # the next check is due in seconds, not a whole interval
+        self._lock = threading.Lock()
+
+    def refresh(self, read: Callable[[], Membership]) -> bool:
+        """Take a new reading; True when what it shows changed."""
+        before = self.value.signature() if self.value is not None else None
+        try:
+            value, error = read(), None
+        except Exception as exc:
+            value, error = None, f"the checks could not run: {exc}"
+        with self._lock:
+            if value is not None:
+                self.value = value
+            self.error = error
+            self.soon = False
+        return (value.signature() if value is not None else None) != before or error is not None
+
+
+def join_delay(failures: int, limit: float) -> float:
+    """How long to wait after the `failures`-th failed join in a row: 1 min, doubling,
+    at most `limit` (rejoin_min_interval)."""
+    return float(min(limit, FIRST_RETRY * 2 ** max(0, min(failures, 30) - 1)))
+
+
+class AdPlugin:
+    def __init__(self) -> None:
+        self._watch: MembershipWatch | None = None
+        self._absorbed: float | None = None  # the finished join job already recorded
+        self._ever_joined = False
+        self._view: dict[str, Any] = {}  # for metrics: what the last pass knew
+        self._joining_kind = "join"
+
+    # ---- tables ----------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_agent_sections(self) -> Sequence[str]:
+        return [SECTION]
+
+    @hookimpl
+    def smbgw_order(self) -> int:
+        return order.DIRECTORY
+
+    @hookimpl
+    def smbgw_validate_agent_section(self, section: str, data: Mapping[str, Any]) -> Any:
+        return parse_agent_table(data) if section == SECTION else None
+
+    @hookimpl
+    def smbgw_global_parameters(self, ctx: PassContext, target: str) -> Sequence[Parameter]:
+        if not configured(ctx.config) or target != HOST:
+            return []
+        return [Parameter(name, value) for name, value in render.global_parameters(settings_of(ctx.config))]
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_startup(self, ctx: PassContext) -> None:
+        self._watch = MembershipWatch() if configured(ctx.config) else None
+        self._ever_joined = JOINED in ctx.plugin_state(PLUGIN)
+
+    @hookimpl
+    def smbgw_schedules(self, ctx: PassContext) -> Sequence[Schedule]:
+        watch = self._watch
+        if watch is None or not configured(ctx.config):
+            return []
+        settings = settings_of(ctx.config)
+        runner, services, smb_conf = ctx.runner, ctx.services, ctx.paths.smb_conf
+        ever_joined = self._ever_joined
+        state = ctx.plugin_state(PLUGIN).snapshot()
+
+        def next_run(last: float | None) -> float:
+            if last is None:
+                return 0.0
+            return last + (RECHECK_SOON if watch.soon else settings.health_interval)
+
+        def read() -> Membership:
+            readings = tool.read_membership(runner, smb_conf, settings.realm, services.is_active(WINBIND_UNIT))
+            return assess(readings, settings.realm, ever_joined)
+
+        def wake(changed: bool) -> bool:
+            return bool(changed) or self._join_due(watch, settings, state.get(LAST_JOIN), time.time(),
+                                                   secret_signature(settings.password_file, settings.credential,
+                                                                    ctx.paths.host, os.environ)) is not None
+
+        return [Schedule(CHECK_JOB, next_run, lambda _progress: watch.refresh(read), timeout=CHECK_TIMEOUT,
+                         resource=RESOURCE, plugin=PLUGIN, wake=wake)]
+
+    # ---- the node resource -----------------------------------------------------------
+
+    @hookimpl
+    def smbgw_node_resources(self, ctx: PassContext) -> Sequence[NodeResource]:
+        if not configured(ctx.config):
+            return []
+        settings = settings_of(ctx.config)
+        spec: dict[str, Any] = {"realm": settings.realm, "workgroup": settings.workgroup,
+                                "join_user": settings.join_user, "password_file": settings.password_file,
+                                "credential": settings.credential, "leave_on_remove": settings.leave_on_remove,
+                                "krb5": render.krb5_conf(settings) if settings.manage_krb5_conf else None}
+        return [NodeResource(RESOURCE, spec)]
+
+    def _join_due(self, watch: MembershipWatch | None, settings: AdSettings, last: Any, now: float,
+                  password: str | None) -> str | None:
+        """Why a join (or rejoin) should start now, or None. Pure but for its inputs."""
+        membership = watch.value if watch is not None else None
+        if membership is None or membership.joined is not False:
+            return None
+        rejoin = TRUST_BROKEN in membership.reasons
+        if not rejoin and NOT_JOINED not in membership.reasons:
+            return None
+        last = last if isinstance(last, Mapping) else {}
+        at = float(last.get("at") or 0.0)
+        if at and not last.get("ok"):
+            if last.get("credentials"):
+                if last.get("password") == password and now - at < settings.rejoin_min_interval:
+                    return None  # the same password again would only count towards a lockout
+                if last.get("password") != password:
+                    return "join: the password file changed" if not rejoin else \
+                        "rejoin: the password file changed"
+            elif now - at < join_delay(int(last.get("failures") or 1), settings.rejoin_min_interval):
+                return None
+        if rejoin and last.get("kind") == "rejoin" and now - at < settings.rejoin_min_interval:
+            return None  # rejoined (or tried to) within the interval: report and alert, do not loop
+        return "rejoin: the domain no longer accepts the machine account" if rejoin else "join: not joined"
+
+    def _absorb_join(self, ctx: PassContext) -> None:
+        """Record the outcome of a join job that ended since the last pass."""
+        record = ctx.jobs.record(JOIN_JOB) if ctx.jobs is not None else None
+        if record is None or record.state not in FINISHED or record.finished == self._absorbed:
+            return
+        self._absorbed = record.finished
+        state = ctx.plugin_state(PLUGIN)
+        previous = state.get(LAST_JOIN) or {}
+        result = record.result if isinstance(record.result, Mapping) else {}
+        ok = record.state == SUCCEEDED
+        error = record.error or record.state
+        settings = settings_of(ctx.config)
+        entry = {"at": record.started or record.finished, "ok": ok, "kind": self._joining_kind,
+                 "said": str(result.get("text", "") if ok else error.removeprefix(CREDENTIALS_MARK))[:500],
+                 "credentials": not ok and error.startswith(CREDENTIALS_MARK),
+                 # The password it was tried with, by signature: a refused one is not tried again.
+                 "password": secret_signature(settings.password_file, settings.credential, ctx.paths.host,
+                                              os.environ),
+                 "failures": 0 if ok else int(previous.get("failures") or 0) + 1}
+        state.set(LAST_JOIN, entry)
+        if ok:
+            state.set(JOINED, {"since": record.finished})
+            self._ever_joined = True
+            log.info("ad: %s", entry["said"])
+        else:
+            log.error("ad: joining the domain failed: %s", record.error)
+        if self._watch is not None:
+            self._watch.soon = True
+
+    @hookimpl
+    def smbgw_plan_resource(
+        self, ctx: PassContext, resource_id: str, desired: NodeResource | None, applied: NodeResource | None
+    ) -> Sequence[Change]:
+        if desired is None:
+            return self._plan_removal(ctx, applied)
+        self._absorb_join(ctx)
+        settings = settings_of(ctx.config)
+        self._check_ids(ctx, settings)
+        changes = []
+        krb5 = desired.spec.get("krb5")
+        if krb5 is not None and _read(ctx.paths.host(KRB5)) != krb5:
+            changes.append(Change(RESOURCE, UPDATE, f"write {KRB5}"))
+        membership = self._watch.value if self._watch is not None else None
+        state = ctx.plugin_state(PLUGIN)
+        if membership is not None and membership.joined and JOINED not in state:
+            state.set(JOINED, {"since": membership.at})  # joined before the agent managed it
+            self._ever_joined = True
+        record = ctx.jobs.record(JOIN_JOB) if ctx.jobs is not None else None
+        joining = record is not None and record.state not in FINISHED
+        if not joining:
+            why = self._join_due(self._watch, settings, state.get(LAST_JOIN), time.time(),
+                                 secret_signature(settings.password_file, settings.credential, ctx.paths.host,
+                                                  os.environ))
+            if why:
+                changes.append(Change(RESOURCE, UPDATE, f"{why} (as {settings.join_user})"))
+            elif membership is not None and membership.joined and ctx.services.is_active(WINBIND_UNIT) is False:
+                changes.append(Change(RESOURCE, UPDATE, f"start {WINBIND_UNIT}"))
+        return changes
+
+    def _plan_removal(self, ctx: PassContext, applied: NodeResource | None) -> Sequence[Change]:
+        changes = []
+        if _read(ctx.paths.host(KRB5)) is not None and _ours(_read(ctx.paths.host(KRB5)) or ""):
+            changes.append(Change(RESOURCE, DELETE, f"put back {KRB5} as it was"))
+        if applied is not None and applied.spec.get("leave_on_remove"):
+            changes.append(Change(RESOURCE, DELETE, "leave the domain (net ads leave)"))
+        if ctx.services.is_active(WINBIND_UNIT):
+            changes.append(Change(RESOURCE, DELETE, f"stop and disable {WINBIND_UNIT}"))
+        if not changes and applied is not None:
+            changes.append(Change(RESOURCE, DELETE, "forget the membership"))
+        return changes
+
+    def _check_ids(self, ctx: PassContext, settings: AdSettings) -> None:
+        """Idmap ranges must not hold the ids of local accounts and groups (a domain user
+        mapped there would own their files): that is an error. Crossing only the range
+        useradd allocates from is a warning (see `smbgw_health`)."""
+        conflicts = local_id_conflicts(settings.id_ranges(), _ids(ctx.paths.host("/etc/passwd")),
+                                       _ids(ctx.paths.host("/etc/group")), self._login_defs(ctx))
+        errors = [f"[ad] {c.key}: {c.message}" for c in conflicts if c.in_use]
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    @staticmethod
+    def _login_defs(ctx: PassContext) -> LoginDefs:
+        text = _read(ctx.paths.host("/etc/login.defs"))
+        return parse_login_defs(text) if text is not None else LoginDefs()
+
+    @hookimpl
+    def smbgw_apply_resource(self, ctx: PassContext, resource: NodeResource, changes: Sequence[Change]) -> None:
+        ctx.plugin_scratch(PLUGIN)["staged"] = (dict(resource.spec), [c.detail for c in changes])
+
+    @hookimpl
+    def smbgw_remove_resource(
+        self, ctx: PassContext, resource_id: str, applied: NodeResource | None, changes: Sequence[Change]
+    ) -> None:
+        """Leave (when asked) now, while the live smb.conf still names the domain; the
+        rest at commit."""
+        if applied is not None and applied.spec.get("leave_on_remove"):
+            try:
+                password = read_secret(applied.spec.get("password_file"), applied.spec.get("credential"),
+                                       ctx.paths.host, os.environ)
+                said = tool.leave(ctx.runner, ctx.paths.smb_conf, str(applied.spec.get("join_user")), password)
+                log.info("ad: left the domain: %s", said)
+            except (SecretFileError, tool.JoinError) as exc:
+                # The node goes standalone either way; the account stays in AD for an admin.
+                log.error("ad: leaving the domain failed, the machine account stays in AD: %s", exc)
+                ctx.notes.append(f"ad: leaving the domain failed, the machine account stays in AD: {exc}")
+        ctx.plugin_scratch(PLUGIN)["removed"] = True
+
+    @hookimpl
+    def smbgw_rollback_resource(self, ctx: PassContext, resource_id: str, applied: NodeResource | None) -> None:
+        ctx.plugin_scratch(PLUGIN).clear()
+
+    @hookimpl
+    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
+        scratch = ctx.plugin_scratch(PLUGIN)
+        try:
+            if scratch.pop("removed", False):
+                self._make_standalone(ctx)
+                return {}
+            staged = scratch.pop("staged", None)
+            if staged is not None:
+                self._make_live(ctx, *staged)
+        except (OSError, ServiceError) as exc:
+            log.error("ad: %s", exc)
+            return {RESOURCE: str(exc)}
+        return {}
+
+    def _make_live(self, ctx: PassContext, spec: Mapping[str, Any], planned: Sequence[str]) -> None:
+        krb5 = spec.get("krb5")
+        target = ctx.paths.host(KRB5)
+        if krb5 is not None and _read(target) != krb5:
+            current = _read(target)
+            state = ctx.plugin_state(PLUGIN)
+            if current is not None and not _ours(current) and KRB5_MOVED not in state:
+                # A copy first: if /etc is full, nothing has changed yet.
+                atomic_write(ctx.paths.host(KRB5_SAVED), target.read_bytes(), mode=target.stat().st_mode & 0o777)
+                state.set(KRB5_MOVED, True)
+                log.info("ad: kept the administrator's %s as %s", KRB5, KRB5_SAVED)
+            atomic_write(target, krb5, mode=0o644)
+            log.info("ad: wrote %s", KRB5)
+        if any(detail.startswith(("join", "rejoin")) for detail in planned):
+            self._joining_kind = "rejoin" if any(d.startswith("rejoin") for d in planned) else "join"
+            if ctx.jobs is not None:
+                ctx.jobs.submit(Job(JOIN_JOB, self._join_job(ctx), JOIN_JOB_TIMEOUT, RESOURCE, PLUGIN))
+        elif any(detail == f"start {WINBIND_UNIT}" for detail in planned):
+            ctx.services.ensure_enabled(WINBIND_UNIT)
+            report = ctx.services.ensure_active(WINBIND_UNIT)
+            log.warning("ad: %s was not running; started it: %s", WINBIND_UNIT, report.detail)
+            if self._watch is not None:
+                self._watch.soon = True
+
+    def _make_standalone(self, ctx: PassContext) -> None:
+        state = ctx.plugin_state(PLUGIN)
+        target, saved = ctx.paths.host(KRB5), ctx.paths.host(KRB5_SAVED)
+        current = _read(target)
+        if state.get(KRB5_MOVED) and saved.exists():
+            os.replace(saved, target)
+            log.info("ad: put the administrator's %s back", KRB5)
+        elif current is not None and _ours(current):
+            target.unlink()
+            log.info("ad: removed the generated %s", KRB5)
+        if ctx.services.is_active(WINBIND_UNIT):
+            ctx.services.stop(WINBIND_UNIT)
+            ctx.services.disable(WINBIND_UNIT)
+            log.info("ad: stopped and disabled %s", WINBIND_UNIT)
+        for key in (KRB5_MOVED, JOINED, LAST_JOIN):
+            state.delete(key)
+        self._ever_joined = False
+
+    def _join_job(self, ctx: PassContext) -> Callable[[JobProgress], dict[str, Any]]:
+        """Join on a worker thread: it takes seconds, and a DC that does not answer takes
+        a minute to say so."""
+        settings = settings_of(ctx.config)
+        runner, services, smb_conf = ctx.runner, ctx.services, ctx.paths.smb_conf
+        smbd_unit, host = ctx.config.smbd_unit, ctx.paths.host
+        kind = self._joining_kind
+
+        def run(progress: JobProgress) -> dict[str, Any]:
+            try:
+                return _join(progress, runner, services, smb_conf, smbd_unit, settings, host, kind)
+            except tool.JoinError as exc:
+                mark = CREDENTIALS_MARK if exc.credentials else ""
+                raise tool.JoinError(f"{mark}{exc}", exc.credentials) from None
+
+        return run
+
+    # ---- observing -------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_observe(self, ctx: PassContext) -> Mapping[str, Any]:
+        if not configured(ctx.config):
+            self._view = {}
+            return {}
+        settings = settings_of(ctx.config)
+        state = ctx.plugin_state(PLUGIN)
+        watch = self._watch
+        membership = watch.value if watch is not None else None
+        record = ctx.jobs.record(JOIN_JOB) if ctx.jobs is not None else None
+        view: dict[str, Any] = {
+            "realm": settings.realm, "workgroup": settings.workgroup,
+            "joined_since": (state.get(JOINED) or {}).get("since"),
+            "last_join": _shown_join(state.get(LAST_JOIN)),
+            "joining": record is not None and record.state not in FINISHED,
+            "check_error": watch.error if watch is not None else None,
+            "membership": membership.to_dict() if membership is not None else None,
+        }
+        self._view = view
+        return view
+
+    @hookimpl
+    def smbgw_health(self, ctx: PassContext) -> Sequence[Health]:
+        if not configured(ctx.config):
+            return []
+        settings = settings_of(ctx.config)
+        findings = []
+        if ctx.config.workgroup and ctx.config.workgroup.upper() != settings.workgroup:
+            findings.append(Health("ad-config", False, f"[samba] workgroup = {ctx.config.workgroup!r} disagrees with "
+                                   f"[ad] workgroup = {settings.workgroup!r}: remove it from [samba]", RESOURCE))
+        for conflict in local_id_conflicts(settings.id_ranges(), _ids(ctx.paths.host("/etc/passwd")),
+                                           _ids(ctx.paths.host("/etc/group")), self._login_defs(ctx)):
+            if not conflict.in_use:
+                findings.append(Health("ad-idmap", False, f"[ad] {conflict.key}: {conflict.message}", RESOURCE))
+        watch = self._watch
+        membership = watch.value if watch is not None else None
+        if watch is not None and watch.error:
+            findings.append(Health("ad", False, watch.error, RESOURCE))
+        if membership is not None:
+            for verdict in membership.verdicts:
+                if verdict.state != OK:
+                    if verdict.reason:
+                        findings.append(Health(f"ad-{verdict.check}", False, f"{verdict.reason}: {verdict.detail}",
+                                               RESOURCE))
+                elif verdict.warning:
+                    findings.append(Health(f"ad-{verdict.check}", False, f"warning: {verdict.detail}", RESOURCE))
+        last = ctx.plugin_state(PLUGIN).get(LAST_JOIN)
+        if isinstance(last, Mapping) and not last.get("ok") and last.get("at"):
+            findings.append(Health("ad-join", False, f"the last {last.get('kind') or 'join'} failed: "
+                                   f"{str(last.get('said', '')).removeprefix(CREDENTIALS_MARK)}", RESOURCE))
+        return findings
+
+    @hookimpl
+    def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
+        if not configured(ctx.config):
+            return []
+        watch = self._watch
+        membership = watch.value if watch is not None else None
+        success = GaugeMetricFamily("smbgw_collector_success", "1 if the collector's last reading worked",
+                                    labels=["collector"])
+        success.add_metric([PLUGIN], 1.0 if watch is not None and watch.error is None and membership is not None
+                           else 0.0)
+        families: list[Metric] = [success]
+        joined = GaugeMetricFamily("smbgw_ad_joined", "1 if this node's machine account works in the domain "
+                                   "(0: not joined, or the domain no longer accepts it)")
+        joined_value = membership.joined if membership is not None else None
+        if joined_value is None:
+            joined_value = bool(self._view.get("joined_since"))
+        joined.add_metric([], 1.0 if joined_value else 0.0)
+        families.append(joined)
+        if membership is None:
+            return families
+        healthy = GaugeMetricFamily("smbgw_ad_healthy", "1 if every AD membership check passed")
+        healthy.add_metric([], 1.0 if membership.healthy else 0.0)
+        checks = GaugeMetricFamily("smbgw_ad_check_success", "1 if the AD membership check passed (0: failed, or "
+                                   "not run because an earlier one failed)", labels=["check"])
+        for check in CHECKS:
+            checks.add_metric([check], 1.0 if membership.verdict(check).state == OK else 0.0)
+        problem = GaugeMetricFamily("smbgw_ad_problem", "1 while the AD membership has this problem",
+                                    labels=["reason"])
+        for reason in REASONS:
+            problem.add_metric([reason], 1.0 if reason in membership.reasons else 0.0)
+        last = GaugeMetricFamily("smbgw_ad_last_check_timestamp_seconds", "When the AD membership was last checked")
+        last.add_metric([], membership.at)
+        families += [healthy, checks, problem, last]
+        if membership.offset is not None:
+            skew = GaugeMetricFamily("smbgw_ad_clock_skew_seconds", "The DC's clock minus this node's, in seconds "
+                                     "(Kerberos refuses more than 300 either way)")
+            skew.add_metric([], float(membership.offset))
+            families.append(skew)
+        join = self._view.get("last_join")
+        if isinstance(join, Mapping) and join.get("at"):
+            outcome = GaugeMetricFamily("smbgw_ad_last_join_success", "1 if the agent's last join or rejoin of "
+                                        "the domain worked")
+            outcome.add_metric([], 1.0 if join.get("ok") else 0.0)
+            families.append(outcome)
+        return families
+
+    # ---- smbgwctl --------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_commands(self) -> Sequence[Command]:
+        return [Command("ad", "the node's Active Directory membership: 'status' checks it now and shows every "
+                        "check", self._start_command, arguments=("action",))]
+
+    def _start_command(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job:
+        if arguments["action"] != "status":
+            raise CommandRefused(f"ad: unknown action {arguments['action']!r}; the action is: status")
+        if not configured(ctx.config) or self._watch is None:
+            raise CommandRefused("this node has no [ad] table in agent.toml: it is not a domain member")
+        watch = self._watch
+        settings = settings_of(ctx.config)
+        runner, services, smb_conf = ctx.runner, ctx.services, ctx.paths.smb_conf
+        ever_joined, view = self._ever_joined, dict(self._view)
+
+        def run(progress: JobProgress) -> dict[str, Any]:
+            progress.report(f"checking the membership of {settings.realm}")
+            readings = tool.read_membership(runner, smb_conf, settings.realm, services.is_active(WINBIND_UNIT))
+            membership = assess(readings, settings.realm, ever_joined)
+            watch.refresh(lambda: membership)
+            return {"text": status_text(settings, view, membership), **view, "membership": membership.to_dict()}
+
+        return Job("ad:status", run, CHECK_TIMEOUT, RESOURCE, PLUGIN)
+
+
+CREDENTIALS_MARK = "[credentials] "
+
+
+def _join(progress: JobProgress, runner: Runner, services: ServiceControl, smb_conf: Path, smbd_unit: str,
+          settings: AdSettings, host: Callable[[str], Path], kind: str) -> dict[str, Any]:
+    deadline = time.monotonic() + SMB_CONF_WAIT
+    while not _says_ads(runner, smb_conf, settings.realm):
+        if time.monotonic() > deadline or progress.expired:
+            raise tool.JoinError(f"{smb_conf} does not say security = ADS with realm {settings.realm}; not joining")
+        progress.report(f"waiting for {smb_conf} to name the domain")
+        time.sleep(0.5)
+    try:
+        password = read_secret(settings.password_file, settings.credential, host, os.environ)
+    except SecretFileError as exc:
+        raise tool.JoinError(f"the join password: {exc}", credentials=True) from None
+    runner.add_secret(password)
+    progress.report(f"asking a DC of {settings.realm}")
+    info = tool.ads_info(runner, smb_conf)
+    if isinstance(info, str):
+        raise tool.JoinError(f"no domain controller of {settings.realm} answers: {info}")
+    if info.skew_level() == "error":
+        raise tool.JoinError(f"this node's clock is {abs(info.offset or 0)} s off {info.ldap_server_name}'s, beyond "
+                             "Kerberos' 300 s: fix its time synchronisation first (a join would work and every "
+                             "logon after it fail)")
+    progress.report(f"{kind}ing {settings.realm} through {info.ldap_server_name} as {settings.join_user}")
+    said = tool.join(runner, smb_conf, settings, password)
+    log.info("ad: %s", said)
+    progress.report(f"restarting {WINBIND_UNIT}")
+    services.ensure_enabled(WINBIND_UNIT)
+    services.restart(WINBIND_UNIT)
+    services.reload(smbd_unit, reload_command(smb_conf))
+    return {"text": said, "kind": kind}
+
+
+def _says_ads(runner: Runner, smb_conf: Path, realm: str) -> bool:
+    """The live smb.conf, as Samba reads it, makes this node a member of `realm`."""
+    try:
+        result = runner.run(["testparm", "-s", "--parameter-name", "security", str(smb_conf)], timeout=30)
+        named = runner.run(["testparm", "-s", "--parameter-name", "realm", str(smb_conf)], timeout=30)
+    except CommandError:
+        return False
+    return result.stdout.strip().upper() == "ADS" and named.stdout.strip().upper() == realm.upper()
+
+
+def _shown_join(last: Any) -> dict[str, Any] | None:
+    if not isinstance(last, Mapping):
+        return None
+    return {"at": last.get("at"), "ok": last.get("ok"), "kind": last.get("kind"),
+            "said": str(last.get("said", "")).removeprefix(CREDENTIALS_MARK),
+            "failures": last.get("failures"),
+            "wrong_credentials": bool(last.get("credentials"))}
+
+
+def status_text(settings: AdSettings, view: Mapping[str, Any], membership: Membership) -> str:
+    """`smbgwctl ad status` for a person."""
+    since = view.get("joined_since")
+    lines = [f"realm {settings.realm}  workgroup {settings.workgroup}  "
+             f"{'HEALTHY' if membership.healthy else 'PROBLEMS: ' + ', '.join(membership.reasons)}",
+             f"  joined: {'yes' if membership.joined else 'no' if membership.joined is False else 'unknown'}"
+             + (f" (since {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(float(since)))})" if since else ""),
+             f"  DC in use: {membership.dc or '-'}" + (f" ({membership.dc_address})" if membership.dc_address else ""),
+             f"  checked: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(membership.at))}"]
+    for verdict in membership.verdicts:
+        mark = verdict.state.upper() + (" (warning)" if verdict.warning else "")
+        lines.append(f"  {verdict.check:<8} {mark:<8} {verdict.detail}")
+    last = view.get("last_join")
+    if isinstance(last, Mapping) and last.get("at"):
+        lines.append(f"  last {last.get('kind') or 'join'}: {'ok' if last.get('ok') else 'FAILED'}: {last.get('said')}")
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(1 << 20).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"<unreadable: {exc}>"
+
+
+def _ours(text: str) -> bool:
+    return text.startswith(render.KRB5_HEADER)
+
+
+def _ids(path: Path) -> list[int]:
+    """The third field (uid or gid) of /etc/passwd or /etc/group, bounded and tolerant:
+    a line that is not an entry is skipped."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_ID_FILE)
+    except OSError:
+        return []
+    ids = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit() and len(fields[2]) <= 10:
+            ids.append(int(fields[2]))
+    return ids
