@@ -122,8 +122,11 @@ def _trust(readings: Readings, info_ok: bool, skewed: bool, ever_joined: bool) -
     if isinstance(testjoin, Testjoin) and testjoin.ok:
         return Verdict("trust", OK, "the machine account works (net ads testjoin: Join is OK)")
     said = testjoin if isinstance(testjoin, str) else testjoin.said
-    if not info_ok or _no_dc(testjoin):
+    if not info_ok:
         return Verdict("trust", SKIPPED, f"no DC to ask ({said})")
+    if _no_dc(testjoin):
+        return Verdict("trust", FAILED, f"a DC answers LDAP, but the machine account's logon found no KDC or "
+                       f"DC ({said})", DC_UNREACHABLE)
     if skewed:
         return Verdict("trust", FAILED, f"Kerberos refuses the clock difference ({said})", CLOCK_SKEW)
     never = isinstance(readings.info, AdsInfo) and readings.info.password_changed == 0

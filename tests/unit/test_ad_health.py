@@ -80,6 +80,11 @@ def test_dns_without_records_and_dns_failing() -> None:
     assert judged(srv="dig exit 9: ;; connection timed out; no servers could be reached").reasons == ("dns",)
 
 
+def test_a_dc_that_answers_ldap_but_not_the_accounts_logon_is_dc_unreachable() -> None:
+    membership = judged(testjoin=checks.Testjoin(False, "Cannot contact any KDC for requested realm"))
+    assert membership.reasons == ("dc_unreachable",) and membership.verdict("trust").state == "failed"
+
+
 def test_winbind_down() -> None:
     down = checks.PingDc(False, "", "", "WBC_ERR_WINBIND_NOT_AVAILABLE")
     assert judged(winbind_active=False, ping=None).reasons == ("winbind_down",)
