@@ -2,16 +2,18 @@
 
 The health loop runs Samba's own tools and reads them here; each reading is a fact or a
 typed reason, never a guess. Formats are Samba 4.17's (Debian 12) and 4.22's (Debian
-13), from their sources (source3/utils/net_ads.c, nsswitch/wbinfo.c) and, where noted,
-seen on 4.17; the AD lab test confirms them against a real domain controller.
+13), from their sources (source3/utils/net_ads.c, nsswitch/wbinfo.c), confirmed on both
+against a real Samba AD DC (captured in the AD lab: tests/unit/fixtures/ad/, read by
+tests/unit/test_ad_checks_real.py).
 
 - `net ads info --json`: one JSON object. "Server time" and "Server time offset" are
   whole seconds, the offset is server minus local (positive: the DC is ahead). A failed
   time query still exits 0 with both at 0 and "Failed to get server's current time!" on
   stderr: the offset is then unknown, not 0.
-- `net ads testjoin`: "Join is OK" on stdout and exit 0, else one stderr line "Join to
-  domain is not valid: <reason>" and exit 255; the reason's wording depends on Kerberos
-  falling back to NTLM, so it is shown, never matched for a verdict.
+- `net ads testjoin`: "Join is OK" on stdout and exit 0, else a stderr line "Join to
+  domain is not valid: <reason>" (after lines of its own: "ads_connect: ...",
+  "kerberos_kinit_password ...") and exit 255; the reason's wording depends on Kerberos
+  falling back to NTLM and on the release, so it is shown, never matched for a verdict.
 - `wbinfo --ping-dc`: stdout `checking the NETLOGON for domain[D] dc connection to "X"
   succeeded|failed`, exit 0 or 1; stderr names the libwbclient error
   (WBC_ERR_WINBIND_NOT_AVAILABLE: winbindd is not running).

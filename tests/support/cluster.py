@@ -47,6 +47,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -149,15 +150,7 @@ class Cluster:
     def client(self, *argv: str, check: bool = False, timeout: float = 60.0,
                input: str | None = None) -> subprocess.CompletedProcess[str]:
         """``argv`` (a host program) in the client namespace, output captured."""
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.client_namespace, *argv], capture_output=True, text=True,
-            timeout=timeout, check=False, env=_ENV, input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-        if check and proc.returncode != 0:
-            raise ClusterError(f"{' '.join(argv)} in the client namespace exited {proc.returncode}:\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
+        return in_namespace(self.client_namespace, *argv, check=check, timeout=timeout, input=input)
 
     def client_python(self, code: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """This interpreter running ``code`` in the client namespace."""
@@ -229,8 +222,8 @@ class Cluster:
         machine_id = (old.upper / "etc/machine-id").read_text()
         container: SystemdContainer | None = None
         try:
-            container = _boot(old.image, old.name, self.workdir, {"/etc/machine-id": machine_id},
-                              _nspawn_args(self, target), disk=old.upper)
+            container = boot(old.image, old.name, self.workdir, {"/etc/machine-id": machine_id},
+                             _nspawn_args(self, target), disk=old.upper)
             container.wait_until_running(boot_timeout)
         except BaseException:
             if container is not None:
@@ -339,6 +332,21 @@ with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s
 # --------------------------------------------------------------------------- plumbing
 
 
+def in_namespace(namespace: str, *argv: str, check: bool = False, timeout: float = 60.0, input: str | None = None,
+                 env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``argv`` (a host program) in network namespace ``namespace``, output captured; ``env``
+    is added to a clean environment."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True,
+        timeout=timeout, check=False, env={**_ENV, **(env or {})}, input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise ClusterError(f"{' '.join(argv)} in namespace {namespace} exited {proc.returncode}:\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, env=_ENV,
                           stdin=subprocess.DEVNULL, timeout=60)
@@ -350,17 +358,18 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 _pid_alive = debpkg._pid_alive  # the same check the .deb test's stale cleanup uses
 
 
-_STALE_NAME = re.compile(rf"{NETNS_PREFIX}(\d+)x[0-9a-f]+(?:sw|c|n\d)?")
-
-
-def remove_stale() -> list[str]:
+def remove_stale(prefix: str = NETNS_PREFIX) -> list[str]:
     """What an earlier run of ours left behind when it was killed (its pid is gone): the
-    containers still running in its node namespaces, the namespaces, its work directory."""
+    containers still running in its node namespaces, the namespaces, its work directory.
+
+    ``prefix``: whose leftovers (this cluster's by default; another harness built the same
+    way, say the AD lab, passes its own): names are ``<prefix><pid>x<hex>[<role>]``."""
+    stale_name = re.compile(rf"{re.escape(prefix)}(\d+)x[0-9a-f]+(?:[a-z]+\d*)?")
     removed: list[str] = []
     stale = []
     for line in _ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        match = _STALE_NAME.fullmatch(name)
+        match = stale_name.fullmatch(name)
         if match and not _pid_alive(int(match.group(1))):
             stale.append(name)
     parents = []
@@ -377,14 +386,14 @@ def remove_stale() -> list[str]:
         _ip("netns", "delete", name, check=False)
         removed.append(name)
     for root, _ in _cgroup_roots():
-        for path in root.glob(f"{NETNS_PREFIX}*"):
-            match = _STALE_NAME.fullmatch(path.name)
+        for path in root.glob(f"{prefix}*"):
+            match = stale_name.fullmatch(path.name)
             if match and not _pid_alive(int(match.group(1))):
                 removed += [f"left-over process {pid}" for pid in _kill_cgroup_tree(path)]
                 if remove_cgroup(path.name, timeout=2):
                     removed.append(str(path))
-    for path in WORK_ROOT.glob(f"{NETNS_PREFIX}*"):
-        match = _STALE_NAME.fullmatch(path.name)
+    for path in WORK_ROOT.glob(f"{prefix}*"):
+        match = stale_name.fullmatch(path.name)
         if match and path.is_dir() and not _pid_alive(int(match.group(1))):
             with contextlib.suppress(NspawnError, OSError):
                 nspawn._remove_tree(path)
@@ -433,12 +442,32 @@ def missing_requirements() -> list[str]:
     return missing
 
 
-def _address_node(node: ClusterNode) -> None:
-    ns = node.namespace
+def add_switch(switch: str) -> None:
+    """A bridge ``br0`` (no forwarding delay) in the namespace ``switch``: the segment's switch."""
+    _ip("-n", switch, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
+    _ip("-n", switch, "link", "set", "lo", "up")
+    _ip("-n", switch, "link", "set", "br0", "up")
+
+
+def plug(switch: str, ns: str, port: str, mac: str) -> None:
+    """A cable from ``switch``'s br0 (its end named ``port``) to ``eth0`` (MAC ``mac``) in ``ns``.
+    Created inside the namespaces: the root namespace never sees either end."""
+    _ip("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _ip("-n", ns, "link", "set", "eth0", "address", mac)
+    _ip("-n", switch, "link", "set", port, "master", "br0")
+    _ip("-n", switch, "link", "set", port, "up")
+
+
+def address_host(ns: str, address: str) -> None:
+    """``address``/24 the only address on ``ns``'s eth0; lo and eth0 up."""
     _ip("-n", ns, "addr", "flush", "dev", "eth0")
-    _ip("-n", ns, "addr", "add", f"{node.address}/{PREFIX_LENGTH}", "dev", "eth0")
+    _ip("-n", ns, "addr", "add", f"{address}/{PREFIX_LENGTH}", "dev", "eth0")
     _ip("-n", ns, "link", "set", "lo", "up")
     _ip("-n", ns, "link", "set", "eth0", "up")
+
+
+def _address_node(node: ClusterNode) -> None:
+    address_host(node.namespace, node.address)
 
 
 def _nspawn_args(cluster: Cluster, node: ClusterNode) -> list[str]:
@@ -540,11 +569,13 @@ def remove_cgroup(name: str, timeout: float = 5.0) -> bool:
         time.sleep(0.05)
 
 
-def _boot(image: Path, name: str, workdir: Path, files: Mapping[str, str | bytes], nspawn_args: Sequence[str],
-          disk: Path | None = None) -> SystemdContainer:
+def boot(image: Path, name: str, workdir: Path, files: Mapping[str, str | bytes], nspawn_args: Sequence[str],
+         disk: Path | None = None, removed: Sequence[str] = ()) -> SystemdContainer:
     """Start (not wait for) a container in a cgroup of its own; from ``disk`` (an earlier
-    container's upper layer) if given. nspawn.boot_container, less the waiting."""
-    container = _NodeContainer(image, name, Path(tempfile.mkdtemp(prefix=f"nspawn-{name}-", dir=workdir)), disk)
+    container's upper layer) if given; the image's files ``removed`` absent from it.
+    nspawn.boot_container, less the waiting."""
+    container = _NodeContainer(image, name, Path(tempfile.mkdtemp(prefix=f"nspawn-{name}-", dir=workdir)), disk,
+                               removed)
     try:
         with own_cgroup(name):
             container._start(files, False, nspawn_args)
@@ -555,17 +586,27 @@ def _boot(image: Path, name: str, workdir: Path, files: Mapping[str, str | bytes
 
 
 class _NodeContainer(SystemdContainer):
-    """A node's container; booting from an earlier container's upper layer (its "disk") if given."""
+    """A node's container; booting from an earlier container's upper layer (its "disk") if
+    given; ``removed``: paths of the image hidden by overlayfs whiteouts (a unit's enabling
+    symlink, a mask, a config file), as ``rm`` in the container would."""
 
-    def __init__(self, image: Path, name: str, workdir: Path, disk: Path | None = None) -> None:
+    def __init__(self, image: Path, name: str, workdir: Path, disk: Path | None = None,
+                 removed: Sequence[str] = ()) -> None:
         super().__init__(image, name, workdir)
         self._disk = disk
+        self._removed = tuple(removed)
 
     def _stage_files(self, files: Mapping[str, str | bytes]) -> None:
         if self._disk is not None:
             self.upper.rmdir()
             os.rename(self._disk, self.upper)
-        super()._stage_files(files)
+        # Staged like a file first (its parents get the image's owners and modes), then
+        # turned into a whiteout: a 0/0 character device in the upper layer.
+        super()._stage_files({**files, **dict.fromkeys(self._removed, "")})
+        for inside in self._removed:
+            target = self.upper / inside.lstrip("/")
+            target.unlink()
+            os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))
 
 
 def _kill_hard(container: SystemdContainer) -> None:
@@ -584,7 +625,7 @@ def _kill_hard(container: SystemdContainer) -> None:
         time.sleep(0.05)
 
 
-def _in_parallel(jobs: Sequence[Callable[[], T]]) -> list[T]:
+def in_parallel(jobs: Sequence[Callable[[], T]]) -> list[T]:
     """Run the jobs on threads; all are waited for, and the first error is raised."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = [pool.submit(job) for job in jobs]
@@ -593,6 +634,87 @@ def _in_parallel(jobs: Sequence[Callable[[], T]]) -> list[T]:
     if errors:
         raise errors[0]  # type: ignore[misc]
     return [f.result() for f in futures]
+
+
+@dataclass
+class Segment:
+    """One Ethernet segment of a test's own -- a switch namespace holding br0, a client
+    namespace plugged into it -- and what is built on it, all torn down by :func:`segment`.
+
+    Names are ``<tag><role>``: the namespace, the switch port and the container (and its
+    cgroup) of a host share its role ("n1", "dc")."""
+
+    tag: str
+    workdir: Path
+    switch: str
+    client: str
+    client_address: str
+    image: Path
+    deb: Path  # Path() when no .deb is installed
+    timings: dict[str, float]
+    started: float
+    namespaces: list[str] = field(default_factory=list)
+    containers: list[SystemdContainer] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+
+    def add_namespace(self, name: str) -> str:
+        _ip("netns", "add", name)
+        self.namespaces.append(name)
+        return name
+
+    def add_host(self, role: str, address: str, mac: str) -> str:
+        """Namespace ``<tag><role>``, cabled to the switch (port ``role``), with ``address``."""
+        ns = self.add_namespace(f"{self.tag}{role}")
+        plug(self.switch, ns, role, mac)
+        address_host(ns, address)
+        return ns
+
+    def boot(self, role: str, files: Mapping[str, str | bytes], nspawn_args: Sequence[str],
+             disk: Path | None = None, removed: Sequence[str] = ()) -> SystemdContainer:
+        """Start container ``<tag><role>`` (see :func:`boot`), torn down with the segment."""
+        name = f"{self.tag}{role}"
+        self.cgroups.append(name)
+        container = boot(self.image, name, self.workdir, files, nspawn_args, disk, removed)
+        self.containers.append(container)
+        return container
+
+
+@contextlib.contextmanager
+def segment(prefix: str, subnet: str, image: Callable[[], Path], *, install_deb: bool, what: str,
+            verbose: bool) -> Iterator[Segment]:
+    """What a ``what`` ("cluster") of containers on one segment starts with: the leftovers of
+    killed runs of ``prefix`` removed, the image (``image()``) and the .deb ready, the switch
+    and the client (``<subnet>.50``) up. Everything of the segment is removed at the end,
+    however the block ends."""
+    started = time.monotonic()
+    remove_stale(prefix)
+    timings: dict[str, float] = {}
+    began = time.monotonic()
+    built = image()
+    timings["image (built once, then reused)"] = time.monotonic() - began
+    began = time.monotonic()
+    deb = debpkg.ensure_deb().deb if install_deb else Path()
+    timings[".deb (built if stale)"] = time.monotonic() - began
+    tag = f"{prefix}{os.getpid()}x{secrets.token_hex(2)}"
+    seg = Segment(tag, WORK_ROOT / tag, f"{tag}sw", f"{tag}c", f"{subnet}.{CLIENT_HOST}", built, deb, timings,
+                  started)
+    completed = False
+    try:
+        seg.workdir.mkdir(mode=0o755)
+        for ns in (seg.switch, seg.client):
+            seg.add_namespace(ns)
+        add_switch(seg.switch)
+        plug(seg.switch, seg.client, "c", mac_for(CLIENT_HOST))
+        address_host(seg.client, seg.client_address)
+        yield seg
+        completed = True
+    finally:
+        began = time.monotonic()
+        errors = tear_down(seg.containers, seg.cgroups, seg.namespaces, seg.workdir)
+        if verbose:
+            print(f"\n{what} teardown {time.monotonic() - began:.1f}s", flush=True)
+        if errors and completed:
+            raise errors[0]
 
 
 @contextlib.contextmanager
@@ -611,125 +733,88 @@ def three_nodes(*, install_deb: bool = True, boot_timeout: float = 90.0,
     missing = missing_requirements()
     if missing:
         raise ClusterError("cannot build the cluster: " + "; ".join(missing))
-    started = time.monotonic()
-    remove_stale()
-    timings: dict[str, float] = {}
-    began = time.monotonic()
-    image = nspawn.ensure_base_image(CLUSTER_PACKAGES, suite)
-    timings["image (built once, then reused)"] = time.monotonic() - began
-    began = time.monotonic()
-    deb = debpkg.ensure_deb().deb if install_deb else Path()
-    timings[".deb (built if stale)"] = time.monotonic() - began
+    with segment(NETNS_PREFIX, SUBNET, lambda: nspawn.ensure_base_image(CLUSTER_PACKAGES, suite),
+                 install_deb=install_deb, what="cluster", verbose=verbose) as seg:
+        timings = seg.timings
+        cluster: Cluster | None = None
+        try:
+            shared, shares_d = seg.workdir / "cluster", seg.workdir / "shares.d"
+            for d in (shared, shares_d):
+                d.mkdir()
+            began = time.monotonic()
+            cluster = Cluster(seg.tag, seg.switch, seg.client, seg.client_address, [], shared, shares_d, seg.image,
+                              seg.deb, seg.workdir, timings)
+            for index, host in enumerate(NODE_HOSTS):
+                port = f"n{index + 1}"
+                node = ClusterNode(f"node{index + 1}", index, f"{SUBNET}.{host}", mac_for(host), f"{seg.tag}{port}",
+                                   port, _NOT_BOOTED, powered=False)
+                seg.add_host(port, node.address, node.mac)
+                cluster.nodes.append(node)
+            timings["network"] = time.monotonic() - began
 
-    tag = f"{NETNS_PREFIX}{os.getpid()}x{secrets.token_hex(2)}"
-    workdir = WORK_ROOT / tag
-    namespaces: list[str] = []
-    containers: list[SystemdContainer] = []
-    cgroups: list[str] = []
-    cluster: Cluster | None = None
-    completed = False
-    try:
-        workdir.mkdir(mode=0o755)
-        shared, shares_d = workdir / "cluster", workdir / "shares.d"
-        for d in (shared, shares_d):
-            d.mkdir()
-        began = time.monotonic()
-        switch, client = f"{tag}sw", f"{tag}c"
-        for ns in (switch, client):
-            _ip("netns", "add", ns)
-            namespaces.append(ns)
-        _ip("-n", switch, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
-        _ip("-n", switch, "link", "set", "lo", "up")
-        _ip("-n", switch, "link", "set", "br0", "up")
+            # Started one after the other (each start moves this process into the container's
+            # cgroup for a moment), then waited for and installed in parallel.
+            began = time.monotonic()
+            for node in cluster.nodes:
+                node.container = seg.boot(node.switch_veth, {**_node_files(cluster, node), **(files or {})},
+                                          _nspawn_args(cluster, node))
 
-        def plug(ns: str, port: str, mac: str) -> None:
-            # Created inside the namespaces: the root namespace never sees either end.
-            _ip("-n", switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _ip("-n", ns, "link", "set", "eth0", "address", mac)
-            _ip("-n", switch, "link", "set", port, "master", "br0")
-            _ip("-n", switch, "link", "set", port, "up")
+            def ready(node: ClusterNode) -> Callable[[], float]:
+                def job() -> float:
+                    node.container.wait_until_running(boot_timeout)
+                    node.powered = True
+                    booted = time.monotonic() - began
+                    if install_deb:
+                        debpkg.install_deb(node.container, seg.deb)
+                    return booted
 
-        plug(client, "c", mac_for(CLIENT_HOST))
-        client_address = f"{SUBNET}.{CLIENT_HOST}"
-        _ip("-n", client, "addr", "add", f"{client_address}/{PREFIX_LENGTH}", "dev", "eth0")
-        _ip("-n", client, "link", "set", "lo", "up")
-        _ip("-n", client, "link", "set", "eth0", "up")
-        cluster = Cluster(tag, switch, client, client_address, [], shared, shares_d, image, deb, workdir, timings)
-        for index, host in enumerate(NODE_HOSTS):
-            ns = f"{tag}n{index + 1}"
-            _ip("netns", "add", ns)
-            namespaces.append(ns)
-            node = ClusterNode(f"node{index + 1}", index, f"{SUBNET}.{host}", mac_for(host), ns,
-                               f"n{index + 1}", _NOT_BOOTED, powered=False)
-            plug(ns, node.switch_veth, node.mac)
-            _address_node(node)
-            cluster.nodes.append(node)
-        timings["network"] = time.monotonic() - began
+                return job
 
-        # Started one after the other (each start moves this process into the container's
-        # cgroup for a moment), then waited for and installed in parallel.
-        began = time.monotonic()
-        for node in cluster.nodes:
-            cgroups.append(f"{tag}{node.switch_veth}")
-            container = _boot(image, f"{tag}{node.switch_veth}", workdir,
-                              {**_node_files(cluster, node), **(files or {})}, _nspawn_args(cluster, node))
-            containers.append(container)
-            node.container = container
+            boots = in_parallel([ready(node) for node in cluster.nodes])
+            timings["boot, slowest of 3 (parallel)"] = max(boots)
+            timings["boot + install .deb (parallel)"] = time.monotonic() - began
+            degraded = {n.name: n.container.failed_units for n in cluster.nodes if n.container.failed_units}
+            if degraded:
+                details = "\n".join(
+                    cluster.run(name, "journalctl", "--no-pager", "-b", "-u", unit, check=False).stdout
+                    + cluster.run(name, "systemctl", "status", "--no-pager", unit, check=False).stdout
+                    for name, units in degraded.items() for unit in units
+                )
+                raise ClusterError(f"nodes booted degraded: {degraded}\n{details}")
+            timings["setup total"] = time.monotonic() - seg.started
+            if verbose:
+                print("\ncluster setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()), flush=True)
+            yield cluster
+        finally:
+            if cluster is not None:  # power_on replaces a node's container
+                seg.containers.extend(n.container for n in cluster.nodes
+                                      if n.container not in (*seg.containers, _NOT_BOOTED))
 
-        def ready(node: ClusterNode) -> Callable[[], float]:
-            def job() -> float:
-                node.container.wait_until_running(boot_timeout)
-                node.powered = True
-                booted = time.monotonic() - began
-                if install_deb:
-                    debpkg.install_deb(node.container, deb)
-                return booted
 
-            return job
-
-        boots = _in_parallel([ready(node) for node in cluster.nodes])
-        timings["boot, slowest of 3 (parallel)"] = max(boots)
-        timings["boot + install .deb (parallel)"] = time.monotonic() - began
-        degraded = {n.name: n.container.failed_units for n in cluster.nodes if n.container.failed_units}
-        if degraded:
-            details = "\n".join(
-                cluster.run(name, "journalctl", "--no-pager", "-b", "-u", unit, check=False).stdout
-                + cluster.run(name, "systemctl", "status", "--no-pager", unit, check=False).stdout
-                for name, units in degraded.items() for unit in units
-            )
-            raise ClusterError(f"nodes booted degraded: {degraded}\n{details}")
-        timings["setup total"] = time.monotonic() - started
-        if verbose:
-            print("\ncluster setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()), flush=True)
-        yield cluster
-        completed = True
-    finally:
-        began = time.monotonic()
-        if cluster is not None:  # power_on replaces a node's container
-            containers.extend(n.container for n in cluster.nodes if n.container not in (*containers, _NOT_BOOTED))
-        # Hard: nothing of a test cluster needs an orderly shutdown.
-        for container in containers:
-            with contextlib.suppress(Exception):
-                _kill_hard(container)
-        errors: list[BaseException] = []
-        for container in containers:
-            try:
-                container.stop()
-            except Exception as error:
-                errors.append(error)
-        for name in cgroups:
-            remove_cgroup(name)
-        for ns in reversed(namespaces):
-            _ip("netns", "delete", ns, check=False)
-        if workdir.exists():
-            try:
-                nspawn._remove_tree(workdir)
-            except Exception as error:
-                errors.append(error)
-        if verbose:
-            print(f"\ncluster teardown {time.monotonic() - began:.1f}s", flush=True)
-        if errors and completed:
-            raise errors[0]
+def tear_down(containers: Sequence[SystemdContainer], cgroups: Sequence[str], namespaces: Sequence[str],
+              workdir: Path) -> list[Exception]:
+    """Kill the containers hard (nothing of a test network needs an orderly shutdown), remove
+    their files, cgroups, the namespaces and ``workdir``; every step is tried, the errors
+    are returned."""
+    for container in containers:
+        with contextlib.suppress(Exception):
+            _kill_hard(container)
+    errors: list[Exception] = []
+    for container in containers:
+        try:
+            container.stop()
+        except Exception as error:
+            errors.append(error)
+    for name in cgroups:
+        remove_cgroup(name)
+    for ns in reversed(namespaces):
+        _ip("netns", "delete", ns, check=False)
+    if workdir.exists():
+        try:
+            nspawn._remove_tree(workdir)
+        except Exception as error:
+            errors.append(error)
+    return errors
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
@@ -753,9 +838,19 @@ __all__ = [
     "Cluster",
     "ClusterError",
     "ClusterNode",
+    "Segment",
+    "add_switch",
+    "address_host",
+    "boot",
+    "in_namespace",
+    "in_parallel",
     "mac_for",
     "missing_requirements",
+    "own_cgroup",
+    "plug",
     "remove_stale",
+    "segment",
+    "tear_down",
     "three_nodes",
     "wait_for",
 ]
