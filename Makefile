@@ -110,3 +110,9 @@ bench-guard: venv
 .PHONY: bench-failover
 bench-failover: venv
 	$(PY) bench/failover.py
+
+# AD: from [ad] in agent.toml to a domain user served (median of 5) against joining by
+# hand, and the CPU of the membership checks. Root; ~5 minutes (the AD lab).
+.PHONY: bench-ad
+bench-ad: venv
+	$(PY) bench/ad.py

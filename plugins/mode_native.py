@@ -39,6 +39,7 @@ from smbgw_agent.effects.fileio import (
 from smbgw_agent.effects.samba import (
     TestparmResult,
     has_managed_include,
+    mentions_managed_include,
     retarget_include,
     run_testparm,
     with_managed_include,
@@ -356,7 +357,12 @@ class NativeModePlugin:
         if self._read_live(layout.globals_file) != render_globals(parameters, layout.shares_list):
             changes.append(Change(SAMBA, UPDATE, f"write {layout.globals_file} ({len(parameters)} parameters)"))
         if not self._smb_conf_has_include(layout):
-            changes.append(Change(SAMBA, UPDATE, f"add the managed include line to {layout.smb_conf}"))
+            live = self._read_live(layout.smb_conf) or ""
+            if mentions_managed_include(live, layout.globals_file):
+                changes.append(Change(SAMBA, UPDATE, f"move the managed include line of {layout.smb_conf} before "
+                                      "its first share section (net and winbindd read only the globals before it)"))
+            else:
+                changes.append(Change(SAMBA, UPDATE, f"add the managed include line to {layout.smb_conf}"))
         if layout.directory.is_dir():
             keep = self._live_share_keys(ctx, layout)
             if self._read_live(layout.shares_list) != self._final_list(layout, keep):
@@ -567,8 +573,10 @@ class NativeModePlugin:
         atomic_write(layout.globals_file, render_globals(parameters, layout.shares_list))
         admin = self._read_live(layout.smb_conf)
         if admin is None or not has_managed_include(admin, layout.globals_file):
+            moved = admin is not None and mentions_managed_include(admin, layout.globals_file)
             atomic_write(layout.smb_conf, with_managed_include(admin or "", layout.globals_file))
-            log.info("added the managed include line to %s", layout.smb_conf)
+            log.info("%s the managed include line %s %s", "moved" if moved else "added",
+                     "in" if moved else "to", layout.smb_conf)
         for key in staged.removals - set(staged.writes):
             layout.share_file(key).unlink(missing_ok=True)
 

@@ -139,10 +139,28 @@ def parse_ping_dc(stdout: str, stderr: str, returncode: int) -> PingDc:
 
 @dataclass(frozen=True)
 class Testjoin:
-    """`net ads testjoin`: whether the machine account works; the reason as Samba said it."""
+    """`net ads testjoin`: whether the machine account works; the reason as Samba said it.
+
+    `refused`: the DC answered and refused the machine account (deleted, or its password
+    reset): what a rejoin repairs. `unjoined`: this node has no machine account to try.
+    Neither: it failed some other way (a DC still starting, a network error), which is
+    no evidence of a broken trust and must never start a rejoin. The words are Samba
+    4.17's and 4.22's, seen against a real DC (tests/unit/fixtures/ad/)."""
 
     ok: bool
     said: str
+    refused: bool = False
+    unjoined: bool = False
+
+
+# The DC refused the machine account: deleted ("Client not found in Kerberos database",
+# LDAP_INVALID_CREDENTIALS on both releases), password reset (logon failure).
+_REFUSED = ("LDAP_INVALID_CREDENTIALS", "Client not found in Kerberos database", "NT_STATUS_LOGON_FAILURE",
+            "The attempted logon is invalid", "Preauthentication failed", "NT_STATUS_NO_TRUST_SAM_ACCOUNT",
+            "NT_STATUS_TRUSTED_RELATIONSHIP_FAILURE")
+# No machine account here at all: 4.17 tries with no password ("NT code 0xfffffff6"), 4.22
+# says so before it gives up.
+_UNJOINED = ("NT code 0xfffffff6", "Failed to get machine credentials")
 
 
 def parse_testjoin(stdout: str, stderr: str, returncode: int) -> Testjoin:
@@ -156,7 +174,10 @@ def parse_testjoin(stdout: str, stderr: str, returncode: int) -> Testjoin:
     if not said:
         lines = [line.strip() for line in (stderr + "\n" + stdout).splitlines() if line.strip()]
         said = lines[-1][:200] if lines else f"exit {returncode}, no output"
-    return Testjoin(False, said[:300])
+    everything = stderr + "\n" + stdout
+    unjoined = any(words in everything for words in _UNJOINED)
+    refused = not unjoined and any(words in everything for words in _REFUSED)
+    return Testjoin(False, said[:300], refused=refused, unjoined=unjoined)
 
 
 @dataclass(frozen=True)

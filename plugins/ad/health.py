@@ -130,10 +130,14 @@ def _trust(readings: Readings, info_ok: bool, skewed: bool, ever_joined: bool) -
     if skewed:
         return Verdict("trust", FAILED, f"Kerberos refuses the clock difference ({said})", CLOCK_SKEW)
     never = isinstance(readings.info, AdsInfo) and readings.info.password_changed == 0
-    if never or not ever_joined:
+    unjoined = isinstance(testjoin, Testjoin) and testjoin.unjoined
+    if never or unjoined or not ever_joined:
         return Verdict("trust", FAILED, f"this node is not joined to the domain ({said})", NOT_JOINED)
-    return Verdict("trust", FAILED, f"the domain no longer accepts this node's machine account ({said})",
-                   TRUST_BROKEN)
+    if isinstance(testjoin, Testjoin) and testjoin.refused:
+        return Verdict("trust", FAILED, f"the domain no longer accepts this node's machine account ({said})",
+                       TRUST_BROKEN)
+    # No evidence either way (a DC that is starting, a network error): report, never rejoin.
+    return Verdict("trust", FAILED, f"the machine account could not be checked ({said})", DC_UNREACHABLE)
 
 
 def _clock(info: AdsInfo | str) -> tuple[Verdict, bool]:
@@ -154,14 +158,17 @@ def _clock(info: AdsInfo | str) -> tuple[Verdict, bool]:
     return Verdict("clock", OK, f"within {abs(offset)} s of {info.ldap_server_name}"), False
 
 
-def _dc(readings: Readings, trust: Verdict) -> Verdict:
+def _dc(readings: Readings, trust: Verdict, skewed: bool) -> Verdict:
     info = readings.info
     if isinstance(info, str):
         return Verdict("dc", FAILED, f"no domain controller answers: {info}", DC_UNREACHABLE)
     ping = readings.ping
     if (isinstance(ping, PingDc) and not ping.ok and not ping.winbind_down and trust.state == OK):
-        return Verdict("dc", FAILED, f"{info.ldap_server_name} answers LDAP, but winbindd cannot reach its "
-                       f"NETLOGON ({ping.error or 'wbinfo --ping-dc failed'})", DC_UNREACHABLE)
+        said = f"{info.ldap_server_name} answers LDAP, but winbindd cannot reach its NETLOGON " \
+               f"({ping.error or 'wbinfo --ping-dc failed'})"
+        if skewed:  # winbindd's Kerberos refuses the clock: the skew, not the DC
+            return Verdict("dc", FAILED, f"{said}: Kerberos refuses the clock difference", CLOCK_SKEW)
+        return Verdict("dc", FAILED, said, DC_UNREACHABLE)
     return Verdict("dc", OK, f"{info.ldap_server_name} ({info.ldap_server}) answers")
 
 
@@ -184,7 +191,7 @@ def assess(readings: Readings, realm: str, ever_joined: bool) -> Membership:
     dns = _dns(readings, realm)
     clock, skewed = _clock(readings.info)
     trust = _trust(readings, info_ok, skewed, ever_joined)
-    dc = _dc(readings, trust)
+    dc = _dc(readings, trust, skewed)
     winbind = _winbind(readings, trust)
     verdicts = (dns, dc, clock, trust, winbind)
     reasons = tuple(sorted({v.reason for v in verdicts if v.state == FAILED and v.reason}))

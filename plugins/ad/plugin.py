@@ -5,7 +5,7 @@ What the plugin keeps true, and how:
 - **Globals**: the member server's smb.conf globals (`render.global_parameters`), merged
   into the host's smb.conf by the mode like every plugin's.
 - **Kerberos**: /etc/krb5.conf (`render.krb5_conf`) unless `manage_krb5_conf = false`. An
-  administrator's own file found there is kept once (``/etc/krb5.conf.smbgw-saved``)
+  administrator's own file found there is kept once (``/var/lib/smbgw/krb5.conf.saved``)
   and put back when `[ad]` is removed.
 - **Join**: when the health check finds the node not joined, a join job (worker thread)
   waits for the live smb.conf to say ``security = ADS``, checks that a DC answers and
@@ -29,6 +29,7 @@ What the plugin keeps true, and how:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -39,7 +40,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from smbgw_agent.effects.fileio import atomic_write
+from smbgw_agent.effects.fileio import atomic_write, replace_or_rewrite
 from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.effects.samba import reload_command
 from smbgw_agent.effects.secretfile import SecretFileError, read_secret, secret_signature
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 PLUGIN = RESOURCE = SECTION
 WINBIND_UNIT = "winbind.service"
 KRB5 = "/etc/krb5.conf"
-KRB5_SAVED = "/etc/krb5.conf.smbgw-saved"
+KRB5_SAVED = "krb5.conf.saved"  # in the agent's state directory (/var/lib/smbgw)
 JOIN_JOB, CHECK_JOB = "ad:join", "ad:check"
 CHECK_TIMEOUT = 240.0
 JOIN_JOB_TIMEOUT = 300.0
@@ -115,10 +116,10 @@ def join_delay(failures: int, limit: float) -> float:
 class AdPlugin:
     def __init__(self) -> None:
         self._watch: MembershipWatch | None = None
-        self._absorbed: float | None = None  # the finished join job already recorded
         self._ever_joined = False
         self._view: dict[str, Any] = {}  # for metrics: what the last pass knew
         self._joining_kind = "join"
+        self._last_joined = False
 
     # ---- tables ----------------------------------------------------------------------
 
@@ -198,6 +199,8 @@ class AdPlugin:
             return None
         last = last if isinstance(last, Mapping) else {}
         at = float(last.get("at") or 0.0)
+        if membership.at <= float(last.get("finished") or 0.0):
+            return None  # this reading is older than the last attempt: wait for one taken after it
         if at and not last.get("ok"):
             if last.get("credentials"):
                 if last.get("password") == password and now - at < settings.rejoin_min_interval:
@@ -214,16 +217,17 @@ class AdPlugin:
     def _absorb_join(self, ctx: PassContext) -> None:
         """Record the outcome of a join job that ended since the last pass."""
         record = ctx.jobs.record(JOIN_JOB) if ctx.jobs is not None else None
-        if record is None or record.state not in FINISHED or record.finished == self._absorbed:
-            return
-        self._absorbed = record.finished
         state = ctx.plugin_state(PLUGIN)
         previous = state.get(LAST_JOIN) or {}
+        # Recorded already (by this instance, or by the one a reload replaced)?
+        if record is None or record.state not in FINISHED or record.finished == previous.get("finished"):
+            return
         result = record.result if isinstance(record.result, Mapping) else {}
         ok = record.state == SUCCEEDED
         error = record.error or record.state
         settings = settings_of(ctx.config)
-        entry = {"at": record.started or record.finished, "ok": ok, "kind": self._joining_kind,
+        entry = {"at": record.started or record.finished, "finished": record.finished, "ok": ok,
+                 "kind": self._joining_kind,
                  "said": str(result.get("text", "") if ok else error.removeprefix(CREDENTIALS_MARK))[:500],
                  "credentials": not ok and error.startswith(CREDENTIALS_MARK),
                  # The password it was tried with, by signature: a refused one is not tried again.
@@ -234,7 +238,6 @@ class AdPlugin:
         if ok:
             state.set(JOINED, {"since": record.finished})
             self._ever_joined = True
-            log.info("ad: %s", entry["said"])
         else:
             log.error("ad: joining the domain failed: %s", record.error)
         if self._watch is not None:
@@ -345,11 +348,11 @@ class AdPlugin:
             current = _read(target)
             state = ctx.plugin_state(PLUGIN)
             if current is not None and not _ours(current) and KRB5_MOVED not in state:
-                # A copy first: if /etc is full, nothing has changed yet.
-                atomic_write(ctx.paths.host(KRB5_SAVED), target.read_bytes(), mode=target.stat().st_mode & 0o777)
+                # A copy first: if anything fails, nothing has changed yet.
+                atomic_write(ctx.paths.state_dir / KRB5_SAVED, target.read_bytes(), mode=0o600)
                 state.set(KRB5_MOVED, True)
-                log.info("ad: kept the administrator's %s as %s", KRB5, KRB5_SAVED)
-            atomic_write(target, krb5, mode=0o644)
+                log.info("ad: kept the administrator's %s as %s", KRB5, ctx.paths.state_dir / KRB5_SAVED)
+            write_system_file(target, krb5)
             log.info("ad: wrote %s", KRB5)
         if any(detail.startswith(("join", "rejoin")) for detail in planned):
             self._joining_kind = "rejoin" if any(d.startswith("rejoin") for d in planned) else "join"
@@ -364,13 +367,19 @@ class AdPlugin:
 
     def _make_standalone(self, ctx: PassContext) -> None:
         state = ctx.plugin_state(PLUGIN)
-        target, saved = ctx.paths.host(KRB5), ctx.paths.host(KRB5_SAVED)
+        target, saved = ctx.paths.host(KRB5), ctx.paths.state_dir / KRB5_SAVED
         current = _read(target)
         if state.get(KRB5_MOVED) and saved.exists():
-            os.replace(saved, target)
+            write_system_file(target, saved.read_bytes())
+            saved.unlink()
             log.info("ad: put the administrator's %s back", KRB5)
         elif current is not None and _ours(current):
-            target.unlink()
+            try:
+                target.unlink()
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EBUSY):
+                    raise
+                write_system_file(target, b"")  # the unit may write the file, not /etc: empty it
             log.info("ad: removed the generated %s", KRB5)
         if ctx.services.is_active(WINBIND_UNIT):
             ctx.services.stop(WINBIND_UNIT)
@@ -464,10 +473,9 @@ class AdPlugin:
         families: list[Metric] = [success]
         joined = GaugeMetricFamily("smbgw_ad_joined", "1 if this node's machine account works in the domain "
                                    "(0: not joined, or the domain no longer accepts it)")
-        joined_value = membership.joined if membership is not None else None
-        if joined_value is None:
-            joined_value = bool(self._view.get("joined_since"))
-        joined.add_metric([], 1.0 if joined_value else 0.0)
+        if membership is not None and membership.joined is not None:
+            self._last_joined = membership.joined
+        joined.add_metric([], 1.0 if self._last_joined else 0.0)  # while no DC answers: the last known
         families.append(joined)
         if membership is None:
             return families
@@ -583,7 +591,8 @@ def status_text(settings: AdSettings, view: Mapping[str, Any], membership: Membe
     lines = [f"realm {settings.realm}  workgroup {settings.workgroup}  "
              f"{'HEALTHY' if membership.healthy else 'PROBLEMS: ' + ', '.join(membership.reasons)}",
              f"  joined: {'yes' if membership.joined else 'no' if membership.joined is False else 'unknown'}"
-             + (f" (since {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(float(since)))})" if since else ""),
+             + (f" (since {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(float(since)))})"
+                if since and membership.joined is not False else ""),
              f"  DC in use: {membership.dc or '-'}" + (f" ({membership.dc_address})" if membership.dc_address else ""),
              f"  checked: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(membership.at))}"]
     for verdict in membership.verdicts:
@@ -593,6 +602,17 @@ def status_text(settings: AdSettings, view: Mapping[str, Any], membership: Membe
     if isinstance(last, Mapping) and last.get("at"):
         lines.append(f"  last {last.get('kind') or 'join'}: {'ok' if last.get('ok') else 'FAILED'}: {last.get('said')}")
     return "\n".join(lines)
+
+
+def write_system_file(target: Path, data: str | bytes) -> None:
+    """krb5.conf: atomically where /etc is writable, else in place (see
+    `fileio.replace_or_rewrite`), with what to do when the file does not exist yet."""
+    try:
+        replace_or_rewrite(target, data)
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, f"{target} does not exist and the agent may not create it (its unit may "
+                      f"write only an existing {target}): install krb5-config, or create the file, and restart "
+                      "smbgw-agent; or set manage_krb5_conf = false") from None
 
 
 def _read(path: Path) -> str | None:

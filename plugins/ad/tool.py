@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -119,16 +120,18 @@ def ping_dc(runner: Runner) -> PingDc | str:
 
 
 def read_membership(runner: Runner, smb_conf: Path, realm: str, winbind_active: bool | None) -> Readings:
-    """One round of readings (`health.assess` judges them). ping-dc only while winbindd
-    runs: without it, wbinfo can only say so."""
-    return Readings(
-        at=time.time(),
-        srv=srv_records(runner, realm),
-        info=ads_info(runner, smb_conf),
-        testjoin=testjoin(runner, smb_conf),
-        winbind_active=winbind_active,
-        ping=ping_dc(runner) if winbind_active is not False else None,
-    )
+    """One round of readings (`health.assess` judges them), the four tools at once: with
+    the DC down each waits out its own timeout (`net ads info` and `wbinfo --ping-dc`
+    about 10 s each), and one after the other they would delay the report by their sum.
+    ping-dc only while winbindd runs: without it, wbinfo can only say so."""
+    at = time.time()
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="ad-check") as pool:
+        srv = pool.submit(srv_records, runner, realm)
+        info = pool.submit(ads_info, runner, smb_conf)
+        joined = pool.submit(testjoin, runner, smb_conf)
+        ping = pool.submit(ping_dc, runner) if winbind_active is not False else None
+        return Readings(at=at, srv=srv.result(), info=info.result(), testjoin=joined.result(),
+                        winbind_active=winbind_active, ping=ping.result() if ping is not None else None)
 
 
 def check_password(password: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -58,6 +59,33 @@ def fsync_dir(directory: Path) -> None:
     """Make a rename durable; renames live in the directory, not in the file."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_or_rewrite(target: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Replace `target` atomically where its directory is writable; where only the file is
+    (systemd's `ReadWritePaths=` on one file in a read-only /etc: a rename over it fails),
+    rewrite it in place: new content first, then cut to its length, then flushed. A crash
+    in between leaves a file whose content differs from what was meant, which the next
+    pass, comparing content, rewrites. FileNotFoundError when it must be rewritten in
+    place and does not exist (it cannot be created there)."""
+    try:
+        atomic_write(target, data, mode=mode)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EBUSY, errno.EXDEV, errno.EACCES):
+            raise
+        if not target.is_file():
+            raise FileNotFoundError(errno.ENOENT, f"{target} does not exist", str(target)) from None
+    encoded = data.encode("utf-8") if isinstance(data, str) else data
+    fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        written = 0
+        while written < len(encoded):
+            written += os.pwrite(fd, encoded[written:], written)
+        os.ftruncate(fd, len(encoded))
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -27,31 +27,101 @@ _TESTPARM_ERRORS = (
 )
 
 
-def has_managed_include(smb_conf_text: str, target: Path) -> bool:
-    for line in smb_conf_text.splitlines():
+_GLOBAL_SECTIONS = ("global", "globals")  # Samba takes both for [global]
+
+
+def _logical_lines(text: str) -> list[tuple[int, int, str]]:
+    """smb.conf's lines as Samba's parser sees them: (first physical line, last physical
+    line, the joined text), a line ending in a backslash continued by the next."""
+    physical = text.splitlines()
+    found = []
+    index = 0
+    while index < len(physical):
+        first, joined = index, physical[index]
+        while joined.endswith("\\") and index + 1 < len(physical):
+            index += 1
+            joined = joined[:-1] + physical[index]
+        found.append((first, index, joined))
+        index += 1
+    return found
+
+
+def _section(line: str) -> str | None:
+    """The section a header line opens (lower case), None for any other line."""
+    stripped = line.strip()
+    if stripped.startswith("[") and "]" in stripped:
+        return stripped[1:stripped.index("]")].strip().casefold()
+    return None
+
+
+def _first_share_header(text: str) -> int | None:
+    """The physical line of the first section header that is not [global], if any."""
+    for first, _last, line in _logical_lines(text):
+        section = _section(line)
+        if section is not None and section not in _GLOBAL_SECTIONS:
+            return first
+    return None
+
+
+def _managed_lines(text: str, target: Path) -> list[int]:
+    """The physical lines of our include (and of the marker just above each)."""
+    physical = text.splitlines()
+    lines: list[int] = []
+    for first, last, line in _logical_lines(text):
         match = _INCLUDE.match(line)
         if match and match.group(1) == str(target):
-            return True
-    return False
+            lines.extend(range(first, last + 1))
+            if first > 0 and physical[first - 1].strip() == MARKER:
+                lines.append(first - 1)
+    return sorted(lines)
+
+
+def mentions_managed_include(smb_conf_text: str, target: Path) -> bool:
+    """Our include line is somewhere in smb.conf (well placed or not)."""
+    return bool(_managed_lines(smb_conf_text, target))
+
+
+def has_managed_include(smb_conf_text: str, target: Path) -> bool:
+    """Our include line is in smb.conf, where every reader of it sees it: in the global
+    part, before the first share section (see `with_managed_include`)."""
+    placed = [line for line in _managed_lines(smb_conf_text, target) if smb_conf_text.splitlines()[line].strip()
+              != MARKER]
+    if not placed:
+        return False
+    first_share = _first_share_header(smb_conf_text)
+    return first_share is None or placed[0] < first_share
 
 
 def with_managed_include(smb_conf_text: str, target: Path) -> str:
-    """smb.conf text with our include line appended, unless it is already present.
+    """smb.conf text with our include line (and its marker) in the global part: right
+    before the first share section, or at the end if there is none. An include line of
+    ours elsewhere (after a share section, as older versions appended it) is moved.
 
-    Appending (rather than inserting under [global]) is safe because the included file
-    opens its own [global] section; the admin's lines stay byte-for-byte as they were.
+    Why there: smbd and testparm read the whole file, but `net`, winbindd and smbd's
+    first read of its messaging setup load the globals only, and that load stops at the
+    first share section: an include after [homes] would give them none of the globals
+    (`security = ADS`, the realm, idmap). The included file opens its own [global] and
+    ends by including the shares, so the admin's sections that follow stay theirs. The
+    admin's lines stay byte for byte as they were.
     """
     if has_managed_include(smb_conf_text, target):
         return smb_conf_text
-    text = smb_conf_text
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return f"{text}{MARKER}\ninclude = {target}\n"
+    drop = set(_managed_lines(smb_conf_text, target))
+    kept = [line for index, line in enumerate(smb_conf_text.splitlines(keepends=True)) if index not in drop]
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"
+    text = "".join(kept)
+    ours = [f"{MARKER}\n", f"include = {target}\n"]
+    first_share = _first_share_header(text)
+    if first_share is None:
+        return text + "".join(ours)
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[:first_share] + ours + ["\n"] + lines[first_share:])
 
 
 def retarget_include(smb_conf_text: str, old: Path, new: Path) -> str:
     """The same text with the managed include pointing at `new` (for a candidate copy)."""
-    lines = []
+    lines: list[str] = []
     found = False
     for line in smb_conf_text.splitlines():
         match = _INCLUDE.match(line)

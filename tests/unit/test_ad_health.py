@@ -47,10 +47,33 @@ def test_a_stopped_dc_is_dc_unreachable_and_nothing_else() -> None:
 
 
 def test_a_reset_machine_account_is_a_broken_trust_not_a_dc_problem() -> None:
-    refused = checks.Testjoin(False, "The attempted logon is invalid. This is either due to a bad username or "
-                              "authentication information.")
+    refused = checks.Testjoin(False, "LDAP_INVALID_CREDENTIALS", refused=True)
     membership = judged(testjoin=refused, ping=checks.PingDc(False, "SMBGW", "", "WBC_ERR_AUTH_ERROR"))
     assert membership.reasons == ("trust_broken",) and membership.joined is False
+
+
+def test_a_testjoin_failure_without_evidence_is_never_taken_for_a_broken_trust() -> None:
+    """Seen against a real DC just restarted: testjoin failed with neither a refused
+    account nor "no logon servers". A rejoin then fails too and uses up the rejoin
+    allowance that a real broken trust later needs."""
+    membership = judged(testjoin=checks.Testjoin(False, "Operations error"))
+    assert membership.reasons == ("dc_unreachable",) and membership.joined is None
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "ad"
+
+
+@pytest.mark.parametrize("release", ["bookworm", "trixie"])
+def test_testjoin_as_real_samba_says_it(release: str) -> None:
+    def read(state: str) -> checks.Testjoin:
+        base = FIXTURES / release / f"{state}-testjoin"
+        return checks.parse_testjoin(Path(f"{base}.stdout").read_text(), Path(f"{base}.stderr").read_text(),
+                                     int(Path(f"{base}.rc").read_text()))
+
+    deleted, never, stopped = read("machine-deleted"), read("not-joined"), read("dc-stopped")
+    assert deleted.refused and not deleted.unjoined
+    assert never.unjoined and not never.refused
+    assert not stopped.refused and not stopped.unjoined
 
 
 def test_a_node_that_never_joined_is_not_joined() -> None:
@@ -66,6 +89,8 @@ def test_skew_beyond_kerberos_is_clock_skew_even_when_testjoin_fails_with_it() -
     membership = judged(info=skewed, testjoin=checks.Testjoin(False, "The time at the primary domain controller is "
                                                               "different ..."))
     assert membership.reasons == ("clock_skew",), "a clock problem must never look like a broken trust"
+    winbind_refused = judged(info=skewed, ping=checks.PingDc(False, "SMBGW", "", "WBC_ERR_DOMAIN_NOT_FOUND"))
+    assert winbind_refused.reasons == ("clock_skew",), "nor like a DC that is away (measured: 4.17 member, -10 min)"
     assert "600 s ahead of dc1.smbgw.test" in membership.verdict("clock").detail
 
 
@@ -112,7 +137,7 @@ def watch_with(membership: health.Membership) -> plugin.MembershipWatch:
 
 NOT_JOINED = health.assess(dataclasses.replace(HEALTHY, info=dataclasses.replace(INFO, password_changed=0),
                                                testjoin=checks.Testjoin(False, "x"), ping=None), REALM, False)
-BROKEN = judged(testjoin=checks.Testjoin(False, "The attempted logon is invalid."))
+BROKEN = judged(testjoin=checks.Testjoin(False, "LDAP_INVALID_CREDENTIALS", refused=True))
 
 
 def due(watch: plugin.MembershipWatch, last: object, now: float = 10_000.0, password: str | None = "p1") -> str | None:
@@ -128,6 +153,13 @@ def test_a_node_not_joined_joins_at_once_and_backs_off_after_failures() -> None:
     assert due(watch, {**failed, "failures": 3, "at": 10_000.0 - 200}) is None, "third failure: 4 min"
     assert due(watch, {**failed, "failures": 3, "at": 10_000.0 - 241}) is not None
     assert plugin.join_delay(50, 3600.0) == 3600.0
+
+
+def test_no_second_join_on_a_reading_taken_before_the_first_ended() -> None:
+    stale = watch_with(dataclasses.replace(NOT_JOINED, at=500.0))
+    joined = {"at": 400.0, "finished": 502.0, "ok": True, "kind": "join"}
+    assert due(stale, joined) is None, "the reading predates the join: wait for a fresh one"
+    assert due(watch_with(dataclasses.replace(NOT_JOINED, at=510.0)), joined) is not None
 
 
 def test_a_refused_password_is_not_tried_again_until_it_changes() -> None:
