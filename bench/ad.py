@@ -11,8 +11,8 @@ its saved layer, a member with the .deb installed), then:
   smbgw-agent`, and time until `SMBGW\\alice` lists a share limited to a domain group
   (a new smbclient connection every 0.2 s). The peer, in the same lab and the same number
   of runs: what an administrator does by hand after writing the same smb.conf globals
-  (TESTBED.md's recipe): `net ads join` with the password on stdin, `systemctl start
-  winbind`, `systemctl restart smbd`, timed to the same first successful listing.
+  (Samba's documented member-server procedure): `net ads join` with the password on
+  stdin, `systemctl start winbind`, `systemctl restart smbd`, timed to the same first successful listing.
 * **checks' CPU**: the CPU time of the agent's process and of every tool it ran and
   waited for (net, wbinfo, dig; /proc/PID/stat utime, stime, cutime, cstime) over
   `--cpu-seconds` with `[ad]` and `health_interval = "10s"`, minus the same stretch

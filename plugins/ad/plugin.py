@@ -40,7 +40,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from smbgw_agent.effects.fileio import atomic_write, replace_or_rewrite
+from smbgw_agent.effects.fileio import atomic_write, read_back, replace_or_rewrite
 from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.effects.samba import reload_command
 from smbgw_agent.effects.secretfile import SecretFileError, read_secret, secret_signature
@@ -254,7 +254,7 @@ class AdPlugin:
         self._check_ids(ctx, settings)
         changes = []
         krb5 = desired.spec.get("krb5")
-        if krb5 is not None and _read(ctx.paths.host(KRB5)) != krb5:
+        if krb5 is not None and read_back(ctx.paths.host(KRB5)) != krb5:
             changes.append(Change(RESOURCE, UPDATE, f"write {KRB5}"))
         membership = self._watch.value if self._watch is not None else None
         state = ctx.plugin_state(PLUGIN)
@@ -275,7 +275,7 @@ class AdPlugin:
 
     def _plan_removal(self, ctx: PassContext, applied: NodeResource | None) -> Sequence[Change]:
         changes = []
-        if _read(ctx.paths.host(KRB5)) is not None and _ours(_read(ctx.paths.host(KRB5)) or ""):
+        if read_back(ctx.paths.host(KRB5)) is not None and _ours(read_back(ctx.paths.host(KRB5)) or ""):
             changes.append(Change(RESOURCE, DELETE, f"put back {KRB5} as it was"))
         if applied is not None and applied.spec.get("leave_on_remove"):
             changes.append(Change(RESOURCE, DELETE, "leave the domain (net ads leave)"))
@@ -297,7 +297,7 @@ class AdPlugin:
 
     @staticmethod
     def _login_defs(ctx: PassContext) -> LoginDefs:
-        text = _read(ctx.paths.host("/etc/login.defs"))
+        text = read_back(ctx.paths.host("/etc/login.defs"))
         return parse_login_defs(text) if text is not None else LoginDefs()
 
     @hookimpl
@@ -344,8 +344,8 @@ class AdPlugin:
     def _make_live(self, ctx: PassContext, spec: Mapping[str, Any], planned: Sequence[str]) -> None:
         krb5 = spec.get("krb5")
         target = ctx.paths.host(KRB5)
-        if krb5 is not None and _read(target) != krb5:
-            current = _read(target)
+        if krb5 is not None and read_back(target) != krb5:
+            current = read_back(target)
             state = ctx.plugin_state(PLUGIN)
             if current is not None and not _ours(current) and KRB5_MOVED not in state:
                 # A copy first: if anything fails, nothing has changed yet.
@@ -368,7 +368,7 @@ class AdPlugin:
     def _make_standalone(self, ctx: PassContext) -> None:
         state = ctx.plugin_state(PLUGIN)
         target, saved = ctx.paths.host(KRB5), ctx.paths.state_dir / KRB5_SAVED
-        current = _read(target)
+        current = read_back(target)
         if state.get(KRB5_MOVED) and saved.exists():
             write_system_file(target, saved.read_bytes())
             saved.unlink()
@@ -613,16 +613,6 @@ def write_system_file(target: Path, data: str | bytes) -> None:
         raise OSError(errno.ENOENT, f"{target} does not exist and the agent may not create it (its unit may "
                       f"write only an existing {target}): install krb5-config, or create the file, and restart "
                       "smbgw-agent; or set manage_krb5_conf = false") from None
-
-
-def _read(path: Path) -> str | None:
-    try:
-        with path.open("rb") as handle:
-            return handle.read(1 << 20).decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"<unreadable: {exc}>"
 
 
 def _ours(text: str) -> bool:

@@ -64,6 +64,23 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+READ_BACK_LIMIT = 1 << 20
+
+
+def read_back(path: Path, limit: int = READ_BACK_LIMIT) -> str | None:
+    """A file the agent wrote, read back as input to compare with what it should hold:
+    None when it is missing; bounded (one byte past `limit`, so a longer file never
+    equals any wanted text); undecodable bytes and read errors mean "different"."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"<unreadable: {exc}>"
+    return data.decode("utf-8", errors="replace")
+
+
 def replace_or_rewrite(target: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Replace `target` atomically where its directory is writable; where only the file is
     (systemd's `ReadWritePaths=` on one file in a read-only /etc: a rename over it fails),

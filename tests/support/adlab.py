@@ -214,7 +214,8 @@ class AdLab:
 
 
 def member_smb_conf(shares: str = "", extra_global: str = "") -> str:
-    """A member's smb.conf as an administrator would write it (TESTBED.md), plus ``shares``."""
+    """A member's smb.conf as an administrator would write it (Samba's member-server
+    setup), plus ``shares``."""
     return (
         "[global]\n"
         "\tsecurity = ADS\n"

@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from smbgw_agent.effects.fileio import atomic_write
+from smbgw_agent.effects.fileio import atomic_write, read_back
 from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.effects.samba import reload_command
 from smbgw_agent.effects.services import ServiceError, ServiceReport
@@ -76,23 +76,10 @@ READ_INTERVAL = 5.0
 START_JOB = "ctdb:start"
 WATCH_JOB = "ctdb:watch"
 START_TIMEOUT = 180.0
-MAX_FILE = 1 << 20
 
 
 def configured(config: AgentConfig) -> bool:
     return SECTION in config.plugin_sections
-
-
-def _read(path: Path) -> str | None:
-    """A file we wrote, read back as input: bounded, and undecodable means "different"."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"<unreadable: {exc}>"
-    return data.decode("utf-8", errors="replace")
 
 
 def clustering_live(runner: Runner, smb_conf: Path) -> bool:
@@ -281,7 +268,7 @@ class CtdbPlugin:
         changes = []
         nodes = CtdbSettings.from_config(ctx.config.plugin_sections).nodes
         for path, text in sorted(desired.spec["files"].items()):
-            current = _read(ctx.paths.host(path))
+            current = read_back(ctx.paths.host(path))
             if current == text and _mode_right(ctx.paths.host(path), path):
                 continue
             if path == NODES:
@@ -289,7 +276,7 @@ class CtdbPlugin:
                 if problem:
                     raise ValueError(f"{NODES}: {problem}")
             changes.append(Change(RESOURCE, CREATE if current is None else UPDATE, f"write {path}"))
-        clustered = clustering_in_global(_read(ctx.paths.smb_conf) or "")
+        clustered = clustering_in_global(read_back(ctx.paths.smb_conf) or "")
         if clustered is False:
             raise ValueError(f"{ctx.paths.smb_conf} says clustering = no in [global]: a CTDB node's smbd must run "
                              "clustered; remove that line")
@@ -329,11 +316,11 @@ class CtdbPlugin:
         changed = set()
         for path, text in sorted(spec["files"].items()):
             target = ctx.paths.host(path)
-            if _read(target) != text or not _mode_right(target, path):
+            if read_back(target) != text or not _mode_right(target, path):
                 atomic_write(target, text, mode=0o755 if path in EXECUTABLE else 0o644)
                 changed.add(path)
                 log.info("wrote %s", path)
-        current = _read(ctx.paths.smb_conf)
+        current = read_back(ctx.paths.smb_conf)
         if current is not None and clustering_in_global(current) is None:
             atomic_write(ctx.paths.smb_conf, with_clustering(current), mode=ctx.paths.smb_conf.stat().st_mode & 0o777)
             log.info("added %s to [global] of %s", CLUSTERING_LINE, ctx.paths.smb_conf)
