@@ -57,7 +57,7 @@ from smbgw_agent.platform.parameters import HOST, Parameter
 from . import render, tool
 from .checks import NOT_JOINED, REASONS, TRUST_BROKEN
 from .health import CHECKS, OK, Membership, assess
-from .table import SECTION, AdSettings, LoginDefs, local_id_conflicts, parse_agent_table, parse_login_defs
+from .table import SECTION, AdSettings, IdConflict, LoginDefs, local_id_conflicts, parse_agent_table, parse_login_defs
 
 log = logging.getLogger(__name__)
 PLUGIN = RESOURCE = SECTION
@@ -289,11 +289,21 @@ class AdPlugin:
         """Idmap ranges must not hold the ids of local accounts and groups (a domain user
         mapped there would own their files): that is an error. Crossing only the range
         useradd allocates from is a warning (see `smbgw_health`)."""
-        conflicts = local_id_conflicts(settings.id_ranges(), _ids(ctx.paths.host("/etc/passwd")),
-                                       _ids(ctx.paths.host("/etc/group")), self._login_defs(ctx))
+        conflicts = self._id_conflicts(ctx, settings)
         errors = [f"[ad] {c.key}: {c.message}" for c in conflicts if c.in_use]
         if errors:
             raise ValueError("; ".join(errors))
+
+    def _id_conflicts(self, ctx: PassContext, settings: AdSettings) -> list[IdConflict]:
+        """How the idmap ranges cross the node's own ids, read once a pass (plan and
+        health both ask; the pass's scratch keeps the answer)."""
+        scratch = ctx.plugin_scratch(PLUGIN)
+        if "id_conflicts" not in scratch:
+            scratch["id_conflicts"] = local_id_conflicts(
+                settings.id_ranges(), _ids(ctx.paths.host("/etc/passwd")), _ids(ctx.paths.host("/etc/group")),
+                self._login_defs(ctx))
+        conflicts: list[IdConflict] = scratch["id_conflicts"]
+        return conflicts
 
     @staticmethod
     def _login_defs(ctx: PassContext) -> LoginDefs:
@@ -438,8 +448,7 @@ class AdPlugin:
         if ctx.config.workgroup and ctx.config.workgroup.upper() != settings.workgroup:
             findings.append(Health("ad-config", False, f"[samba] workgroup = {ctx.config.workgroup!r} disagrees with "
                                    f"[ad] workgroup = {settings.workgroup!r}: remove it from [samba]", RESOURCE))
-        for conflict in local_id_conflicts(settings.id_ranges(), _ids(ctx.paths.host("/etc/passwd")),
-                                           _ids(ctx.paths.host("/etc/group")), self._login_defs(ctx)):
+        for conflict in self._id_conflicts(ctx, settings):
             if not conflict.in_use:
                 findings.append(Health("ad-idmap", False, f"[ad] {conflict.key}: {conflict.message}", RESOURCE))
         watch = self._watch
