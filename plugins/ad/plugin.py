@@ -13,8 +13,9 @@ What the plugin keeps true, and how:
   runs ``net ads join`` with the password on stdin, then enables and restarts winbind and
   reloads smbd. A failed join is retried with a doubling delay (1 min up to
   `rejoin_min_interval`); one the domain refused for the account or password is not
-  retried until the password file changes (or `rejoin_min_interval` passes): a wrong
-  password retried every minute would lock the account out.
+  retried until the password file or a join setting changes (or `rejoin_min_interval`
+  passes): a wrong password retried every minute would lock the account out. The rules
+  are `join.join_due`.
 - **Health**: every `health_interval` a check job reads the membership
   (`tool.read_membership`) and judges it (`health.assess`); status, metrics and
   recovery use the last judgement. A pass runs only when the judgement changed.
@@ -35,16 +36,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from smbgw_agent.effects.fileio import atomic_write, read_back, replace_or_rewrite
-from smbgw_agent.effects.runner import CommandError, Runner
-from smbgw_agent.effects.samba import reload_command
-from smbgw_agent.effects.secretfile import SecretFileError, read_secret, secret_signature
-from smbgw_agent.effects.services import ServiceControl, ServiceError
+from smbgw_agent.effects.fileio import atomic_write, read_back
+from smbgw_agent.effects.secretfile import SecretFileError, read_secret
+from smbgw_agent.effects.services import ServiceError
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.platform import order
 from smbgw_agent.platform.changes import DELETE, UPDATE, Change, Health, NodeResource
@@ -55,24 +53,24 @@ from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Sch
 from smbgw_agent.platform.parameters import HOST, Parameter
 
 from . import render, tool
-from .checks import NOT_JOINED, REASONS, TRUST_BROKEN
+from .checks import REASONS
 from .health import CHECKS, OK, Membership, assess
+from .join import CREDENTIALS_MARK, WINBIND_UNIT, join_due, join_inputs, run_join, shown_join
+from .localfiles import generated_by_us, local_ids, write_system_file
+from .report import status_text
 from .table import SECTION, AdSettings, IdConflict, LoginDefs, local_id_conflicts, parse_agent_table, parse_login_defs
 
 log = logging.getLogger(__name__)
 PLUGIN = RESOURCE = SECTION
-WINBIND_UNIT = "winbind.service"
 KRB5 = "/etc/krb5.conf"
 KRB5_SAVED = "krb5.conf.saved"  # in the agent's state directory (/var/lib/smbgw)
 JOIN_JOB, CHECK_JOB = "ad:join", "ad:check"
 CHECK_TIMEOUT = 240.0
 JOIN_JOB_TIMEOUT = 300.0
 RECHECK_SOON = 5.0  # after a join or a recovery: see the result without waiting a whole interval
-FIRST_RETRY = 60.0
-SMB_CONF_WAIT = 60.0
-MAX_ID_FILE = 16 << 20
 # Plugin state keys.
 JOINED, LAST_JOIN, KRB5_MOVED = "joined", "last_join", "krb5_moved"
+JOIN_SUBMITTED = "join_submitted"  # when this membership's join job was submitted (its record's stamp)
 
 
 def configured(config: AgentConfig) -> bool:
@@ -107,12 +105,6 @@ class MembershipWatch:
         return (value.signature() if value is not None else None) != before or error is not None
 
 
-def join_delay(failures: int, limit: float) -> float:
-    """How long to wait after the `failures`-th failed join in a row: 1 min, doubling,
-    at most `limit` (rejoin_min_interval)."""
-    return float(min(limit, FIRST_RETRY * 2 ** max(0, min(failures, 30) - 1)))
-
-
 class AdPlugin:
     def __init__(self) -> None:
         self._watch: MembershipWatch | None = None
@@ -139,7 +131,13 @@ class AdPlugin:
     def smbgw_global_parameters(self, ctx: PassContext, target: str) -> Sequence[Parameter]:
         if not configured(ctx.config) or target != HOST:
             return []
-        return [Parameter(name, value) for name, value in render.global_parameters(settings_of(ctx.config))]
+        settings = settings_of(ctx.config)
+        if any(conflict.in_use for conflict in self._id_conflicts(ctx, settings)):
+            # Fail closed: a domain user mapped onto a local account's uid would own its
+            # files. The node stays (or goes back to) standalone until the range is moved;
+            # the ad resource fails with the reason (`_check_ids`).
+            return []
+        return [Parameter(name, value) for name, value in render.global_parameters(settings)]
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -168,9 +166,8 @@ class AdPlugin:
             return assess(readings, settings.realm, ever_joined)
 
         def wake(changed: bool) -> bool:
-            return bool(changed) or self._join_due(watch, settings, state.get(LAST_JOIN), time.time(),
-                                                   secret_signature(settings.password_file, settings.credential,
-                                                                    ctx.paths.host, os.environ)) is not None
+            return bool(changed) or join_due(watch.value, settings, state.get(LAST_JOIN), time.time(),
+                                             join_inputs(settings, ctx.paths.host, os.environ)) is not None
 
         return [Schedule(CHECK_JOB, next_run, lambda _progress: watch.refresh(read), timeout=CHECK_TIMEOUT,
                          resource=RESOURCE, plugin=PLUGIN, wake=wake)]
@@ -188,39 +185,17 @@ class AdPlugin:
                                 "krb5": render.krb5_conf(settings) if settings.manage_krb5_conf else None}
         return [NodeResource(RESOURCE, spec)]
 
-    def _join_due(self, watch: MembershipWatch | None, settings: AdSettings, last: Any, now: float,
-                  password: str | None) -> str | None:
-        """Why a join (or rejoin) should start now, or None. Pure but for its inputs."""
-        membership = watch.value if watch is not None else None
-        if membership is None or membership.joined is not False:
-            return None
-        rejoin = TRUST_BROKEN in membership.reasons
-        if not rejoin and NOT_JOINED not in membership.reasons:
-            return None
-        last = last if isinstance(last, Mapping) else {}
-        at = float(last.get("at") or 0.0)
-        if membership.at <= float(last.get("finished") or 0.0):
-            return None  # this reading is older than the last attempt: wait for one taken after it
-        if at and not last.get("ok"):
-            if last.get("credentials"):
-                if last.get("password") == password and now - at < settings.rejoin_min_interval:
-                    return None  # the same password again would only count towards a lockout
-                if last.get("password") != password:
-                    return "join: the password file changed" if not rejoin else \
-                        "rejoin: the password file changed"
-            elif now - at < join_delay(int(last.get("failures") or 1), settings.rejoin_min_interval):
-                return None
-        if rejoin and last.get("kind") == "rejoin" and now - at < settings.rejoin_min_interval:
-            return None  # rejoined (or tried to) within the interval: report and alert, do not loop
-        return "rejoin: the domain no longer accepts the machine account" if rejoin else "join: not joined"
-
     def _absorb_join(self, ctx: PassContext) -> None:
         """Record the outcome of a join job that ended since the last pass."""
         record = ctx.jobs.record(JOIN_JOB) if ctx.jobs is not None else None
         state = ctx.plugin_state(PLUGIN)
         previous = state.get(LAST_JOIN) or {}
-        # Recorded already (by this instance, or by the one a reload replaced)?
+        # Recorded already (by this instance, or by the one a reload replaced)? Or a job
+        # of an earlier membership ([ad] removed and added again since): the job runner
+        # keeps the last record of every job id, and an old join is not this one's.
         if record is None or record.state not in FINISHED or record.finished == previous.get("finished"):
+            return
+        if record.submitted != state.get(JOIN_SUBMITTED):
             return
         result = record.result if isinstance(record.result, Mapping) else {}
         ok = record.state == SUCCEEDED
@@ -230,9 +205,8 @@ class AdPlugin:
                  "kind": self._joining_kind,
                  "said": str(result.get("text", "") if ok else error.removeprefix(CREDENTIALS_MARK))[:500],
                  "credentials": not ok and error.startswith(CREDENTIALS_MARK),
-                 # The password it was tried with, by signature: a refused one is not tried again.
-                 "password": secret_signature(settings.password_file, settings.credential, ctx.paths.host,
-                                              os.environ),
+                 # What it was tried with, by digest: a refused join is not tried again with the same.
+                 "inputs": join_inputs(settings, ctx.paths.host, os.environ),
                  "failures": 0 if ok else int(previous.get("failures") or 0) + 1}
         state.set(LAST_JOIN, entry)
         if ok:
@@ -264,9 +238,8 @@ class AdPlugin:
         record = ctx.jobs.record(JOIN_JOB) if ctx.jobs is not None else None
         joining = record is not None and record.state not in FINISHED
         if not joining:
-            why = self._join_due(self._watch, settings, state.get(LAST_JOIN), time.time(),
-                                 secret_signature(settings.password_file, settings.credential, ctx.paths.host,
-                                                  os.environ))
+            why = join_due(membership, settings, state.get(LAST_JOIN), time.time(),
+                           join_inputs(settings, ctx.paths.host, os.environ))
             if why:
                 changes.append(Change(RESOURCE, UPDATE, f"{why} (as {settings.join_user})"))
             elif membership is not None and membership.joined and ctx.services.is_active(WINBIND_UNIT) is False:
@@ -275,7 +248,7 @@ class AdPlugin:
 
     def _plan_removal(self, ctx: PassContext, applied: NodeResource | None) -> Sequence[Change]:
         changes = []
-        if read_back(ctx.paths.host(KRB5)) is not None and _ours(read_back(ctx.paths.host(KRB5)) or ""):
+        if read_back(ctx.paths.host(KRB5)) is not None and generated_by_us(read_back(ctx.paths.host(KRB5)) or ""):
             changes.append(Change(RESOURCE, DELETE, f"put back {KRB5} as it was"))
         if applied is not None and applied.spec.get("leave_on_remove"):
             changes.append(Change(RESOURCE, DELETE, "leave the domain (net ads leave)"))
@@ -287,12 +260,13 @@ class AdPlugin:
 
     def _check_ids(self, ctx: PassContext, settings: AdSettings) -> None:
         """Idmap ranges must not hold the ids of local accounts and groups (a domain user
-        mapped there would own their files): that is an error. Crossing only the range
-        useradd allocates from is a warning (see `smbgw_health`)."""
+        mapped there would own their files): that is an error, and the node's globals
+        stay standalone (`smbgw_global_parameters`) until it is fixed. Crossing only the
+        range useradd allocates from is a warning (see `smbgw_health`)."""
         conflicts = self._id_conflicts(ctx, settings)
         errors = [f"[ad] {c.key}: {c.message}" for c in conflicts if c.in_use]
         if errors:
-            raise ValueError("; ".join(errors))
+            raise ValueError("; ".join(errors) + "; the node serves as a standalone server until then")
 
     def _id_conflicts(self, ctx: PassContext, settings: AdSettings) -> list[IdConflict]:
         """How the idmap ranges cross the node's own ids, read once a pass (plan and
@@ -300,7 +274,7 @@ class AdPlugin:
         scratch = ctx.plugin_scratch(PLUGIN)
         if "id_conflicts" not in scratch:
             scratch["id_conflicts"] = local_id_conflicts(
-                settings.id_ranges(), _ids(ctx.paths.host("/etc/passwd")), _ids(ctx.paths.host("/etc/group")),
+                settings.id_ranges(), local_ids(ctx.paths.host("/etc/passwd")), local_ids(ctx.paths.host("/etc/group")),
                 self._login_defs(ctx))
         conflicts: list[IdConflict] = scratch["id_conflicts"]
         return conflicts
@@ -357,7 +331,7 @@ class AdPlugin:
         if krb5 is not None and read_back(target) != krb5:
             current = read_back(target)
             state = ctx.plugin_state(PLUGIN)
-            if current is not None and not _ours(current) and KRB5_MOVED not in state:
+            if current is not None and not generated_by_us(current) and KRB5_MOVED not in state:
                 # A copy first: if anything fails, nothing has changed yet.
                 atomic_write(ctx.paths.state_dir / KRB5_SAVED, target.read_bytes(), mode=0o600)
                 state.set(KRB5_MOVED, True)
@@ -366,8 +340,11 @@ class AdPlugin:
             log.info("ad: wrote %s", KRB5)
         if any(detail.startswith(("join", "rejoin")) for detail in planned):
             self._joining_kind = "rejoin" if any(d.startswith("rejoin") for d in planned) else "join"
-            if ctx.jobs is not None:
-                ctx.jobs.submit(Job(JOIN_JOB, self._join_job(ctx), JOIN_JOB_TIMEOUT, RESOURCE, PLUGIN))
+            if ctx.jobs is not None and ctx.jobs.submit(Job(JOIN_JOB, self._join_job(ctx), JOIN_JOB_TIMEOUT,
+                                                            RESOURCE, PLUGIN)):
+                submitted = ctx.jobs.record(JOIN_JOB)
+                if submitted is not None:
+                    ctx.plugin_state(PLUGIN).set(JOIN_SUBMITTED, submitted.submitted)
         elif any(detail == f"start {WINBIND_UNIT}" for detail in planned):
             ctx.services.ensure_enabled(WINBIND_UNIT)
             report = ctx.services.ensure_active(WINBIND_UNIT)
@@ -383,7 +360,7 @@ class AdPlugin:
             write_system_file(target, saved.read_bytes())
             saved.unlink()
             log.info("ad: put the administrator's %s back", KRB5)
-        elif current is not None and _ours(current):
+        elif current is not None and generated_by_us(current):
             try:
                 target.unlink()
             except OSError as exc:
@@ -395,7 +372,7 @@ class AdPlugin:
             ctx.services.stop(WINBIND_UNIT)
             ctx.services.disable(WINBIND_UNIT)
             log.info("ad: stopped and disabled %s", WINBIND_UNIT)
-        for key in (KRB5_MOVED, JOINED, LAST_JOIN):
+        for key in (KRB5_MOVED, JOINED, LAST_JOIN, JOIN_SUBMITTED):
             state.delete(key)
         self._ever_joined = False
 
@@ -409,7 +386,7 @@ class AdPlugin:
 
         def run(progress: JobProgress) -> dict[str, Any]:
             try:
-                return _join(progress, runner, services, smb_conf, smbd_unit, settings, host, kind)
+                return run_join(progress, runner, services, smb_conf, smbd_unit, settings, host, kind)
             except tool.JoinError as exc:
                 mark = CREDENTIALS_MARK if exc.credentials else ""
                 raise tool.JoinError(f"{mark}{exc}", exc.credentials) from None
@@ -431,7 +408,7 @@ class AdPlugin:
         view: dict[str, Any] = {
             "realm": settings.realm, "workgroup": settings.workgroup,
             "joined_since": (state.get(JOINED) or {}).get("since"),
-            "last_join": _shown_join(state.get(LAST_JOIN)),
+            "last_join": shown_join(state.get(LAST_JOIN)),
             "joining": record is not None and record.state not in FINISHED,
             "check_error": watch.error if watch is not None else None,
             "membership": membership.to_dict() if membership is not None else None,
@@ -541,104 +518,3 @@ class AdPlugin:
         return Job("ad:status", run, CHECK_TIMEOUT, RESOURCE, PLUGIN)
 
 
-CREDENTIALS_MARK = "[credentials] "
-
-
-def _join(progress: JobProgress, runner: Runner, services: ServiceControl, smb_conf: Path, smbd_unit: str,
-          settings: AdSettings, host: Callable[[str], Path], kind: str) -> dict[str, Any]:
-    deadline = time.monotonic() + SMB_CONF_WAIT
-    while not _says_ads(runner, smb_conf, settings.realm):
-        if time.monotonic() > deadline or progress.expired:
-            raise tool.JoinError(f"{smb_conf} does not say security = ADS with realm {settings.realm}; not joining")
-        progress.report(f"waiting for {smb_conf} to name the domain")
-        time.sleep(0.5)
-    try:
-        password = read_secret(settings.password_file, settings.credential, host, os.environ)
-    except SecretFileError as exc:
-        raise tool.JoinError(f"the join password: {exc}", credentials=True) from None
-    runner.add_secret(password)
-    progress.report(f"asking a DC of {settings.realm}")
-    info = tool.ads_info(runner, smb_conf)
-    if isinstance(info, str):
-        raise tool.JoinError(f"no domain controller of {settings.realm} answers: {info}")
-    if info.skew_level() == "error":
-        raise tool.JoinError(f"this node's clock is {abs(info.offset or 0)} s off {info.ldap_server_name}'s, beyond "
-                             "Kerberos' 300 s: fix its time synchronisation first (a join would work and every "
-                             "logon after it fail)")
-    progress.report(f"{kind}ing {settings.realm} through {info.ldap_server_name} as {settings.join_user}")
-    said = tool.join(runner, smb_conf, settings, password)
-    log.info("ad: %s", said)
-    progress.report(f"restarting {WINBIND_UNIT}")
-    services.ensure_enabled(WINBIND_UNIT)
-    services.restart(WINBIND_UNIT)
-    services.reload(smbd_unit, reload_command(smb_conf))
-    return {"text": said, "kind": kind}
-
-
-def _says_ads(runner: Runner, smb_conf: Path, realm: str) -> bool:
-    """The live smb.conf, as Samba reads it, makes this node a member of `realm`."""
-    try:
-        result = runner.run(["testparm", "-s", "--parameter-name", "security", str(smb_conf)], timeout=30)
-        named = runner.run(["testparm", "-s", "--parameter-name", "realm", str(smb_conf)], timeout=30)
-    except CommandError:
-        return False
-    return result.stdout.strip().upper() == "ADS" and named.stdout.strip().upper() == realm.upper()
-
-
-def _shown_join(last: Any) -> dict[str, Any] | None:
-    if not isinstance(last, Mapping):
-        return None
-    return {"at": last.get("at"), "ok": last.get("ok"), "kind": last.get("kind"),
-            "said": str(last.get("said", "")).removeprefix(CREDENTIALS_MARK),
-            "failures": last.get("failures"),
-            "wrong_credentials": bool(last.get("credentials"))}
-
-
-def status_text(settings: AdSettings, view: Mapping[str, Any], membership: Membership) -> str:
-    """`smbgwctl ad status` for a person."""
-    since = view.get("joined_since")
-    lines = [f"realm {settings.realm}  workgroup {settings.workgroup}  "
-             f"{'HEALTHY' if membership.healthy else 'PROBLEMS: ' + ', '.join(membership.reasons)}",
-             f"  joined: {'yes' if membership.joined else 'no' if membership.joined is False else 'unknown'}"
-             + (f" (since {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(float(since)))})"
-                if since and membership.joined is not False else ""),
-             f"  DC in use: {membership.dc or '-'}" + (f" ({membership.dc_address})" if membership.dc_address else ""),
-             f"  checked: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(membership.at))}"]
-    for verdict in membership.verdicts:
-        mark = verdict.state.upper() + (" (warning)" if verdict.warning else "")
-        lines.append(f"  {verdict.check:<8} {mark:<8} {verdict.detail}")
-    last = view.get("last_join")
-    if isinstance(last, Mapping) and last.get("at"):
-        lines.append(f"  last {last.get('kind') or 'join'}: {'ok' if last.get('ok') else 'FAILED'}: {last.get('said')}")
-    return "\n".join(lines)
-
-
-def write_system_file(target: Path, data: str | bytes) -> None:
-    """krb5.conf: atomically where /etc is writable, else in place (see
-    `fileio.replace_or_rewrite`), with what to do when the file does not exist yet."""
-    try:
-        replace_or_rewrite(target, data)
-    except FileNotFoundError:
-        raise OSError(errno.ENOENT, f"{target} does not exist and the agent may not create it (its unit may "
-                      f"write only an existing {target}): install krb5-config, or create the file, and restart "
-                      "smbgw-agent; or set manage_krb5_conf = false") from None
-
-
-def _ours(text: str) -> bool:
-    return text.startswith(render.KRB5_HEADER)
-
-
-def _ids(path: Path) -> list[int]:
-    """The third field (uid or gid) of /etc/passwd or /etc/group, bounded and tolerant:
-    a line that is not an entry is skipped."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_ID_FILE)
-    except OSError:
-        return []
-    ids = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[2].isdigit() and len(fields[2]) <= 10:
-            ids.append(int(fields[2]))
-    return ids

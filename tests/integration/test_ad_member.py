@@ -366,3 +366,77 @@ def test_a_second_broken_trust_within_the_interval_is_reported_not_rejoined(lab:
     assert ad_view(lab)["last_join"] == rejoined, "at most one rejoin per rejoin_min_interval"
     assert membership(lab)["reasons"] == ["trust_broken"]
     assert metric(metrics(lab), "smbgw_ad_problem", reason="trust_broken") == 1.0  # SmbgwAdTrustBroken fires
+
+
+OU = "OU=FileServers,DC=smbgw,DC=test"
+CREDENTIAL = "adjoin"
+CREDENTIAL_DROPIN = "/etc/systemd/system/smbgw-agent.service.d/ad-credential.conf"
+
+
+def test_no_join_under_a_skewed_clock_or_without_a_dc_then_a_join_by_credential_into_its_ou(lab: AdLab) -> None:
+    """A node that is not joined meets a clock 10 minutes off, then a stopped DC: each is
+    reported and no join is tried (no computer account appears). With both fixed, the
+    password now coming from a systemd credential (LoadCredential=) and the table naming
+    an OU and asking for DNS registration, the agent joins on its own: the account is in
+    the OU and the node's name resolves in the domain's DNS."""
+    member = lab.member
+    member.write_file("/etc/smbgw/agent.toml", '[agent]\nallowed_roots = ["/srv"]\n')
+    member.run("systemctl", "reload", "smbgw-agent")
+    wait_for("standalone globals", lambda: member.run("testparm", "-s", "--parameter-name", "server role",
+                                                       check=False).stdout.strip() == "standalone server" or None,
+             timeout=60)
+    lab.samba_tool("computer", "delete", "FS1", check=False)
+    if lab.samba_tool("ou", "create", OU, check=False).returncode != 0:
+        lab.samba_tool("ou", "add", OU)  # the newer spelling, where create is gone
+    assert lab.samba_tool("ou", "list").stdout.count("OU=FileServers") == 1
+    assert member.run("dig", "+short", "fs1.smbgw.test", "A").stdout.strip() == "", "not in DNS before the join"
+
+    # 1. The clock: net under libfaketime (as in the skew test above).
+    lib = member.run("sh", "-c", "ls /usr/lib/*/faketime/libfaketime.so.1").stdout.strip()
+    member.write_file("/usr/local/sbin/net", f'#!/bin/sh\nLD_PRELOAD={lib} FAKETIME=-10m exec /usr/bin/net "$@"\n',
+                      mode=0o755)
+    try:
+        member.write_file("/etc/smbgw/agent.toml", AGENT_TOML + f'ou = "{OU}"\n')
+        member.run("systemctl", "reload", "smbgw-agent")
+        seconds = wait_reasons(lab, ["clock_skew"], timeout=HEALTH_INTERVAL + 120, also=frozenset({"winbind_down"}))
+        print(f"\n[ad] not joined, clock -10 min -> clock_skew after {seconds:.1f}s, no join")
+        time.sleep(HEALTH_INTERVAL * 2)
+        assert not (ad_view(lab).get("last_join") or {}).get("at"), "no join under a skewed clock"
+        assert lab.samba_tool("computer", "show", "FS1", check=False).returncode != 0
+    finally:
+        member.run("rm", "-f", "/usr/local/sbin/net")
+
+    # 2. No DC.
+    lab.stop_dc()
+    try:
+        seconds = wait_reasons(lab, ["dc_unreachable"], timeout=HEALTH_INTERVAL + 90,
+                               also=frozenset({"dns", "winbind_down"}))
+        print(f"[ad] not joined, DC stopped -> dc_unreachable after {seconds:.1f}s, no join")
+        time.sleep(HEALTH_INTERVAL)
+        assert not (ad_view(lab).get("last_join") or {}).get("at"), "no join without a DC"
+    finally:
+        lab.start_dc()
+    assert lab.samba_tool("computer", "show", "FS1", check=False).returncode != 0
+
+    # 3. Both fixed; the password from a systemd credential, DNS registration asked for.
+    member.run("mkdir", "-p", os.path.dirname(CREDENTIAL_DROPIN))
+    member.write_file(CREDENTIAL_DROPIN, f"[Service]\nLoadCredential={CREDENTIAL}:{PASSWORD_FILE}\n")
+    by_credential = AGENT_TOML.replace(f'password_file = "{PASSWORD_FILE}"', f'credential = "{CREDENTIAL}"')
+    assert by_credential != AGENT_TOML
+    member.write_file("/etc/smbgw/agent.toml", by_credential + f'ou = "{OU}"\ndns_register = true\n')
+    start_scanner(lab, 40)
+    began = time.monotonic()
+    member.run("systemctl", "daemon-reload")
+    member.run("systemctl", "restart", "smbgw-agent", timeout=120)
+    seconds = wait_reasons(lab, [], timeout=HEALTH_INTERVAL * 3 + 120)
+    print(f"[ad] clock and DC fixed, password by credential -> joined and healthy after {seconds:.1f}s")
+    assert ad_view(lab)["last_join"]["ok"]
+    shown = lab.samba_tool("computer", "show", "FS1").stdout
+    assert f"dn: CN=FS1,{OU}" in shown, shown[:400]
+    wait_for("fs1 registered in the domain's DNS",
+             lambda: member.run("dig", "+short", "fs1.smbgw.test", "A").stdout.strip() == member.address or None,
+             timeout=60, interval=1.0)
+    wait_for("alice served", lambda: served(lab, "finance", "SMBGW\\alice", USER_PASSWORD)[0] or None,
+             timeout=60, interval=0.5)
+    assert time.monotonic() - began < 300
+    assert_scanner_saw_nothing(lab)

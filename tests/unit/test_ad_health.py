@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from smbgw_plugins.ad import checks, health, plugin
+from smbgw_plugins.ad import checks, health, join, localfiles, plugin, report
 from smbgw_plugins.ad.table import AdSettings, IdmapSettings, IdRange
 
 from smbgw_agent.effects.secretfile import SecretFileError, read_secret, secret_signature
@@ -141,18 +141,50 @@ BROKEN = judged(testjoin=checks.Testjoin(False, "LDAP_INVALID_CREDENTIALS", refu
 
 
 def due(watch: plugin.MembershipWatch, last: object, now: float = 10_000.0, password: str | None = "p1") -> str | None:
-    return plugin.AdPlugin()._join_due(watch, SETTINGS, last, now, password)
+    return join.join_due(watch.value, SETTINGS, last, now, password)
 
 
 def test_a_node_not_joined_joins_at_once_and_backs_off_after_failures() -> None:
     watch = watch_with(NOT_JOINED)
     assert due(watch, None) is not None
-    failed = {"at": 10_000.0 - 30, "ok": False, "failures": 1, "credentials": False}
+    failed = {"at": 10_000.0 - 30, "ok": False, "failures": 1, "credentials": False, "inputs": "p1"}
     assert due(watch, failed) is None, "30 s after a failure: wait"
     assert due(watch, {**failed, "at": 10_000.0 - 61}) is not None
     assert due(watch, {**failed, "failures": 3, "at": 10_000.0 - 200}) is None, "third failure: 4 min"
     assert due(watch, {**failed, "failures": 3, "at": 10_000.0 - 241}) is not None
-    assert plugin.join_delay(50, 3600.0) == 3600.0
+    assert join.join_delay(50, 3600.0) == 3600.0
+
+
+def test_new_inputs_are_tried_at_once_and_an_old_record_without_them_waits() -> None:
+    watch = watch_with(NOT_JOINED)
+    failed = {"at": 10_000.0 - 30, "ok": False, "failures": 4, "credentials": False, "inputs": "p1"}
+    assert due(watch, failed, password="p1") is None
+    assert "changed" in (due(watch, failed, password="p2") or ""), "the administrator changed something: try it"
+    old = {key: value for key, value in failed.items() if key != "inputs"}
+    assert due(watch, old, password="p2") is None, "no inputs recorded: keep the back-off"
+
+
+def test_the_inputs_change_with_each_join_setting_and_the_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("one\n")
+    secret.chmod(0o600)
+    settings = dataclasses.replace(SETTINGS, password_file=str(secret))
+
+    def host(path: str) -> Path:
+        return Path(path)
+
+    base = join.join_inputs(settings, host, {})
+    assert base == join.join_inputs(settings, host, {}), "stable"
+    variants = [dataclasses.replace(settings, ou="OU=Servers,DC=smbgw,DC=test"),
+                dataclasses.replace(settings, dns_register=True),
+                dataclasses.replace(settings, join_user="other"),
+                dataclasses.replace(settings, realm="OTHER.TEST")]
+    assert all(join.join_inputs(variant, host, {}) != base for variant in variants)
+    assert join.join_inputs(dataclasses.replace(settings, health_interval=600.0), host, {}) == base, \
+        "a setting the join does not use is no reason to try again"
+    secret.write_text("two-longer\n")
+    assert join.join_inputs(settings, host, {}) != base, "the password file rewritten"
+    assert "two" not in join.join_inputs(settings, host, {}), "a digest, never the content"
 
 
 def test_no_second_join_on_a_reading_taken_before_the_first_ended() -> None:
@@ -164,7 +196,7 @@ def test_no_second_join_on_a_reading_taken_before_the_first_ended() -> None:
 
 def test_a_refused_password_is_not_tried_again_until_it_changes() -> None:
     watch = watch_with(NOT_JOINED)
-    refused = {"at": 10_000.0 - 1000, "ok": False, "failures": 1, "credentials": True, "password": "p1"}
+    refused = {"at": 10_000.0 - 1000, "ok": False, "failures": 1, "credentials": True, "inputs": "p1"}
     assert due(watch, refused, password="p1") is None
     assert due(watch, refused, password="p2") is not None, "a new password file is tried"
     assert due(watch, refused, now=10_000.0 + 3600, password="p1") is not None, "after rejoin_min_interval"
@@ -179,7 +211,7 @@ def test_a_broken_trust_is_rejoined_at_most_once_per_interval() -> None:
     assert due(watch, {"at": 10_000.0 - 600, "ok": False, "kind": "rejoin", "failures": 1}) is None, \
         "a failed rejoin counts too"
     refused = {"at": 10_000.0 - 600, "ok": False, "kind": "rejoin", "failures": 1, "credentials": True,
-               "password": "p1"}
+               "inputs": "p1"}
     assert due(watch, refused, password="p1") is None
     assert due(watch, refused, password="p2") is not None, "the administrator fixed the password: try it now"
 
@@ -191,7 +223,7 @@ def test_no_join_for_a_healthy_node_a_missing_dc_or_a_clock(membership: health.M
 
 
 def test_status_text_names_every_check() -> None:
-    text = plugin.status_text(SETTINGS, {"joined_since": 1_800_000_000.0}, BROKEN)
+    text = report.status_text(SETTINGS, {"joined_since": 1_800_000_000.0}, BROKEN)
     assert "PROBLEMS: trust_broken" in text and "DC in use: dc1.smbgw.test (10.97.0.10)" in text
     assert all(f"  {check}" in text for check in health.CHECKS)
 
@@ -199,8 +231,8 @@ def test_status_text_names_every_check() -> None:
 def test_local_ids_are_read_tolerantly(tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0::/root:/bin/bash\ngarbage\nbob:x:1001:1001::/home/bob:/bin/sh\nx:y:99999999999:\n")
-    assert plugin._ids(passwd) == [0, 1001]
-    assert plugin._ids(tmp_path / "missing") == []
+    assert localfiles.local_ids(passwd) == [0, 1001]
+    assert localfiles.local_ids(tmp_path / "missing") == []
 
 
 # ---- the password file ---------------------------------------------------------------------
