@@ -88,6 +88,7 @@ class MembershipWatch:
         self.value: Membership | None = None
         self.error: str | None = None
         self.soon = False  # the next check is due in seconds, not a whole interval
+        self.since = time.time()  # a check before this was another watch's (before a reload)
         self._lock = threading.Lock()
 
     def refresh(self, read: Callable[[], Membership]) -> bool:
@@ -157,7 +158,10 @@ class AdPlugin:
         state = ctx.plugin_state(PLUGIN).snapshot()
 
         def next_run(last: float | None) -> float:
-            if last is None:
+            # The job runner remembers the last check across reloads; a new watch (the
+            # agent reloaded, or [ad] came back) checks at once instead of waiting out
+            # the rest of an interval that began under the old configuration.
+            if last is None or last < watch.since:
                 return 0.0
             return last + (RECHECK_SOON if watch.soon else settings.health_interval)
 

@@ -40,7 +40,9 @@ file server does not have). `dns_register` is an option of the join, not a param
 
 from __future__ import annotations
 
-from .table import BACKENDS, FALLBACKS, AdSettings, IdRange, id_range, range_size_problem, realm, workgroup
+from smbgw_agent.model.idranges import IdRange
+
+from .table import BACKENDS, FALLBACKS, AdSettings, id_range, range_size_problem, realm, workgroup
 
 NOLOGIN = "/usr/sbin/nologin"
 HOMEDIR = "/home/%D/%U"

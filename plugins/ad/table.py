@@ -58,6 +58,7 @@ from typing import Any
 
 from smbgw_agent.model.errors import FieldError
 from smbgw_agent.model.fields import REQUIRED, Table, typename
+from smbgw_agent.model.idranges import IdRange
 
 SECTION = "ad"
 QUOTE = 60  # characters of a bad value quoted in a message
@@ -85,24 +86,6 @@ MIN_AUTORID_SIZE = 2 * AUTORID_RANGESIZE
 
 _CREDENTIAL = re.compile(r"[A-Za-z0-9_.-]+")
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*")
-
-
-@dataclass(frozen=True)
-class IdRange:
-    """`low` to `high`, both included, as smb.conf writes it: ``low-high``."""
-
-    low: int
-    high: int
-
-    @property
-    def size(self) -> int:
-        return self.high - self.low + 1
-
-    def overlaps(self, other: IdRange) -> bool:
-        return self.low <= other.high and other.low <= self.high
-
-    def __str__(self) -> str:
-        return f"{self.low}-{self.high}"
 
 
 DEFAULT_RANGE = IdRange(3000, 7999)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from smbgw_plugins.ad import checks, health, join, localfiles, plugin, report
-from smbgw_plugins.ad.table import AdSettings, IdmapSettings, IdRange
+from smbgw_plugins.ad.table import AdSettings, IdmapSettings
 
 from smbgw_agent.effects.secretfile import SecretFileError, read_secret, secret_signature
+from smbgw_agent.model.idranges import IdRange
 
 REALM = "SMBGW.TEST"
 INFO = checks.AdsInfo("10.97.0.10", "dc1.smbgw.test", REALM, "10.97.0.10", offset=-1, server_time=1_800_000_000,

@@ -6,6 +6,7 @@ is never taken for this one's."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,17 @@ def test_a_join_job_of_an_earlier_membership_is_not_recorded_as_this_ones(tmp_pa
     ctx.plugin_state(PLUGIN).set(JOIN_SUBMITTED, record.submitted)
     plugin._absorb_join(ctx)
     assert ctx.plugin_state(PLUGIN).get(LAST_JOIN)["ok"] is True, "the job it submitted is recorded"
+
+
+def test_a_new_membership_watch_checks_at_once_after_a_reload(tmp_path: Path) -> None:
+    """The job runner keeps the last check's time across reloads: with [ad] added back
+    (or the agent reloaded), the first check must not wait out the old interval."""
+    ctx = context(tmp_path, "root:x:0:0::/root:/bin/sh\n")
+    plugin = AdPlugin()
+    plugin.smbgw_startup(ctx)
+    (schedule,) = plugin.smbgw_schedules(ctx)
+    before_the_watch = time.time() - 5.0
+    assert schedule.next_run(before_the_watch) == 0.0, "checked under the old watch: check now"
+    now = time.time() + 1.0
+    assert schedule.next_run(now) == now + 60.0, "checked by this watch: the next at the interval"
+    assert schedule.next_run(None) == 0.0

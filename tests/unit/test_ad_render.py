@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smbgw_plugins.ad.render import HOMEDIR, KRB5_HEADER, NOLOGIN, global_parameters, krb5_conf
-from smbgw_plugins.ad.table import MAX_ID, AdSettings, IdmapSettings, IdRange, parse_agent_table
+from smbgw_plugins.ad.table import MAX_ID, AdSettings, IdmapSettings, parse_agent_table
 
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.effects.samba import run_testparm
+from smbgw_agent.model.idranges import IdRange
 from smbgw_agent.model.smbvalues import check_text
 from smbgw_agent.platform.parameters import Parameter, merge_parameters
 

@@ -15,7 +15,6 @@ from smbgw_plugins.ad.table import (
     AdSettings,
     IdConflict,
     IdmapSettings,
-    IdRange,
     LoginDefs,
     distinguished_name,
     local_id_conflicts,
@@ -25,6 +24,7 @@ from smbgw_plugins.ad.table import (
 
 from smbgw_agent.model.errors import FieldError
 from smbgw_agent.model.fields import FieldProblems
+from smbgw_agent.model.idranges import IdRange
 from tests.support.tables import problems_of
 
 EXAMPLES = int(os.environ.get("SMBGW_PROPERTY_EXAMPLES", "150"))
