@@ -253,6 +253,13 @@ class JobRunner:
     def record(self, job_id: str) -> JobRecord | None:
         return self.records.get(job_id)
 
+    def busy_resources(self) -> dict[str, str]:
+        """Resources with a job queued or running, and its progress: a share whose mode
+        is still building what serves it (a container starting) is pending, not served."""
+        with self._lock:
+            return {record.resource: record.progress or record.state for record in self.records.values()
+                    if record.state not in FINISHED and record.resource}
+
     # ---- schedules -----------------------------------------------------------------
 
     def set_schedules(self, schedules: Mapping[str, Schedule]) -> None:

@@ -797,6 +797,8 @@ class Reconciler:
         held = report.held if report else {}
         shares: dict[str, Any] = {}
         keys = set(self.state.applied) | (set(desired.shares) if desired else set()) | set(held)
+        busy = {share_key(resource): progress for resource, progress in self.jobs.busy_resources().items()
+                if share_key(resource) is not None} if self.jobs is not None else {}
         for key in sorted(keys):
             applied = self.state.applied.get(key)
             want = desired.shares.get(key) if desired else None
@@ -810,6 +812,10 @@ class Reconciler:
                 error = hold.reason
             else:
                 state = _lifecycle(attempt is not None, want, applied, "served")
+                if state == "served" and key in busy:
+                    # Applied, but its mode's job (a container being created or started)
+                    # has not finished: not served yet (the job's progress is in "jobs").
+                    state = "pending"
             shares[spec.name] = {
                 "file": spec.file,
                 "mode": spec.mode,

@@ -32,6 +32,7 @@ from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, NodeResource, share_resource
 from smbgw_agent.platform.context import PassContext
 from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.jobs import Job, JobRunner
 from smbgw_agent.platform.pluginhost import PluginHost
 from smbgw_agent.reconcile.reconciler import Reconciler
 from smbgw_agent.reconcile.state import StateStore
@@ -253,6 +254,42 @@ def served(root: Path) -> dict[str, str]:
 
 
 # ---- per-share isolation -------------------------------------------------------------------
+
+
+class SlowMode(FileMode):
+    """A mode whose share needs background work after apply (a container to start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
+        super().smbgw_apply_share(ctx, name, desired, changes)
+        assert ctx.jobs is not None
+
+        def run(progress: Any) -> None:
+            progress.report("starting the container")
+            self.release.wait(10.0)
+
+        ctx.jobs.submit(Job(f"files:{name}", run, 20.0, share_resource(name), "files"))
+
+
+def test_a_share_whose_mode_job_runs_is_pending_until_it_ends(root: Path, clock: FakeClock) -> None:
+    mode = SlowMode()
+    runner = Runner()
+    jobs = JobRunner()
+    rec = Reconciler(Paths.under(root), config_for(), PluginHost({"files": mode}),
+                     ServiceControl(runner, use_systemd=False), runner, clock=clock, monotonic=clock, jobs=jobs)
+    declare(root, "alpha")
+    assert rec.run_pass().outcomes["alpha"].result == "applied"
+    shares = rec.status()["shares"]
+    assert shares["alpha"]["state"] == "pending", "applied, but its job has not finished"
+    assert rec.status()["jobs"]["files:alpha"]["progress"] == "starting the container"
+    mode.release.set()
+    assert jobs.wait("files:alpha", 10.0) is not None
+    assert rec.status()["shares"]["alpha"]["state"] == "served"
+    jobs.stop()
 
 
 def test_apply_failure_is_isolated_rolled_back_and_reported(root: Path, clock: FakeClock) -> None:
