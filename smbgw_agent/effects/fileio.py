@@ -67,6 +67,23 @@ def fsync_dir(directory: Path) -> None:
 READ_BACK_LIMIT = 1 << 20
 
 
+class TooLarge(OSError):
+    """A file holds more than its reader accepts: not what the file should be."""
+
+
+def read_limited(path: Path, limit: int) -> bytes | None:
+    """The bytes of a file read as input (another program's output, a list kept by
+    Proxmox): None when it does not exist, `TooLarge` when it holds more than `limit`
+    bytes (found by reading one byte past it, never the whole file), OSError when it
+    cannot be read."""
+    with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
+        data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise TooLarge(f"{path} is larger than {limit} bytes")
+        return data
+    return None
+
+
 def read_back(path: Path, limit: int = READ_BACK_LIMIT) -> str | None:
     """A file the agent wrote, read back as input to compare with what it should hold:
     None when it is missing; bounded (one byte past `limit`, so a longer file never

@@ -1,0 +1,120 @@
+"""Proxmox's `pct`, run through the agent's runner: one function per subcommand the mode
+uses, each with its own time limit, and the parsers of what `pct` prints.
+
+Formats, as pve-container 5 (Proxmox VE 8) prints them (src/PVE/CLI/pct.pm):
+
+- `pct status VMID`: `status: running` (or `stopped`), one line.
+- `pct list`: a header `VMID       Status     Lock         Name` and one row per
+  container of this node, printed with "%-10s %-10s %-12s %-20s"; the lock column is
+  empty for an unlocked container. Nothing at all when there is none.
+
+Only this node's containers are in `pct list`; VMIDs of the whole cluster come from
+`/etc/pve/.vmlist` (plugins/proxmox/vmlist.py). A container's config is read from its
+file, not through `pct config` (plugins/proxmox/guestconf.py).
+
+Time limits: a create unpacks a template (minutes on slow storage); a start boots
+systemd; a stop waits for it. None of them runs inside a reconcile pass: the mode runs
+them as jobs (plugins/mode_lxc/plugin.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from smbgw_agent.effects.runner import Completed, Runner
+
+PCT = "pct"
+CREATE_TIMEOUT = 600.0
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 120.0
+DESTROY_TIMEOUT = 300.0
+QUICK_TIMEOUT = 60.0  # set, status, list, push
+MAX_LIST_ROWS = 100_000
+RUNNING, STOPPED = "running", "stopped"
+
+
+class PctOutputError(ValueError):
+    """`pct` printed something that is not its documented output."""
+
+
+@dataclass(frozen=True)
+class ListedContainer:
+    vmid: int
+    status: str
+    lock: str
+    name: str
+
+
+def parse_status(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1 or not lines[0].startswith("status: "):
+        raise PctOutputError(f"pct status printed {text[:80]!r}, not 'status: STATE'")
+    state = lines[0].removeprefix("status: ").strip()
+    if not (state.isascii() and state.isalpha()) or len(state) > 20:
+        raise PctOutputError(f"pct status printed an unknown state {state[:40]!r}")
+    return state
+
+
+def parse_list(text: str) -> dict[int, ListedContainer]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return {}
+    if lines[0].split() != ["VMID", "Status", "Lock", "Name"]:
+        raise PctOutputError(f"pct list printed {lines[0][:80]!r}, not its header")
+    if len(lines) > MAX_LIST_ROWS:
+        raise PctOutputError(f"pct list printed more than {MAX_LIST_ROWS} rows")
+    found = {}
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) == 3:
+            fields.insert(2, "")
+        if len(fields) != 4 or not (fields[0].isascii() and fields[0].isdigit()) or len(fields[0]) > 9 \
+                or not (fields[1].isascii() and fields[1].isalpha()):
+            raise PctOutputError(f"pct list printed a row {line[:80]!r} that is not 'VMID STATUS [LOCK] NAME'")
+        vmid = int(fields[0])
+        if vmid in found:
+            raise PctOutputError(f"pct list printed VMID {vmid} twice")
+        found[vmid] = ListedContainer(vmid, fields[1], fields[2], fields[3])
+    return found
+
+
+class Pct:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def _run(self, argv: Sequence[str], timeout: float, stdin: str | None = None) -> Completed:
+        return self.runner.run([PCT, *argv], timeout=timeout, stdin=stdin)
+
+    def create(self, argv: Sequence[str]) -> None:
+        """`argv`: `guest.create_arguments`."""
+        self._run(argv, CREATE_TIMEOUT)
+
+    def set(self, argv: Sequence[str]) -> None:
+        """`argv`: `guest.set_arguments`."""
+        self._run(argv, QUICK_TIMEOUT)
+
+    def start(self, vmid: int) -> None:
+        self._run(["start", str(vmid)], START_TIMEOUT)
+
+    def stop(self, vmid: int) -> None:
+        self._run(["stop", str(vmid)], STOP_TIMEOUT)
+
+    def destroy(self, vmid: int) -> None:
+        """`--purge`: also out of backup jobs, replication and HA (Proxmox's own cleanup)."""
+        self._run(["destroy", str(vmid), "--purge"], DESTROY_TIMEOUT)
+
+    def status(self, vmid: int) -> str:
+        return parse_status(self._run(["status", str(vmid)], QUICK_TIMEOUT).stdout)
+
+    def list(self) -> dict[int, ListedContainer]:
+        return parse_list(self._run(["list"], QUICK_TIMEOUT).stdout)
+
+    def push(self, vmid: int, source: str, destination: str, perms: str = "0644") -> None:
+        self._run(["push", str(vmid), source, destination, "--perms", perms], QUICK_TIMEOUT)
+
+    def exec(self, vmid: int, argv: Sequence[str], timeout: float = QUICK_TIMEOUT, stdin: str | None = None,
+             check: bool = True) -> Completed:
+        """A command inside the container (`pct exec VMID -- ARGV`): argv as a list, never
+        a shell line; what goes to its stdin (a password) never appears in argv."""
+        return self.runner.run([PCT, "exec", str(vmid), "--", *argv], timeout=timeout, stdin=stdin, check=check)
