@@ -47,6 +47,7 @@ _BUILTIN_FALLBACK = {
     "vip": "smbgw_plugins.ha:VipPlugin",
     "ctdb": "smbgw_plugins.ha.ctdb.plugin:CtdbPlugin",
     "ad": "smbgw_plugins.ad.plugin:AdPlugin",
+    "mode_lxc": "smbgw_plugins.mode_lxc.plugin:LxcModePlugin",
 }
 CORE_AGENT_TABLES = frozenset({"agent", "samba", "metrics"})
 CORE = "core"
@@ -213,6 +214,10 @@ class PluginHost:
 
     def modes(self) -> list[str]:
         return self._modes
+
+    def mode_owner(self, mode: str) -> str | None:
+        """The plugin that serves shares of `mode`."""
+        return self._mode_owners.get(mode)
 
     def commands(self) -> dict[str, tuple[str, Command]]:
         """smbgwctl verbs of the plugins: verb -> (plugin, command)."""

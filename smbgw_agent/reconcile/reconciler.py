@@ -389,6 +389,14 @@ class Reconciler:
             keys |= self._guard_dirty & (set(desired.shares) | set(applied))
         self._job_resources = self.jobs.take_finished() if self.jobs is not None and not dry_run else set()
         keys |= {k for k in map(share_key, self._job_resources) if k is not None} & (set(desired.shares) | set(applied))
+        # A mode plugin's job that names no resource (its watch over all its guests) stands
+        # for every share of that mode: a container found stopped is planned at once.
+        keys |= {k for k, spec in {**applied, **desired.shares}.items()
+                 if every_resource_of(self.plugins.mode_owner(spec.mode) or "") in self._job_resources}
+        if self.jobs is not None and not dry_run:
+            # A share whose mode's job still runs (a container being made) is left as it is:
+            # planned again when the job ends (`take_finished`), with whatever is declared then.
+            keys -= {k for k in map(share_key, self.jobs.busy_resources()) if k is not None}
         self._guard_dirty = set()
         wanted = self._wanted_resources(ctx, report)
         ctx.resources = wanted

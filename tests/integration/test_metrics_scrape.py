@@ -65,6 +65,9 @@ AD_ONLY = {  # exported only with [ad]: tests/integration/test_ad_member.py scra
     "smbgw_ad_joined", "smbgw_ad_healthy", "smbgw_ad_check_success", "smbgw_ad_problem",
     "smbgw_ad_clock_skew_seconds", "smbgw_ad_last_check_timestamp_seconds", "smbgw_ad_last_join_success",
 }
+LXC_ONLY = {  # exported only with a share of mode = "lxc": tests/integration/test_mode_lxc.py scrapes it
+    "smbgw_lxc_container_running",
+}
 
 
 @dataclass
@@ -240,7 +243,7 @@ def test_values_say_what_the_agent_did(scraped: Scraped) -> None:
     assert abs((value(port, "smbgw_last_reconcile_success_timestamp_seconds") or 0) - time.time()) < 600
     collectors = {s.labels["collector"]: s.value for s in by_name(port)["smbgw_collector_success"]}
     assert collectors == {"core": 1, "usage": 1, "mode_native": 1, "smbstatus": 1, "quota": 1, "backup": 1, "vip": 1,
-                          "ctdb": 1, "ad": 1}
+                          "ctdb": 1, "ad": 1, "mode_lxc": 1}
 
 
 def test_sessions_count_a_connected_client(scraped: Scraped) -> None:
@@ -285,7 +288,7 @@ def test_docs_metrics_md_is_honest_about_what_is_exported(scraped: Scraped) -> N
     for metric, status in documented.items():
         if metric == "up":
             continue  # Prometheus's, not the agent's
-        if status == "exported" and metric not in CLUSTER_ONLY | AD_ONLY:
+        if status == "exported" and metric not in CLUSTER_ONLY | AD_ONLY | LXC_ONLY:
             # A counter family without series is announced by its base name (`..._total` without
             # the suffix), as the text format does.
             base = re.sub(r"_total$", "", metric)

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pct_standin import image, pct
+from tests.support.pct_standin.node import subid_lines
 
 pytestmark = pytest.mark.integration
 
@@ -67,31 +68,6 @@ def _requirements() -> None:
     for tool in ("lxc-start", "lxc-attach", "newuidmap", "ip", "smbclient", "debootstrap", "mount"):
         if shutil.which(tool) is None:
             _unavailable(f"{tool} not found (apt-get install lxc uidmap iproute2 smbclient debootstrap)")
-
-
-@contextlib.contextmanager
-def subid_lines(lines: tuple[str, ...]) -> Iterator[None]:
-    """Add the missing ones of ``lines`` to /etc/subuid and /etc/subgid; remove exactly those
-    again afterwards (other lines, and lines that were there before, stay as they are)."""
-    added: dict[Path, list[str]] = {}
-    try:
-        for path in (Path("/etc/subuid"), Path("/etc/subgid")):
-            existing = path.read_text().splitlines() if path.exists() else []
-            missing = [line for line in lines if line not in existing]
-            if missing:
-                text = path.read_text() if path.exists() else ""
-                if text and not text.endswith("\n"):
-                    text += "\n"
-                added[path] = missing
-                path.write_text(text + "".join(f"{line}\n" for line in missing))
-        yield
-    finally:
-        for path, mine in added.items():
-            kept = path.read_text().splitlines()
-            for line in mine:
-                if line in kept:
-                    kept.remove(line)
-            path.write_text("".join(f"{line}\n" for line in kept))
 
 
 @dataclass

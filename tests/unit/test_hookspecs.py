@@ -100,8 +100,8 @@ def test_builtin_plugin_is_found_without_installed_metadata(monkeypatch: pytest.
     """Running from a source tree (no entry points): the built-ins still load."""
     monkeypatch.setattr(pluginhost, "entry_points", lambda **_kw: [])
     host = PluginHost.load()
-    assert host.names == ["ctdb", "ad", "quota", "mode_native", "backup", "vip"]
-    assert host.modes() == ["native"]
+    assert host.names == ["ctdb", "ad", "quota", "mode_lxc", "mode_native", "backup", "vip"]
+    assert host.modes() == ["lxc", "native"]
 
 
 def test_a_hook_implementation_without_a_spec_is_refused() -> None:
@@ -134,7 +134,7 @@ def root(tmp_path: Path) -> Path:
 def test_disabled_builtin_is_not_registered_and_its_mode_is_gone(root: Path) -> None:
     host = PluginHost.load(disabled=["mode_native"])
     assert "mode_native" not in host.names
-    assert host.modes() == []
+    assert "native" not in host.modes()
     config = AgentConfig(node="n1", allowed_roots=("/srv",))
     scanner = ShareScanner(Paths.under(root), host, config)
     explicit = write(root / "etc/smbgw/shares.d/explicit.toml", """

@@ -292,6 +292,27 @@ def test_a_share_whose_mode_job_runs_is_pending_until_it_ends(root: Path, clock:
     jobs.stop()
 
 
+def test_a_share_is_left_alone_while_its_job_runs_and_planned_when_it_ends(root: Path, clock: FakeClock) -> None:
+    """Removed while its container is still being made: nothing is planned for it until
+    the job ends (a plan now could only forget it), then the removal goes through."""
+    mode = SlowMode()
+    runner = Runner()
+    jobs = JobRunner()
+    rec = Reconciler(Paths.under(root), config_for(), PluginHost({"files": mode}),
+                     ServiceControl(runner, use_systemd=False), runner, clock=clock, monotonic=clock, jobs=jobs)
+    path = declare(root, "alpha")
+    rec.run_pass()
+    path.unlink()
+    report = rec.run_pass(full=True)
+    assert "alpha" not in report.outcomes, "not planned while its job runs"
+    assert "alpha" in rec.state.applied and set(served(root)) == {"alpha"}
+    mode.release.set()
+    assert jobs.wait("files:alpha", 10.0) is not None
+    assert rec.run_pass().outcomes["alpha"].result == "removed", "planned when the job ended"
+    assert served(root) == {}
+    jobs.stop()
+
+
 def test_apply_failure_is_isolated_rolled_back_and_reported(root: Path, clock: FakeClock) -> None:
     mode = FileMode()
     mode.fail_apply["alpha"] = "disk on fire"

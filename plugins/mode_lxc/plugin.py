@@ -1,0 +1,571 @@
+"""LXC mode: each share served by smbd inside its own unprivileged Proxmox container.
+
+Per share, the plan compares the container (its config file in /etc/pve, its state as
+the last observation saw it, the smb.conf the agent last pushed into it) with what the
+share file asks for. The work is done by a job per share (`lxc:<share>`), outside the
+pass and its command cap: create (`pct create`, the id map written into the config,
+`pct start`, systemd awaited, smb.conf pushed and smbd reloaded), change (`pct set`,
+a restart at the end when an option takes effect only at a start, smb.conf pushed),
+start a container found stopped, remove (`pct stop`, `pct destroy --purge`; the share's
+data is a bind mount and is never touched). While a job runs, the share is "pending"; a
+failed job fails the share, which is retried with the usual back-off, and a create that
+fails half way destroys what it created.
+
+The agent never touches a guest it did not create: a container is the share's only if
+its config carries the `smbgw` tag and the share's own tag. A VMID in use by anything
+else (any node, container or VM: /etc/pve/.vmlist) is an error. VMIDs the agent
+allocates from `[proxmox] vmid_range` are recorded in its state, so a share keeps its
+container and no two shares get the same id.
+
+Every `observe_interval` a background reading lists the node's containers (`pct list`)
+and connects to TCP 445 on each share's address: metrics, status and drift repair (a
+container stopped by hand is started again unless `autostart = false`; smbd not
+answering in a running container is restarted) come from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from smbgw_agent.effects.fileio import atomic_write
+from smbgw_agent.effects.runner import CommandError, Runner
+from smbgw_agent.effects.samba import run_testparm
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.idranges import IdRange
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.platform import order
+from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, share_resource
+from smbgw_agent.platform.context import CollectContext, PassContext
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
+
+from ..mode_native import render_share, security_globals
+from ..proxmox.guestconf import GuestConfig, read_guest_config
+from ..proxmox.table import SECTION as PROXMOX
+from ..proxmox.table import ProxmoxSettings
+from ..proxmox.table import parse_agent_table as parse_proxmox_table
+from ..proxmox.vmlist import allocate, read_vmlist
+from . import guest
+from .idmap import MapLine, base_of, build, missing, parse_subid, subid_lines
+from .pct import RUNNING, STOPPED, Pct
+from .table import DHCP, SECTION, LxcSpec, parse_share_table
+
+log = logging.getLogger(__name__)
+MODE = PLUGIN = "mode_lxc"
+MODE_NAME = "lxc"
+VMIDS, PUSHED, ABSORBED = "vmids", "pushed", "absorbed"  # plugin state keys
+OBSERVE_JOB = "lxc:observe"
+OBSERVE_INTERVAL = 10.0
+JOB_TIMEOUT = 900.0
+BOOT_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 1.0
+SMB_CONF = "/etc/samba/smb.conf"
+VMLIST = "/etc/pve/.vmlist"
+
+
+def config_path(vmid: int) -> str:
+    return f"/etc/pve/lxc/{vmid}.conf"
+
+
+def job_id(key: str) -> str:
+    return f"lxc:{key}"
+
+
+def spec_of(share: ShareSpec) -> LxcSpec:
+    return LxcSpec.of(share.sections[SECTION])
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Observation:
+    """The last background reading: containers' states and whether smbd answers."""
+
+    at: float = 0.0
+    status: dict[int, str] = field(default_factory=dict)
+    answers: dict[int, bool] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.value = Observation()
+        self._lock = threading.Lock()
+
+    def refresh(self, pct: Pct, addresses: Mapping[int, str], keep_running: Sequence[int] = ()) -> bool:
+        """A new reading; True when a pass should look at it: it differs from the last, or
+        it finds something to repair (a container of `keep_running` stopped, smbd not
+        answering). Change alone is not enough: a reading taken while a container was
+        being created says "stopped", and so does the next one after someone stopped it."""
+        try:
+            listed = pct.list()
+            status = {vmid: row.status for vmid, row in listed.items()}
+            answers = {vmid: answers_smb(address) for vmid, address in addresses.items()
+                       if status.get(vmid) == RUNNING}
+            reading = Observation(time.time(), status, answers)
+        except (CommandError, ValueError) as exc:
+            reading = Observation(time.time(), dict(self.value.status), dict(self.value.answers), str(exc))
+        with self._lock:
+            before, self.value = self.value, reading
+        for vmid in sorted(set(reading.status) | set(before.status)):
+            if before.at and reading.status.get(vmid) != before.status.get(vmid):
+                log.info("lxc: container %d is %s (was %s)", vmid, reading.status.get(vmid, "gone"),
+                         before.status.get(vmid, "absent"))
+        repair = any(reading.status.get(vmid) == STOPPED for vmid in keep_running) or \
+            any(answer is False for answer in reading.answers.values())
+        return repair or (before.status, before.answers, before.error) != \
+            (reading.status, reading.answers, reading.error)
+
+
+def answers_smb(address: str) -> bool:
+    """Something accepts a TCP connection on port 445 at `address` (an interface
+    address, its prefix ignored)."""
+    host = str(ipaddress.ip_interface(address).ip)
+    try:
+        with socket.create_connection((host, 445), timeout=CONNECT_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a share's job does, decided in the pass."""
+
+    share: ShareSpec
+    vmid: int
+    create: bool
+    settings: ProxmoxSettings
+    options: Mapping[str, str]
+    idmap: Sequence[MapLine]
+    changes: Sequence[guest.Difference] = ()
+    start: bool = False
+    restart_smbd: bool = False
+    smb_conf: str | None = None  # to push
+    remove: bool = False
+
+
+class LxcModePlugin:
+    def __init__(self) -> None:
+        self._observer = Observer()
+
+    # ---- tables ----------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_modes(self) -> Sequence[str]:
+        return [MODE_NAME]
+
+    @hookimpl
+    def smbgw_share_sections(self) -> Sequence[str]:
+        return [SECTION]
+
+    @hookimpl
+    def smbgw_agent_sections(self) -> Sequence[str]:
+        return [PROXMOX]
+
+    @hookimpl
+    def smbgw_order(self) -> int:
+        return order.MODE
+
+    @hookimpl
+    def smbgw_validate_agent_section(self, section: str, data: Mapping[str, Any]) -> Any:
+        return parse_proxmox_table(data) if section == PROXMOX else None
+
+    @hookimpl
+    def smbgw_validate_share_section(self, section: str, data: Mapping[str, Any], config: AgentConfig) -> Any:
+        return parse_share_table(data) if section == SECTION else None
+
+    @hookimpl
+    def smbgw_validate_share(self, share: ShareSpec, config: AgentConfig) -> Sequence[str]:
+        has_table = SECTION in share.sections
+        if share.mode != MODE_NAME:
+            return ["[lxc] is for mode = \"lxc\" only"] if has_table else []
+        problems = []
+        if not has_table:
+            problems.append("mode = \"lxc\" needs an [lxc] table with the container's address")
+        settings = ProxmoxSettings.from_config(config.plugin_sections)
+        if settings is None:
+            problems.append("mode = \"lxc\" needs [proxmox] in agent.toml (vmid_range, bridge, storage, "
+                            "lxc_template)")
+        elif settings.lxc_template is None:
+            problems.append("mode = \"lxc\" needs [proxmox] lxc_template in agent.toml")
+        return problems
+
+    # ---- observing -------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_schedules(self, ctx: PassContext) -> Sequence[Schedule]:
+        if not any(share.mode == MODE_NAME for share in ctx.desired.values()) and not self._vmids(ctx):
+            return []
+        pct, observer = Pct(ctx.runner), self._observer
+        vmids = self._vmids(ctx)
+        ours = {vmids[key]: spec_of(share) for key, share in ctx.desired.items()
+                if share.mode == MODE_NAME and SECTION in share.sections and key in vmids}
+        addresses = {vmid: spec.address for vmid, spec in ours.items() if spec.address != DHCP}
+        keep_running = [vmid for vmid, spec in ours.items() if spec.autostart]
+
+        def next_run(last: float | None) -> float:
+            return 0.0 if last is None else last + OBSERVE_INTERVAL
+
+        return [Schedule(OBSERVE_JOB, next_run, lambda _progress: observer.refresh(pct, addresses, keep_running),
+                         timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
+
+    # ---- planning --------------------------------------------------------------------
+
+    @staticmethod
+    def _vmids(ctx: PassContext) -> dict[str, int]:
+        found = ctx.plugin_state(PLUGIN).get(VMIDS) or {}
+        return {str(key): int(value) for key, value in found.items()} if isinstance(found, Mapping) else {}
+
+    def _absorb(self, ctx: PassContext, key: str) -> None:
+        """The outcome of the share's last job, once: recorded when it worked, raised
+        (the share fails and is retried with back-off) when it did not."""
+        record = ctx.jobs.record(job_id(key)) if ctx.jobs is not None else None
+        state = ctx.plugin_state(PLUGIN)
+        absorbed = dict(state.get(ABSORBED) or {})
+        if record is None or record.state not in FINISHED or absorbed.get(key) == record.finished:
+            return
+        absorbed[key] = record.finished
+        state.set(ABSORBED, absorbed)
+        result = record.result if isinstance(record.result, Mapping) else {}
+        if record.state == SUCCEEDED:
+            pushed = dict(state.get(PUSHED) or {})
+            vmids = self._vmids(ctx)
+            if result.get("removed"):
+                pushed.pop(key, None)
+                vmids.pop(key, None)
+            elif result.get("smb_conf"):
+                pushed[key] = str(result["smb_conf"])
+            state.set(PUSHED, pushed)
+            state.set(VMIDS, vmids)
+            return
+        raise RuntimeError(f"container job failed: {record.error or record.state}")
+
+    def _vmid_for(self, ctx: PassContext, share: ShareSpec, settings: ProxmoxSettings) -> int:
+        spec = spec_of(share)
+        if spec.vmid is not None:
+            return spec.vmid
+        known = self._vmids(ctx).get(share.key)
+        if known is not None:
+            return known
+        guests = read_vmlist(ctx.paths.host(VMLIST))
+        reserved = set(self._vmids(ctx).values())
+        for other in ctx.desired.values():
+            if other.mode == MODE_NAME and SECTION in other.sections and spec_of(other).vmid is not None:
+                reserved.add(int(spec_of(other).vmid or 0))
+        vmid = allocate(*settings.vmid_range, in_use=set(guests), reserved=reserved)
+        if vmid is None:
+            low, high = settings.vmid_range
+            raise ValueError(f"no free VMID left in [proxmox] vmid_range {low}-{high}: widen it or remove shares")
+        return vmid
+
+    def _idmap(self, ctx: PassContext, share: ShareSpec) -> list[MapLine]:
+        """Container ids shifted as Proxmox does, with the owner of the share's directory
+        passed through (`idmap.py` says why); checked against /etc/subuid and /etc/subgid."""
+        try:
+            owner = ctx.paths.host(share.path).stat()
+            uid, gid = owner.st_uid, owner.st_gid
+        except FileNotFoundError:
+            uid = gid = 0  # made by the agent at apply, owned by root: nothing to pass through
+        lines = []
+        for kind, own_id, subid in (("u", uid, "/etc/subuid"), ("g", gid, "/etc/subgid")):
+            try:
+                # The node's own file, never a sandbox's copy: LXC's newuidmap reads it.
+                granted = parse_subid(Path(subid).read_text(errors="replace"))
+            except FileNotFoundError:
+                granted = []
+            base = base_of(granted)
+            if base is None:
+                raise ValueError(f"{subid} grants root no range of 65536 ids for containers (Proxmox's default "
+                                 "is root:100000:65536): add one")
+            through = [IdRange(own_id, own_id)] if own_id != 0 else []
+            kind_lines = build(kind, base, through)
+            gaps = missing(kind_lines, granted)
+            if gaps:
+                raise ValueError(f"{subid} does not let root map {', '.join(map(str, gaps))} into a container "
+                                 f"(the owner of {share.path}): add {subid_lines(gaps)}")
+            lines += kind_lines
+        return lines
+
+    def _smb_conf(self, ctx: PassContext, share: ShareSpec, vmid: int) -> str:
+        target = f"lxc:{vmid}"
+        parameters = [("server role", "standalone server"), ("disable netbios", "yes"), ("smb ports", "445"),
+                      *security_globals(ctx.config), *ctx.global_parameters(target)]
+        head = f"# Generated by smbgw-agent for share {share.name} in container {vmid}; edits are overwritten.\n"
+        head += "[global]\n" + "".join(f"\t{name} = {value}\n" for name, value in parameters)
+        return head + render_share(share, Path(guest.SHARE_MOUNT), ctx.share_parameters(share, target))
+
+    def _work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
+        settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
+        if settings is None or settings.lxc_template is None:
+            raise ValueError("mode = \"lxc\" needs [proxmox] with lxc_template in agent.toml")
+        spec = spec_of(share)
+        vmid = self._vmid_for(ctx, share, settings)
+        host_path = str(ctx.paths.host(share.path))
+        options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path)
+        idmap = self._idmap(ctx, share)
+        smb_conf = self._smb_conf(ctx, share, vmid)
+        resource = share_resource(share.name)
+        config = read_guest_config(ctx.paths.host(config_path(vmid)))
+        if config is None:
+            guests = read_vmlist(ctx.paths.host(VMLIST))
+            if vmid in guests:
+                raise ValueError(f"VMID {vmid} is in use by a {guests[vmid].type} guest on node {guests[vmid].node}: "
+                                 "the agent never touches a guest it did not create")
+            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf)
+            return work, [Change(resource, CREATE, f"create container {vmid} ({options['hostname']}) from "
+                                 f"{settings.lxc_template} on {settings.storage}, start it and serve [{share.name}] "
+                                 f"at {spec.address}")]
+        self._check_ours(config, share, vmid)
+        differences = guest.differences(config, options, idmap)
+        changes = [Change(resource, UPDATE, f"container {vmid}: {d.detail()}") for d in differences]
+        seen = self._observer.value
+        record = ctx.jobs.record(job_id(share.key)) if ctx.jobs is not None else None
+        # A reading taken before the share's last job ended says nothing about now.
+        fresh = record is None or record.finished is None or seen.at > record.finished
+        state = seen.status.get(vmid) if fresh else None
+        start = state == STOPPED and spec.autostart
+        if start:
+            changes.append(Change(resource, UPDATE, f"start container {vmid} (found stopped)"))
+        restart_smbd = state == RUNNING and seen.answers.get(vmid) is False
+        if restart_smbd:
+            changes.append(Change(resource, UPDATE, f"restart smbd in container {vmid} ({spec.address} port 445 "
+                                  "does not answer)"))
+        pushed = (ctx.plugin_state(PLUGIN).get(PUSHED) or {}).get(share.key)
+        push = pushed != digest(smb_conf)
+        if push:
+            changes.append(Change(resource, UPDATE, f"write smb.conf in container {vmid} and reload smbd"))
+        work = Work(share, vmid, False, settings, options, idmap, differences, start, restart_smbd,
+                    smb_conf if push or differences else None)
+        return work, changes
+
+    @staticmethod
+    def _check_ours(config: GuestConfig, share: ShareSpec, vmid: int) -> None:
+        tags = {tag.casefold() for tag in config.tags}
+        if guest.TAG not in tags or guest.share_tag(share.name) not in tags:
+            raise ValueError(f"container {vmid} is not this share's (its tags: {';'.join(sorted(tags)) or 'none'}): "
+                             "the agent never touches a guest it did not create; give the share another vmid")
+
+    @hookimpl
+    def smbgw_plan_share(
+        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
+    ) -> Sequence[Change]:
+        mine = desired is not None and desired.mode == MODE_NAME
+        was = applied is not None and applied.mode == MODE_NAME
+        key = name.casefold()
+        if not (mine or was or key in self._vmids(ctx)):
+            return []
+        self._absorb(ctx, key)
+        if mine:
+            assert desired is not None
+            work, changes = self._work(ctx, desired)
+            ctx.plugin_scratch(PLUGIN)[key] = work
+            return changes
+        vmid = self._vmids(ctx).get(key)
+        if vmid is None or read_guest_config(ctx.paths.host(config_path(vmid))) is None:
+            return []
+        return [Change(share_resource(name), DELETE, f"stop and destroy container {vmid} (pct destroy --purge); "
+                       f"the data in {applied.path if applied else 'the share directory'} stays")]
+
+    # ---- applying --------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
+        key = name.casefold()
+        work = ctx.plugin_scratch(PLUGIN).get(key)
+        if not isinstance(work, Work):
+            raise RuntimeError(f"share {name}: nothing planned to apply")
+        if work.smb_conf is not None:
+            checked = self._testparm(ctx.runner, work.smb_conf)
+            if checked:
+                raise ValueError(f"testparm refuses the container's smb.conf: {checked}")
+        state = ctx.plugin_state(PLUGIN)
+        vmids = self._vmids(ctx)
+        vmids[key] = work.vmid  # reserved now: no other share gets it, even before the job runs
+        state.set(VMIDS, vmids)
+        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = work
+
+    @staticmethod
+    def _testparm(runner: Runner, text: str) -> str | None:
+        with tempfile.TemporaryDirectory(prefix="smbgw-lxc-") as folder:
+            candidate = Path(folder) / "smb.conf"
+            candidate.write_text(text)
+            result = run_testparm(runner, candidate)
+        return None if result.ok else "; ".join(result.errors)[:500]
+
+    @hookimpl
+    def smbgw_remove_share(
+        self, ctx: PassContext, name: str, applied: ShareSpec | None, changes: Sequence[Change]
+    ) -> None:
+        key = name.casefold()
+        vmid = self._vmids(ctx).get(key)
+        if vmid is None:
+            return
+        settings = ProxmoxSettings.from_config(ctx.config.plugin_sections) or ProxmoxSettings((0, 0), "", "")
+        share = applied or ShareSpec(name=name, file="", path="/")
+        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = Work(share, vmid, False, settings, {}, (),
+                                                                        remove=True)
+
+    @hookimpl
+    def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
+        ctx.plugin_scratch(PLUGIN).get("submit", {}).pop(name.casefold(), None)
+
+    @hookimpl
+    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
+        """The jobs start only now, for the shares the pass kept."""
+        staged: dict[str, Work] = ctx.plugin_scratch(PLUGIN).pop("submit", {})
+        if ctx.jobs is None:
+            return {share_resource(key): "this agent runs no jobs" for key in staged}
+        for key, work in staged.items():
+            run = _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
+            ctx.jobs.submit(Job(job_id(key), run, JOB_TIMEOUT, share_resource(work.share.name), PLUGIN))
+        return {}
+
+    # ---- status and metrics ----------------------------------------------------------
+
+    @hookimpl
+    def smbgw_observe(self, ctx: PassContext) -> Mapping[str, Any]:
+        seen = self._observer.value
+        vmids = self._vmids(ctx)
+        if not vmids and not seen.at:
+            return {}
+        return {"containers": {key: {"vmid": vmid, "status": seen.status.get(vmid),
+                                     "smbd_answers": seen.answers.get(vmid)} for key, vmid in sorted(vmids.items())},
+                "observed": seen.at or None, "error": seen.error}
+
+    @hookimpl
+    def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
+        shares = ctx.status.get("plugins", {}).get(PLUGIN, {}).get("containers", {})
+        if not shares:
+            return []
+        running = GaugeMetricFamily("smbgw_lxc_container_running", "1 if the share's container is running",
+                                    labels=["share", "vmid"])
+        seen = self._observer.value
+        for key, info in sorted(shares.items()):
+            vmid = int(info.get("vmid") or 0)
+            running.add_metric([key, str(vmid)], 1.0 if seen.status.get(vmid) == RUNNING else 0.0)
+        return [running]
+
+
+# ---- the jobs (worker threads) --------------------------------------------------------
+
+
+def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
+    pct, host = Pct(ctx.runner), ctx.paths.host
+
+    def run(progress: JobProgress) -> dict[str, Any]:
+        vmid = work.vmid
+        if work.create:
+            _create(pct, host, work, progress)
+        else:
+            at_start = [d for d in work.changes if d.at_start]
+            if work.changes:
+                progress.report(f"changing container {vmid}")
+                pct.set(guest.set_arguments(vmid, work.changes))
+                if any(d.key == "lxc.idmap" for d in work.changes):
+                    write_idmap(host(config_path(vmid)), work.idmap)
+            if at_start and not work.start:
+                progress.report(f"restarting container {vmid} ({', '.join(d.key for d in at_start)})")
+                pct.stop(vmid)
+                pct.start(vmid)
+                _await_boot(pct, vmid, progress)
+            elif work.start and pct.status(vmid) != RUNNING:
+                progress.report(f"starting container {vmid}")
+                pct.start(vmid)
+                _await_boot(pct, vmid, progress)
+        if work.smb_conf is not None:
+            _push_smb_conf(pct, vmid, work.smb_conf, progress)
+        if work.restart_smbd:
+            progress.report(f"restarting smbd in container {vmid}")
+            pct.exec(vmid, ["systemctl", "restart", "smbd"], timeout=60.0)
+        return {"vmid": vmid, "smb_conf": digest(work.smb_conf) if work.smb_conf is not None else None}
+
+    return run
+
+
+def _remove_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
+    pct, host = Pct(ctx.runner), ctx.paths.host
+
+    def run(progress: JobProgress) -> dict[str, Any]:
+        vmid = work.vmid
+        config = read_guest_config(host(config_path(vmid)))
+        if config is not None:
+            LxcModePlugin._check_ours(config, work.share, vmid)
+            if pct.status(vmid) == RUNNING:
+                progress.report(f"stopping container {vmid}")
+                pct.stop(vmid)
+            progress.report(f"destroying container {vmid}")
+            pct.destroy(vmid)
+        return {"vmid": vmid, "removed": True}
+
+    return run
+
+
+def _create(pct: Pct, host: Callable[[str], Path], work: Work, progress: JobProgress) -> None:
+    vmid, settings = work.vmid, work.settings
+    assert settings.lxc_template is not None
+    progress.report(f"creating container {vmid} from {settings.lxc_template}")
+    pct.create(guest.create_arguments(vmid, settings.lxc_template, settings.storage, work.options))
+    try:
+        write_idmap(host(config_path(vmid)), work.idmap)
+        progress.report(f"starting container {vmid}")
+        pct.start(vmid)
+        _await_boot(pct, vmid, progress)
+    except Exception:
+        # Half made: take it away again (the share's data is a bind mount, untouched).
+        with contextlib.suppress(CommandError, ValueError):
+            if pct.status(vmid) == RUNNING:
+                pct.stop(vmid)
+        with contextlib.suppress(CommandError):
+            pct.destroy(vmid)
+        raise
+
+
+def _await_boot(pct: Pct, vmid: int, progress: JobProgress) -> None:
+    """systemd inside has finished starting (running, or degraded: a unit failed that
+    smbd may not need)."""
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    said = ""
+    while time.monotonic() < deadline and not progress.expired:
+        result = pct.exec(vmid, ["systemctl", "is-system-running"], timeout=30.0, check=False)
+        said = result.stdout.strip()
+        if said in ("running", "degraded"):
+            return
+        progress.report(f"container {vmid}: systemd {said or 'starting'}")
+        time.sleep(0.3)
+    raise TimeoutError(f"container {vmid} did not finish starting within {BOOT_TIMEOUT:g}s (systemd: {said or '?'})")
+
+
+def _push_smb_conf(pct: Pct, vmid: int, text: str, progress: JobProgress) -> None:
+    progress.report(f"writing smb.conf in container {vmid}")
+    with tempfile.TemporaryDirectory(prefix="smbgw-lxc-") as folder:
+        source = Path(folder) / "smb.conf"
+        source.write_text(text)
+        pct.push(vmid, str(source), SMB_CONF)
+    pct.exec(vmid, ["systemctl", "enable", "--now", "smbd"], timeout=60.0)
+    pct.exec(vmid, ["smbcontrol", "smbd", "reload-config"], timeout=30.0)
+
+
+def write_idmap(path: Path, idmap: Sequence[MapLine]) -> None:
+    """The container's `lxc.idmap` lines, in its config file's current section (before
+    any snapshot), replacing the ones there: Proxmox has no `pct set` for them."""
+    text = path.read_text()
+    head, sep, snapshots = text.partition("\n[")
+    kept = [line for line in head.splitlines() if not line.startswith("lxc.idmap:")]
+    body = "\n".join(kept + guest.idmap_config_lines(idmap)) + "\n"
+    atomic_write(path, body + (("\n[" + snapshots) if sep else ""), mode=0o640)

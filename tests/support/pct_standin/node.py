@@ -1,0 +1,121 @@
+"""TEST FIXTURE, never shipped: a Proxmox node as far as the LXC mode can tell, made of the
+`pct` stand-in (tests/support/pct_standin), a root holding /etc/pve and the template, and
+a network namespace with the bridge `vmbr0` in it (the node's network: the agent, `pct`
+and the test's clients all run there, so the host's network is never touched).
+
+/etc/subuid and /etc/subgid get root's container range and the ids the test passes
+through (LXC maps ids with newuidmap even for root); exactly the lines added are removed
+again, however the test ends. Containers are destroyed by their VMIDs under the node's
+own root, and the namespace is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import image
+
+BIN_DIR = Path(__file__).with_name("bin")
+NODE = "pve-test"
+SUBNET = "10.98.{}.{}"
+BRIDGE = "vmbr0"
+
+
+@contextlib.contextmanager
+def subid_lines(lines: Sequence[str]) -> Iterator[None]:
+    """Add the missing ones of ``lines`` to /etc/subuid and /etc/subgid; remove exactly those
+    again afterwards (other lines, and lines that were there before, stay as they are)."""
+    added: dict[Path, list[str]] = {}
+    try:
+        for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+            existing = path.read_text().splitlines() if path.exists() else []
+            missing = [line for line in lines if line not in existing]
+            if missing:
+                text = path.read_text() if path.exists() else ""
+                if text and not text.endswith("\n"):
+                    text += "\n"
+                added[path] = missing
+                path.write_text(text + "".join(f"{line}\n" for line in missing))
+        yield
+    finally:
+        for path, mine in added.items():
+            kept = path.read_text().splitlines()
+            for line in mine:
+                if line in kept:
+                    kept.remove(line)
+            path.write_text("".join(f"{line}\n" for line in kept))
+
+
+@dataclass
+class StandinNode:
+    root: Path
+    namespace: str
+    octet: int
+
+    def address(self, host: int) -> str:
+        return SUBNET.format(self.octet, host)
+
+    @property
+    def gateway(self) -> str:
+        return self.address(1)
+
+    def env(self) -> dict[str, str]:
+        """What the agent (or a test) needs to find and run the stand-in."""
+        return {"SMBGW_PCT_ROOT": str(self.root), "SMBGW_PCT_NODE": NODE, "SMBGW_PCT_PYTHON": sys.executable,
+                "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+
+    def wrapper(self) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace]
+
+    def run(self, *argv: str, stdin: str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """`argv` in the node's namespace with the stand-in first in PATH."""
+        return subprocess.run([*self.wrapper(), *argv], capture_output=True, text=True, timeout=timeout,
+                              check=False, input=stdin if stdin is not None else "",
+                              env={**os.environ, **self.env()})
+
+    def pct(self, *argv: str, stdin: str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return self.run(str(BIN_DIR / "pct"), *argv, stdin=stdin, timeout=timeout)
+
+    def config(self, vmid: int) -> Path:
+        return self.root / f"etc/pve/nodes/{NODE}/lxc/{vmid}.conf"
+
+
+@contextlib.contextmanager
+def standin_node(root: Path, subids: Sequence[str] = ("root:100000:65536",)) -> Iterator[StandinNode]:
+    """`root` must be traversable by everyone up to it (an unprivileged container's root,
+    uid 100000, walks to its overlay): a directory of the test's own under /var/tmp."""
+    image.ensure_template(root)
+    namespace = f"smbgwlxc{os.getpid()}x{secrets.token_hex(3)}"
+    node = StandinNode(root, namespace, 1 + secrets.randbelow(250))
+    created = False
+    try:
+        subprocess.run(["ip", "netns", "add", namespace], check=True, capture_output=True)
+        created = True
+        for argv in (("link", "set", "lo", "up"), ("link", "add", BRIDGE, "type", "bridge"),
+                     ("addr", "add", f"{node.gateway}/24", "dev", BRIDGE), ("link", "set", BRIDGE, "up")):
+            subprocess.run(["ip", "-n", namespace, *argv], check=True, capture_output=True)
+        with subid_lines(subids):
+            try:
+                yield node
+            finally:
+                destroy_all(node)
+    finally:
+        if created:
+            subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, check=False)
+
+
+def destroy_all(node: StandinNode) -> None:
+    """Every container under the node's root, stopped and destroyed (the stand-in first,
+    LXC directly if the stand-in itself cannot)."""
+    folder = node.root / f"etc/pve/nodes/{NODE}/lxc"
+    for conf in sorted(folder.glob("*.conf")) if folder.is_dir() else []:
+        vmid = conf.stem
+        if node.pct("destroy", vmid, "--force", "--purge").returncode != 0:
+            node.run("lxc-stop", "-P", str(node.root / "var/lib/lxc"), "-n", vmid, "--kill")
