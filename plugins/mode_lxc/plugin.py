@@ -73,6 +73,8 @@ JOB_TIMEOUT = 900.0
 BOOT_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 1.0
 SMB_CONF = "/etc/samba/smb.conf"
+# The node's own files, never a sandbox's copy: LXC's newuidmap reads them.
+SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
 VMLIST = "/etc/pve/.vmlist"
 
 
@@ -283,9 +285,8 @@ class LxcModePlugin:
         except FileNotFoundError:
             uid = gid = 0  # made by the agent at apply, owned by root: nothing to pass through
         lines = []
-        for kind, own_id, subid in (("u", uid, "/etc/subuid"), ("g", gid, "/etc/subgid")):
+        for kind, own_id, subid in (("u", uid, SUBUID), ("g", gid, SUBGID)):
             try:
-                # The node's own file, never a sandbox's copy: LXC's newuidmap reads it.
                 granted = parse_subid(Path(subid).read_text(errors="replace"))
             except FileNotFoundError:
                 granted = []

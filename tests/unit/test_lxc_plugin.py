@@ -1,0 +1,159 @@
+"""The LXC mode's planning without a container (plugins/mode_lxc/plugin.py): what it plans
+for a share whose container is missing, matches, has drifted or is someone else's; how it
+allocates VMIDs; and what it refuses. Containers themselves: tests/integration/test_mode_lxc.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smbgw_plugins.mode_lxc import guest, plugin
+from smbgw_plugins.mode_lxc.plugin import PLUGIN, PUSHED, VMIDS, LxcModePlugin, Observation, config_path
+from smbgw_plugins.mode_lxc.table import parse_share_table
+from smbgw_plugins.proxmox.table import parse_agent_table
+
+from smbgw_agent.effects.runner import Runner
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.platform.changes import CREATE, UPDATE
+from smbgw_agent.platform.context import PassContext
+
+PROXMOX = {"vmid_range": [9000, 9002], "bridge": "vmbr0", "storage": "local-lvm",
+           "lxc_template": "local:vztmpl/smbgw.tar.zst"}
+
+
+@pytest.fixture(autouse=True)
+def subids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, attribute in (("subuid", "SUBUID"), ("subgid", "SUBGID")):
+        path = tmp_path / name
+        path.write_text("root:100000:65536\n")
+        monkeypatch.setattr(plugin, attribute, str(path))
+
+
+def share(name: str = "finance", **lxc: Any) -> ShareSpec:
+    table = parse_share_table({"address": "10.0.0.21/24", **lxc})
+    return ShareSpec(name=name, file=f"{name}.toml", path=f"/srv/{name}", mode="lxc", sections={"lxc": table})
+
+
+def context(tmp_path: Path, *shares: ShareSpec) -> Any:
+    paths = Paths.under(tmp_path / "root")
+    for spec in shares:
+        paths.host(spec.path).mkdir(parents=True, exist_ok=True)
+    config = AgentConfig(node="pve1", allowed_roots=("/srv",), plugin_sections={"proxmox": parse_agent_table(PROXMOX)})
+    return PassContext(paths=paths, config=config, runner=Runner(), services=None,  # type: ignore[arg-type]
+                       desired={s.key: s for s in shares}, applied={})
+
+
+def vmlist(ctx: Any, **guests: str) -> None:
+    path = ctx.paths.host("/etc/pve/.vmlist")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "ids": {vmid.removeprefix("v"): {"node": node, "type": "lxc",
+                                                                                 "version": 1}
+                                                      for vmid, node in guests.items()}}))
+
+
+def live_container(ctx: Any, spec: ShareSpec, vmid: int, **changes: str) -> None:
+    """The config pct create would have written for `spec`, with `changes`."""
+    subject = LxcModePlugin()
+    options = guest.wanted_options(spec.name, spec.file, plugin.spec_of(spec), "vmbr0",
+                                   str(ctx.paths.host(spec.path)))
+    options = {**options, **changes}
+    lines = [f"#{options.pop('description').replace(':', '%3A')}"]
+    lines += [f"{key}: {value}" for key, value in sorted(options.items())]
+    lines += guest.idmap_config_lines(subject._idmap(ctx, spec))
+    path = ctx.paths.host(config_path(vmid))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plan(subject: LxcModePlugin, ctx: Any, spec: ShareSpec) -> list[tuple[str, str]]:
+    return [(c.action, c.detail) for c in subject.smbgw_plan_share(ctx, spec.name, spec, None)]
+
+
+def test_a_new_share_gets_the_lowest_free_vmid_and_a_create(tmp_path: Path) -> None:
+    spec = share()
+    ctx = context(tmp_path, spec)
+    vmlist(ctx, v9000="pve2")  # a guest of another node holds the first id
+    [(action, detail)] = plan(LxcModePlugin(), ctx, spec)
+    assert action == CREATE and detail.startswith("create container 9001 (smbgw-finance)")
+
+
+def test_no_free_vmid_is_an_error_that_names_the_range(tmp_path: Path) -> None:
+    spec = share()
+    ctx = context(tmp_path, spec)
+    vmlist(ctx, v9000="pve1", v9001="pve1", v9002="pve2")
+    with pytest.raises(ValueError, match="no free VMID left in \\[proxmox\\] vmid_range 9000-9002"):
+        plan(LxcModePlugin(), ctx, spec)
+
+
+def test_a_fixed_vmid_of_another_guest_is_refused(tmp_path: Path) -> None:
+    spec = share(vmid=9002)
+    ctx = context(tmp_path, spec)
+    vmlist(ctx, v9002="pve2")
+    with pytest.raises(ValueError, match="VMID 9002 is in use by a lxc guest on node pve2"):
+        plan(LxcModePlugin(), ctx, spec)
+
+
+def test_a_container_without_the_shares_tags_is_never_touched(tmp_path: Path) -> None:
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    live_container(ctx, spec, 9000, tags="database;production")
+    with pytest.raises(ValueError, match=r"not this share's .*database;production"):
+        plan(LxcModePlugin(), ctx, spec)
+
+
+def test_a_container_as_wanted_needs_nothing_and_drift_is_planned(tmp_path: Path) -> None:
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    live_container(ctx, spec, 9000)
+    subject = LxcModePlugin()
+    smb_conf = subject._smb_conf(ctx, spec, 9000)
+    ctx.plugin_state(PLUGIN).set(PUSHED, {"finance": plugin.digest(smb_conf)})
+    ctx.plugin_state(PLUGIN).set(VMIDS, {"finance": 9000})
+    assert plan(subject, ctx, spec) == []
+    subject._observer.value = Observation(at=1e12, status={9000: "stopped"})
+    assert plan(subject, ctx, spec) == [(UPDATE, "start container 9000 (found stopped)")]
+    subject._observer.value = Observation(at=1e12, status={9000: "running"}, answers={9000: False})
+    assert plan(subject, ctx, spec) == [(UPDATE, "restart smbd in container 9000 (10.0.0.21/24 port 445 does not "
+                                                 "answer)")]
+
+
+def test_an_edit_changes_smb_conf_and_memory_in_place(tmp_path: Path) -> None:
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    live_container(ctx, spec, 9000, memory="256")
+    ctx.plugin_state(PLUGIN).set(PUSHED, {"finance": "an older smb.conf"})
+    changes = plan(LxcModePlugin(), ctx, spec)
+    assert (UPDATE, "container 9000: set memory 256 -> 512") in changes
+    assert (UPDATE, "write smb.conf in container 9000 and reload smbd") in changes
+
+
+def test_smb_conf_inside_has_the_security_profile_and_the_share_at_its_mount(tmp_path: Path) -> None:
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    text = LxcModePlugin()._smb_conf(ctx, spec, 9000)
+    assert "\tserver role = standalone server\n" in text and "\trestrict anonymous = 2\n" in text
+    assert "[finance]\n\tpath = /srv/share\n" in text
+
+
+def test_a_subuid_without_the_owners_id_is_refused_with_the_line_to_add(tmp_path: Path) -> None:
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    os.chown(ctx.paths.host(spec.path), 1000, 1000)
+    with pytest.raises(ValueError, match="add root:1000:1"):
+        plan(LxcModePlugin(), ctx, spec)
+
+
+def test_the_share_table_belongs_to_lxc_mode_only() -> None:
+    subject = LxcModePlugin()
+    config = AgentConfig(node="pve1", allowed_roots=("/srv",), plugin_sections={"proxmox": parse_agent_table(PROXMOX)})
+    native = ShareSpec(name="x", file="x.toml", path="/srv/x", sections={"lxc": {"address": "10.0.0.2/24"}})
+    assert subject.smbgw_validate_share(native, config) == ["[lxc] is for mode = \"lxc\" only"]
+    bare = ShareSpec(name="x", file="x.toml", path="/srv/x", mode="lxc")
+    assert "needs an [lxc] table" in subject.smbgw_validate_share(bare, config)[0]
+    assert any("needs [proxmox]" in problem for problem in subject.smbgw_validate_share(
+        share(), AgentConfig(node="pve1", allowed_roots=("/srv",))))
