@@ -432,9 +432,18 @@ class LxcModePlugin:
         staged: dict[str, Work] = ctx.plugin_scratch(PLUGIN).pop("submit", {})
         if ctx.jobs is None:
             return {share_resource(key): "this agent runs no jobs" for key in staged}
+        state = ctx.plugin_state(PLUGIN)
         for key, work in staged.items():
             run = _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
             ctx.jobs.submit(Job(job_id(key), run, JOB_TIMEOUT, share_resource(work.share.name), PLUGIN))
+            if work.remove:
+                # The share is gone from the pass's record now, so nothing plans it again to
+                # read its job's outcome: forget its VMID and pushed smb.conf here. A removal
+                # that fails leaves a container with the share's tags, for an admin.
+                for entry in (VMIDS, PUSHED, ABSORBED):
+                    remaining = dict(state.get(entry) or {})
+                    if remaining.pop(key, None) is not None:
+                        state.set(entry, remaining)
         return {}
 
     # ---- status and metrics ----------------------------------------------------------

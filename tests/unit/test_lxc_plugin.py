@@ -157,3 +157,22 @@ def test_the_share_table_belongs_to_lxc_mode_only() -> None:
     assert "needs an [lxc] table" in subject.smbgw_validate_share(bare, config)[0]
     assert any("needs [proxmox]" in problem for problem in subject.smbgw_validate_share(
         share(), AgentConfig(node="pve1", allowed_roots=("/srv",))))
+
+
+def test_a_removed_share_gives_its_vmid_back_when_the_removal_is_committed(tmp_path: Path) -> None:
+    from smbgw_agent.platform.jobs import JobRunner
+
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    ctx.jobs = JobRunner()
+    live_container(ctx, spec, 9000)
+    state = ctx.plugin_state(PLUGIN)
+    state.set(VMIDS, {"finance": 9000, "hr": 9001})
+    state.set(PUSHED, {"finance": "x"})
+    subject = LxcModePlugin()
+    [change] = subject.smbgw_plan_share(ctx, "finance", None, spec)
+    assert change.detail.startswith("stop and destroy container 9000")
+    subject.smbgw_remove_share(ctx, "finance", spec, [change])
+    subject.smbgw_commit(ctx, ["share:finance"])
+    assert state.get(VMIDS) == {"hr": 9001} and state.get(PUSHED) == {}
+    ctx.jobs.stop()
