@@ -62,11 +62,13 @@ from . import guest
 from .idmap import MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
 from .table import DHCP, SECTION, LxcSpec, parse_share_table
+from .users import PassdbEntry, copy_into, local_names, read_entries
+from .users import digest as users_digest
 
 log = logging.getLogger(__name__)
 MODE = PLUGIN = "mode_lxc"
 MODE_NAME = "lxc"
-VMIDS, PUSHED, ABSORBED = "vmids", "pushed", "absorbed"  # plugin state keys
+VMIDS, PUSHED, USERS, ABSORBED = "vmids", "pushed", "users", "absorbed"  # plugin state keys
 OBSERVE_JOB = "lxc:observe"
 OBSERVE_INTERVAL = 10.0
 JOB_TIMEOUT = 900.0
@@ -160,6 +162,7 @@ class Work:
     restart_smbd: bool = False
     smb_conf: str | None = None  # to push
     remove: bool = False
+    users: Sequence[PassdbEntry] | None = None  # to copy in (None: nothing to do)
 
 
 class LxcModePlugin:
@@ -251,8 +254,11 @@ class LxcModePlugin:
             if result.get("removed"):
                 pushed.pop(key, None)
                 vmids.pop(key, None)
-            elif result.get("smb_conf"):
-                pushed[key] = str(result["smb_conf"])
+            else:
+                if result.get("smb_conf"):
+                    pushed[key] = str(result["smb_conf"])
+                if result.get("users"):
+                    state.set(USERS, {**(state.get(USERS) or {}), key: str(result["users"])})
             state.set(PUSHED, pushed)
             state.set(VMIDS, vmids)
             return
@@ -276,9 +282,10 @@ class LxcModePlugin:
             raise ValueError(f"no free VMID left in [proxmox] vmid_range {low}-{high}: widen it or remove shares")
         return vmid
 
-    def _idmap(self, ctx: PassContext, share: ShareSpec) -> list[MapLine]:
+    def _idmap(self, ctx: PassContext, share: ShareSpec, user_ids: Sequence[int] = ()) -> list[MapLine]:
         """Container ids shifted as Proxmox does, with the owner of the share's directory
-        passed through (`idmap.py` says why); checked against /etc/subuid and /etc/subgid."""
+        and the share's users (`user_ids`) passed through (`idmap.py` says why); checked
+        against /etc/subuid and /etc/subgid."""
         try:
             owner = ctx.paths.host(share.path).stat()
             uid, gid = owner.st_uid, owner.st_gid
@@ -294,7 +301,8 @@ class LxcModePlugin:
             if base is None:
                 raise ValueError(f"{subid} grants root no range of 65536 ids for containers (Proxmox's default "
                                  "is root:100000:65536): add one")
-            through = [IdRange(own_id, own_id)] if own_id != 0 else []
+            ids = {own_id, *user_ids} if kind == "u" else {own_id}
+            through = [IdRange(one, one) for one in sorted(ids) if one != 0]
             kind_lines = build(kind, base, through)
             gaps = missing(kind_lines, granted)
             if gaps:
@@ -319,7 +327,8 @@ class LxcModePlugin:
         vmid = self._vmid_for(ctx, share, settings)
         host_path = str(ctx.paths.host(share.path))
         options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path)
-        idmap = self._idmap(ctx, share)
+        entries = read_entries(ctx.runner, ctx.paths.smb_conf, local_names(share.valid_users))
+        idmap = self._idmap(ctx, share, [entry.uid for entry in entries])
         smb_conf = self._smb_conf(ctx, share, vmid)
         resource = share_resource(share.name)
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
@@ -328,7 +337,7 @@ class LxcModePlugin:
             if vmid in guests:
                 raise ValueError(f"VMID {vmid} is in use by a {guests[vmid].type} guest on node {guests[vmid].node}: "
                                  "the agent never touches a guest it did not create")
-            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf)
+            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries)
             return work, [Change(resource, CREATE, f"create container {vmid} ({options['hostname']}) from "
                                  f"{settings.lxc_template} on {settings.storage}, start it and serve [{share.name}] "
                                  f"at {spec.address}")]
@@ -351,8 +360,13 @@ class LxcModePlugin:
         push = pushed != digest(smb_conf)
         if push:
             changes.append(Change(resource, UPDATE, f"write smb.conf in container {vmid} and reload smbd"))
+        copied = (ctx.plugin_state(PLUGIN).get(USERS) or {}).get(share.key)
+        users = entries if copied != users_digest(entries) else None
+        if users is not None and entries:
+            changes.append(Change(resource, UPDATE, f"copy users {', '.join(e.name for e in entries)} from this "
+                                  f"node's passdb into container {vmid}"))
         work = Work(share, vmid, False, settings, options, idmap, differences, start, restart_smbd,
-                    smb_conf if push or differences else None)
+                    smb_conf if push or differences else None, users=users)
         return work, changes
 
     @staticmethod
@@ -440,7 +454,7 @@ class LxcModePlugin:
                 # The share is gone from the pass's record now, so nothing plans it again to
                 # read its job's outcome: forget its VMID and pushed smb.conf here. A removal
                 # that fails leaves a container with the share's tags, for an admin.
-                for entry in (VMIDS, PUSHED, ABSORBED):
+                for entry in (VMIDS, PUSHED, USERS, ABSORBED):
                     remaining = dict(state.get(entry) or {})
                     if remaining.pop(key, None) is not None:
                         state.set(entry, remaining)
@@ -482,6 +496,9 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
         vmid = work.vmid
         if work.create:
             _create(pct, host, work, progress)
+            if work.users:
+                progress.report(f"copying users into container {vmid}")
+                copy_into(pct, vmid, work.users)
         else:
             at_start = [d for d in work.changes if d.at_start]
             if work.changes:
@@ -498,12 +515,16 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
                 progress.report(f"starting container {vmid}")
                 pct.start(vmid)
                 _await_boot(pct, vmid, progress)
+        if work.users and not work.create:
+            progress.report(f"copying users into container {vmid}")
+            copy_into(pct, vmid, work.users)
         if work.smb_conf is not None:
             _push_smb_conf(pct, vmid, work.smb_conf, progress)
         if work.restart_smbd:
             progress.report(f"restarting smbd in container {vmid}")
             pct.exec(vmid, ["systemctl", "restart", "smbd"], timeout=60.0)
-        return {"vmid": vmid, "smb_conf": digest(work.smb_conf) if work.smb_conf is not None else None}
+        return {"vmid": vmid, "smb_conf": digest(work.smb_conf) if work.smb_conf is not None else None,
+                "users": users_digest(work.users) if work.users is not None else None}
 
     return run
 

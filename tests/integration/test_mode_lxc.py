@@ -11,6 +11,7 @@ beside it; removing the file destroys the container and keeps the data.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -26,8 +27,6 @@ from tests.support.procs import private_sandbox
 
 pytestmark = pytest.mark.integration
 
-OWNER = 1000
-USER, PASSWORD = "alice", "Lxc-Passw0rd!"
 FIRST_VMID = 9000
 PROXMOX = f"""
 [proxmox]
@@ -46,10 +45,17 @@ def _requirements() -> None:
             pytest.skip(f"{tool} not found (apt-get install lxc uidmap iproute2 smbclient debootstrap)")
 
 
+def subids(user: str) -> tuple[str, ...]:
+    """Root's container range, and the user's uid and gid (the same lines go to both
+    /etc/subuid and /etc/subgid: an extra line in either is harmless)."""
+    entry = pwd.getpwnam(user)
+    return ("root:100000:65536", f"root:{entry.pw_uid}:1", f"root:{entry.pw_gid}:1")
+
+
 @pytest.fixture
 def node() -> Iterator[tuple[StandinNode, AgentProcess]]:
     _requirements()
-    with private_sandbox() as box, standin_node(box.root, ("root:100000:65536", f"root:{OWNER}:1")) as lab:
+    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
         config = box.root / "etc/smbgw/agent.toml"
         config.write_text(config.read_text() + PROXMOX)
         agent = AgentProcess(box, env=lab.env(), wrapper=lab.wrapper())
@@ -67,20 +73,21 @@ def share_state(agent: AgentProcess, name: str) -> str | None:
     return str(state) if state is not None else None
 
 
-def smbclient(lab: StandinNode, address: str, *commands: str) -> subprocess.CompletedProcess[str]:
-    return lab.run("smbclient", f"//{address}/finance", "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
-                   "-c", "; ".join(commands), timeout=60)
+def smbclient(lab: StandinNode, agent: AgentProcess, address: str, *commands: str) -> subprocess.CompletedProcess[str]:
+    return lab.run("smbclient", f"//{address}/finance", "-U", f"{agent.box.user}%{agent.box.password}", "-m",
+                   "SMB3", "-c", "; ".join(commands), timeout=60)
 
 
 def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tmp_path: Path) -> None:
     lab, agent = node
     box = agent.box
-    data = box.root / "srv/finance"
-    data.mkdir(parents=True)
-    os.chown(data, OWNER, OWNER)
+    # The share's user is the sandbox's passdb user (smbpasswd -a on the "node"); the
+    # agent copies it into the container with its uid, which owns the directory.
+    data = box.share_dir("finance")
+    owner = pwd.getpwnam(box.user).pw_uid
     (data / "kept.txt").write_text("the data stays on the host\n")
     address = lab.address(21)
-    body = (f'path = "/srv/finance"\nmode = "lxc"\nvalid_users = ["{USER}"]\n\n'
+    body = (f'path = "/srv/smb/finance"\nmode = "lxc"\nvalid_users = ["{box.user}"]\n\n'
             f'[lxc]\naddress = "{address}/24"\ngateway = "{lab.gateway}"\nmemory = "256M"\n')
     began = time.monotonic()
     write_share(box, "finance.toml", body)
@@ -92,23 +99,27 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     created = time.monotonic() - began
     conf = lab.config(FIRST_VMID).read_text()
     assert "tags: share-finance;smbgw" in conf and "unprivileged: 1" in conf, conf
-    assert f"lxc.idmap: u {OWNER} {OWNER} 1" in conf, "the share owner's uid passed through"
+    assert f"lxc.idmap: u {owner} {owner} 1" in conf, "the share owner's uid passed through"
     assert f"mp0: {data},mp=/srv/share" in conf
 
-    # The share's user inside (user management is not the agent's yet): uid 1000 = owner.
-    assert lab.pct("exec", str(FIRST_VMID), "--", "useradd", "-u", str(OWNER), "-M", USER).returncode == 0
-    assert lab.pct("exec", str(FIRST_VMID), "--", "smbpasswd", "-s", "-a", USER,
-                   stdin=f"{PASSWORD}\n{PASSWORD}\n").returncode == 0
+    nt_hash = subprocess.run(["pdbedit", "-s", str(box.smb_conf), "-L", "-w", "-u", box.user], capture_output=True,
+                             text=True, check=True).stdout.split(":")[3]
+    assert len(nt_hash) == 32
+    for place in (box.root / "agent.log", box.root / "run/smbgw/status.json"):
+        assert nt_hash not in place.read_text(errors="replace"), f"the user's NT hash is in {place}"
+    inside = lab.pct("exec", str(FIRST_VMID), "--", "id", "-u", box.user).stdout.strip()
+    assert inside == str(owner), "the user inside has the node's uid"
+    assert lab.pct("exec", str(FIRST_VMID), "--", "ls", "/root/.smbgw-passdb").returncode != 0, "import file gone"
     payload = tmp_path / "payload.txt"
     payload.write_text("written into the container's share\n")
-    put = wait_for(lambda: (r := smbclient(lab, address, f"put {payload} new.txt")).returncode == 0 and r,
+    put = wait_for(lambda: (r := smbclient(lab, agent, address, f"put {payload} new.txt")).returncode == 0 and r,
                    timeout=60, interval=0.3)
     assert put
     served_after = time.monotonic() - began
     landed = data / "new.txt"
     assert landed.read_text() == payload.read_text()
-    assert landed.stat().st_uid == OWNER, "written as the owner, not as a shifted uid"
-    listed = smbclient(lab, address, "ls")
+    assert landed.stat().st_uid == owner, "written as the owner, not as a shifted uid"
+    listed = smbclient(lab, agent, address, "ls")
     assert "kept.txt" in listed.stdout, listed.stdout
     running = f'smbgw_lxc_container_running{{share="finance",vmid="{FIRST_VMID}"}} 1.0'
     wait_for(lambda: running in lab.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
@@ -122,10 +133,10 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
                          "smbd").stdout.strip()
     began = time.monotonic()
     write_share(box, "finance.toml", body.replace('valid_users', 'read_only = true\nvalid_users'))
-    wait_for(lambda: smbclient(lab, address, f"put {payload} probe.txt").returncode != 0, timeout=60,
+    wait_for(lambda: smbclient(lab, agent, address, f"put {payload} probe.txt").returncode != 0, timeout=60,
              interval=0.3)  # writable until the new smb.conf is live: the probe may land before
     print(f"[lxc] read_only = true -> refused over SMB after {time.monotonic() - began:.1f}s")
-    refused = smbclient(lab, address, f"put {payload} refused.txt")
+    refused = smbclient(lab, agent, address, f"put {payload} refused.txt")
     assert refused.returncode != 0 and "ACCESS_DENIED" in refused.stdout + refused.stderr, refused.stdout
     assert not (data / "refused.txt").exists()
     (data / "probe.txt").unlink(missing_ok=True)
@@ -133,7 +144,7 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
                    "smbd").stdout.strip() == pid_before, "smbd reloaded, not restarted"
 
     # A native share beside it, on the host's smbd.
-    box.share_dir("native")
+    box.share_dir("native")  # the native share next to it
     write_share(box, "native.toml", 'path = "/srv/smb/native"\n')
     wait_for(lambda: served(box, "native"), timeout=60, interval=0.3)
 
@@ -142,7 +153,7 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     began = time.monotonic()
     wait_for(lambda: lab.pct("status", str(FIRST_VMID)).stdout.strip() == "status: running", timeout=120,
              interval=0.5)
-    wait_for(lambda: smbclient(lab, address, "ls").returncode == 0, timeout=60, interval=0.5)
+    wait_for(lambda: smbclient(lab, agent, address, "ls").returncode == 0, timeout=60, interval=0.5)
     print(f"[lxc] container stopped by hand -> running and serving again after {time.monotonic() - began:.1f}s")
 
     # Removed -> destroyed, data kept.
