@@ -156,6 +156,28 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     wait_for(lambda: smbclient(lab, agent, address, "ls").returncode == 0, timeout=60, interval=0.5)
     print(f"[lxc] container stopped by hand -> running and serving again after {time.monotonic() - began:.1f}s")
 
+    # Memory: set on the running container (smbd keeps running). The address: takes
+    # effect at a restart, which the job does at its end; the share moves with it.
+    edited = body.replace('valid_users', 'read_only = true\nvalid_users')
+    smbd_pid = lab.pct("exec", str(FIRST_VMID), "--", "systemctl", "show", "-p", "MainPID", "--value",
+                       "smbd").stdout.strip()
+    began = time.monotonic()
+    write_share(box, "finance.toml", edited.replace('memory = "256M"', 'memory = "384M"'))
+    wait_for(lambda: "memory: 384" in lab.config(FIRST_VMID).read_text(), timeout=60, interval=0.3)
+    wait_for(lambda: share_state(agent, "finance") == "served", timeout=60, interval=0.3)
+    print(f"[lxc] memory 256M -> 384M set in {time.monotonic() - began:.1f}s")
+    assert lab.pct("exec", str(FIRST_VMID), "--", "systemctl", "show", "-p", "MainPID", "--value",
+                   "smbd").stdout.strip() == smbd_pid, "memory is set live: no restart"
+    moved = lab.address(22)
+    began = time.monotonic()
+    write_share(box, "finance.toml", edited.replace('memory = "256M"', 'memory = "384M"')
+                .replace(f'{address}/24', f'{moved}/24'))
+    wait_for(lambda: smbclient(lab, agent, moved, "ls").returncode == 0, timeout=120, interval=0.5)
+    print(f"[lxc] address changed -> container restarted, served on the new address after "
+          f"{time.monotonic() - began:.1f}s")
+    assert f"ip={moved}/24" in lab.config(FIRST_VMID).read_text()
+    assert smbclient(lab, agent, address, "ls").returncode != 0, "the old address is gone"
+
     # Removed -> destroyed, data kept.
     (box.shares_dir / "finance.toml").unlink()
     try:
@@ -166,3 +188,26 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     wait_for(lambda: share_state(agent, "finance") is None, timeout=60, interval=0.3)
     assert sorted(p.name for p in data.iterdir()) == ["kept.txt", "new.txt"]
     assert served(box, "native"), "the native share is untouched"
+
+
+def test_a_container_that_cannot_start_is_taken_away_again(node: tuple[StandinNode, AgentProcess]) -> None:
+    """The bridge does not exist: pct start fails half way through the job. The container
+    it created is destroyed again, the share fails with Proxmox's message and is retried,
+    and the share's data is untouched."""
+    lab, agent = node
+    box = agent.box
+    config = box.root / "etc/smbgw/agent.toml"
+    config.write_text(config.read_text().replace('bridge = "vmbr0"', 'bridge = "vmbr9"'))
+    assert agent.proc is not None
+    agent.stop()
+    agent.start()
+    data = box.share_dir("broken")
+    (data / "kept.txt").write_text("untouched\n")
+    write_share(box, "broken.toml",
+                f'path = "/srv/smb/broken"\nmode = "lxc"\n\n[lxc]\naddress = "{lab.address(31)}/24"\n')
+    wait_for(lambda: "bridge 'vmbr9' does not exist" in str(((agent.status() or {}).get("shares") or {})
+                                                             .get("broken", {}).get("error")),
+             timeout=120, interval=0.3)
+    assert share_state(agent, "broken") == "failed"
+    assert not lab.config(FIRST_VMID).exists(), "the half-made container was destroyed"
+    assert [p.name for p in data.iterdir()] == ["kept.txt"]
