@@ -116,3 +116,9 @@ bench-failover: venv
 .PHONY: bench-ad
 bench-ad: venv
 	$(PY) bench/ad.py
+
+# LXC mode through the pct test stand-in over real LXC: file dropped -> served through
+# the container (median of 5, native mode as the peer) and an edit -> live.
+.PHONY: bench-lxc
+bench-lxc: venv
+	$(PY) bench/lxc.py
