@@ -47,13 +47,13 @@ from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.idranges import IdRange
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform import order
-from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, share_resource
+from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, Health, share_resource
 from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
 
 from ..mode_native import render_share, security_globals
-from ..proxmox.guestconf import GuestConfig, read_guest_config
+from ..proxmox.guestconf import GuestConfig, GuestConfigError, read_guest_config
 from ..proxmox.table import SECTION as PROXMOX
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
@@ -461,6 +461,33 @@ class LxcModePlugin:
         return {}
 
     # ---- status and metrics ----------------------------------------------------------
+
+    @hookimpl
+    def smbgw_health(self, ctx: PassContext) -> Sequence[Health]:
+        """Containers the agent made for shares that are no longer declared (a removal
+        that failed, a share file deleted while the agent was stopped and its state lost):
+        reported with what to do, never destroyed on a guess."""
+        folder = ctx.paths.host("/etc/pve/lxc")
+        if not folder.is_dir():
+            return []
+        wanted = {guest.share_tag(share.name) for share in ctx.desired.values() if share.mode == MODE_NAME}
+        findings = []
+        for path in sorted(folder.glob("*.conf"))[:10_000]:
+            try:
+                config = read_guest_config(path)
+            except GuestConfigError:
+                continue
+            tags = {tag.casefold() for tag in config.tags} if config is not None else set()
+            if guest.TAG not in tags:
+                continue
+            shares = sorted(tag for tag in tags if tag.startswith("share-"))
+            if not shares or not set(shares) & wanted:
+                named = ", ".join(shares) or "no share"
+                findings.append(Health("lxc-orphan", False, f"container {path.stem} ({named}) was made by "
+                                       "smbgw-agent for a share no file declares now: remove it with pct destroy "
+                                       f"{path.stem} --purge (the share's data is on the host and stays)",
+                                       f"lxc:{path.stem}"))
+        return findings
 
     @hookimpl
     def smbgw_observe(self, ctx: PassContext) -> Mapping[str, Any]:

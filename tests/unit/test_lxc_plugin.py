@@ -176,3 +176,16 @@ def test_a_removed_share_gives_its_vmid_back_when_the_removal_is_committed(tmp_p
     subject.smbgw_commit(ctx, ["share:finance"])
     assert state.get(VMIDS) == {"hr": 9001} and state.get(PUSHED) == {}
     ctx.jobs.stop()
+
+
+def test_a_container_of_an_undeclared_share_is_reported_never_destroyed(tmp_path: Path) -> None:
+    kept, gone = share("finance", vmid=9000), share("hr", vmid=9001)
+    ctx = context(tmp_path, kept, gone)
+    live_container(ctx, kept, 9000)
+    live_container(ctx, gone, 9001)
+    live_container(ctx, kept, 9002, tags="database")  # not the agent's
+    ctx.desired = {kept.key: kept}
+    [finding] = LxcModePlugin().smbgw_health(ctx)
+    assert (finding.check, finding.ok, finding.resource) == ("lxc-orphan", False, "lxc:9001")
+    assert "share-hr" in finding.detail and "pct destroy 9001 --purge" in finding.detail
+    assert ctx.paths.host(config_path(9001)).exists()
