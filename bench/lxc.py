@@ -25,6 +25,7 @@ started per call (as Proxmox's `pct` is a Perl one); each call costs about 0.1 s
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,10 @@ def main() -> int:
             peer = summary("native: share file dropped -> served by the node's smbd", native)
             print(f"ratio lxc/native: {ours / peer:.1f}")
             summary("lxc: read_only edited -> live inside (smb.conf pushed, smbd reloaded)", edits)
+        except TimeoutError:
+            print(json.dumps({k: (agent.status() or {}).get(k) for k in ("shares", "jobs")}, indent=1)[:6000])
+            print("\n".join(line for line in agent.log_text().splitlines() if " DEBUG " not in line)[-4000:])
+            raise
         finally:
             agent.stop()
     return 0

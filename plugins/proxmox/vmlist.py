@@ -1,7 +1,8 @@
 """The cluster's guests as pmxcfs lists them (`/etc/pve/.vmlist`), and VMID allocation.
 
 pmxcfs keeps `.vmlist` as JSON, one entry per guest of the whole cluster:
-``{"version": 7, "ids": {"100": {"node": "pve1", "type": "lxc", "version": 3}}}``. It is
+``{"version": 7, "ids": {"100": {"node": "pve1", "type": "lxc", "version": 3}}}``, and
+only ``{"version": 7}`` when there is no guest at all. It is
 the one place that knows every VMID in use, containers and VMs, on every node; `pct list`
 knows only this node's containers. The agent reads it (bounded, strictly) instead of
 asking an API, so allocation costs one small file read.
@@ -40,9 +41,13 @@ def parse_vmlist(text: str) -> dict[int, Guest]:
         data = json.loads(text)
     except ValueError as exc:
         raise VmlistError(f"not JSON: {exc}") from None
-    ids = data.get("ids") if isinstance(data, Mapping) else None
+    if not isinstance(data, Mapping) or isinstance(data.get("version"), bool) \
+            or not isinstance(data.get("version"), int):
+        raise VmlistError("no \"version\" number")
+    # pmxcfs leaves "ids" out when no guest exists (status.c, cfs_create_vmlist_msg).
+    ids = data.get("ids", {})
     if not isinstance(ids, Mapping):
-        raise VmlistError("no \"ids\" table")
+        raise VmlistError("\"ids\" is not a table")
     guests = {}
     for key, entry in ids.items():
         is_vmid = isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 9

@@ -115,10 +115,17 @@ def test_the_vmlist_is_read_as_pmxcfs_writes_it(tmp_path: Path) -> None:
     assert read_vmlist(tmp_path / "absent") == {}
 
 
+def test_a_cluster_without_guests_has_no_ids_in_its_vmlist() -> None:
+    # pmxcfs (status.c, cfs_create_vmlist_msg) writes only the version then.
+    assert parse_vmlist('{\n"version": 3\n\n}\n') == {}
+
+
 @pytest.mark.parametrize("text", [
-    "", "[]", "{}", '{"ids": []}', '{"ids": {"abc": {"node": "a", "type": "lxc"}}}',
-    '{"ids": {"100": {"node": 5, "type": "lxc"}}}', '{"ids": {"100": {"node": "a", "type": "openvz"}}}',
-    '{"ids": {"1234567890": {"node": "a", "type": "lxc"}}}',
+    "", "[]", "{}", '{"version": true}', '{"version": 1, "ids": []}', '{"ids": {}}',
+    '{"version": 1, "ids": {"abc": {"node": "a", "type": "lxc"}}}',
+    '{"version": 1, "ids": {"100": {"node": 5, "type": "lxc"}}}',
+    '{"version": 1, "ids": {"100": {"node": "a", "type": "openvz"}}}',
+    '{"version": 1, "ids": {"1234567890": {"node": "a", "type": "lxc"}}}',
 ])
 def test_a_vmlist_that_is_not_pmxcfs_output_is_an_error(text: str) -> None:
     with pytest.raises(VmlistError):
@@ -131,7 +138,7 @@ def test_a_vmlist_that_is_not_pmxcfs_output_is_an_error(text: str) -> None:
                                                                                   max_size=4), max_leaves=20))
 def test_no_json_makes_the_vmlist_parser_raise_anything_else(value: object) -> None:
     with contextlib.suppress(VmlistError):
-        parse_vmlist(json.dumps({"ids": value}))
+        parse_vmlist(json.dumps({"version": 1, "ids": value}))
 
 
 def test_a_huge_vmlist_is_refused_without_reading_it_all(tmp_path: Path) -> None:
