@@ -189,6 +189,12 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     assert sorted(p.name for p in data.iterdir()) == ["kept.txt", "new.txt"]
     assert served(box, "native"), "the native share is untouched"
 
+    # No guest is left (pmxcfs then leaves "ids" out of .vmlist): a new share still gets one.
+    assert '"ids"' not in (box.root / "etc/pve/.vmlist").read_text()
+    write_share(box, "again.toml", body.replace(f"{address}/24", f"{lab.address(23)}/24"))
+    wait_for(lambda: share_state(agent, "again") == "served", timeout=120, interval=0.2)
+    assert lab.config(FIRST_VMID).exists(), "the VMID given back is used again"
+
 
 def test_a_container_that_cannot_start_is_taken_away_again(node: tuple[StandinNode, AgentProcess]) -> None:
     """The bridge does not exist: pct start fails half way through the job. The container
