@@ -57,7 +57,7 @@ from ..proxmox.guestconf import GuestConfig, GuestConfigError, read_guest_config
 from ..proxmox.table import SECTION as PROXMOX
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
-from ..proxmox.vmlist import allocate, read_vmlist
+from ..proxmox.vmlist import Guest, allocate, read_vmlist
 from . import guest
 from .idmap import MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
@@ -264,6 +264,16 @@ class LxcModePlugin:
             return
         raise RuntimeError(f"container job failed: {record.error or record.state}")
 
+    @staticmethod
+    def _guests(ctx: PassContext) -> dict[int, Guest]:
+        """The cluster's guests (/etc/pve/.vmlist), read once a pass: allocation and the
+        check that a VMID is free both ask, for every new share."""
+        scratch = ctx.plugin_scratch(PLUGIN)
+        if "guests" not in scratch:
+            scratch["guests"] = read_vmlist(ctx.paths.host(VMLIST))
+        guests: dict[int, Guest] = scratch["guests"]
+        return guests
+
     def _vmid_for(self, ctx: PassContext, share: ShareSpec, settings: ProxmoxSettings) -> int:
         spec = spec_of(share)
         if spec.vmid is not None:
@@ -271,15 +281,18 @@ class LxcModePlugin:
         known = self._vmids(ctx).get(share.key)
         if known is not None:
             return known
-        guests = read_vmlist(ctx.paths.host(VMLIST))
-        reserved = set(self._vmids(ctx).values())
+        # Ids other shares hold, or were given earlier in this pass (two new shares
+        # planned in one pass must not both get the lowest free one).
+        planned: dict[str, int] = ctx.plugin_scratch(PLUGIN).setdefault("allocated", {})
+        reserved = set(self._vmids(ctx).values()) | {v for k, v in planned.items() if k != share.key}
         for other in ctx.desired.values():
             if other.mode == MODE_NAME and SECTION in other.sections and spec_of(other).vmid is not None:
                 reserved.add(int(spec_of(other).vmid or 0))
-        vmid = allocate(*settings.vmid_range, in_use=set(guests), reserved=reserved)
+        vmid = allocate(*settings.vmid_range, in_use=set(self._guests(ctx)), reserved=reserved)
         if vmid is None:
             low, high = settings.vmid_range
             raise ValueError(f"no free VMID left in [proxmox] vmid_range {low}-{high}: widen it or remove shares")
+        planned[share.key] = vmid
         return vmid
 
     def _idmap(self, ctx: PassContext, share: ShareSpec, user_ids: Sequence[int] = ()) -> list[MapLine]:
@@ -333,7 +346,7 @@ class LxcModePlugin:
         resource = share_resource(share.name)
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
         if config is None:
-            guests = read_vmlist(ctx.paths.host(VMLIST))
+            guests = self._guests(ctx)
             if vmid in guests:
                 raise ValueError(f"VMID {vmid} is in use by a {guests[vmid].type} guest on node {guests[vmid].node}: "
                                  "the agent never touches a guest it did not create")
@@ -389,7 +402,8 @@ class LxcModePlugin:
         if mine:
             assert desired is not None
             work, changes = self._work(ctx, desired)
-            ctx.plugin_scratch(PLUGIN)[key] = work
+            # By share, under a key of its own: a share may be named "submit" or "guests".
+            ctx.plugin_scratch(PLUGIN).setdefault("planned", {})[key] = work
             return changes
         vmid = self._vmids(ctx).get(key)
         if vmid is None or read_guest_config(ctx.paths.host(config_path(vmid))) is None:
@@ -402,7 +416,7 @@ class LxcModePlugin:
     @hookimpl
     def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
         key = name.casefold()
-        work = ctx.plugin_scratch(PLUGIN).get(key)
+        work = ctx.plugin_scratch(PLUGIN).get("planned", {}).get(key)
         if not isinstance(work, Work):
             raise RuntimeError(f"share {name}: nothing planned to apply")
         if work.smb_conf is not None:

@@ -189,3 +189,14 @@ def test_a_container_of_an_undeclared_share_is_reported_never_destroyed(tmp_path
     assert (finding.check, finding.ok, finding.resource) == ("lxc-orphan", False, "lxc:9001")
     assert "share-hr" in finding.detail and "pct destroy 9001 --purge" in finding.detail
     assert ctx.paths.host(config_path(9001)).exists()
+
+
+def test_two_new_shares_in_one_pass_get_two_vmids_and_any_name_is_fine(tmp_path: Path) -> None:
+    first, second = share("submit"), share("guests")  # names that once were scratch keys
+    ctx = context(tmp_path, first, second)
+    subject = LxcModePlugin()
+    [(_, one)] = plan(subject, ctx, first)
+    [(_, two)] = plan(subject, ctx, second)
+    assert one.startswith("create container 9000") and two.startswith("create container 9001")
+    subject.smbgw_apply_share(ctx, "submit", first, subject.smbgw_plan_share(ctx, "submit", first, None))
+    assert ctx.plugin_state(PLUGIN).get(VMIDS) == {"submit": 9000}
