@@ -25,13 +25,13 @@ Asserts nothing but that every run ended served.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.samples import summary
 from tests.support.adlab import DOMAIN, USER_PASSWORD, AdLab, ad_lab
 
 JOIN_USER, JOIN_PASSWORD = "svc-join", "Jn-bench-Passw0rd!"
@@ -110,13 +110,6 @@ def cpu_over(lab: AdLab, seconds: float) -> float:
     before = cpu_seconds(lab)
     time.sleep(seconds)
     return cpu_seconds(lab) - before
-
-
-def summary(name: str, samples: list[float]) -> float:
-    median = statistics.median(samples)
-    print(f"{name}: n={len(samples)} median {median:.2f} s max {max(samples):.2f} s "
-          f"({', '.join(f'{s:.2f}' for s in samples)})")
-    return median
 
 
 def main() -> int:

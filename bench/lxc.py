@@ -26,24 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.test_mode_lxc import PROXMOX, subids
-from tests.support.agent import AgentProcess, wait_for, write_share
-from tests.support.pct_standin.node import StandinNode, standin_node
-from tests.support.procs import private_sandbox
-
-
-def smbclient(lab: StandinNode, agent: AgentProcess, address: str, share: str,
-              command: str) -> subprocess.CompletedProcess[str]:
-    return lab.run("smbclient", f"//{address}/{share}", "-U", f"{agent.box.user}%{agent.box.password}", "-m",
-                   "SMB3", "-c", command, timeout=30)
+from bench.samples import summary
+from tests.support.agent import wait_for, write_share
+from tests.support.pct_standin.node import lxc_agent, smbclient
 
 
 def until(predicate: object, began: float, timeout: float = 180.0) -> float:
@@ -60,22 +51,12 @@ def lxc_body(user: str, address: str, read_only: bool = False) -> str:
             f'valid_users = ["{user}"]\n\n[lxc]\naddress = "{address}/24"\nmemory = "256M"\n')
 
 
-def summary(name: str, samples: list[float]) -> float:
-    median = statistics.median(samples)
-    print(f"{name}: n={len(samples)} median {median:.2f} s max {max(samples):.2f} s "
-          f"({', '.join(f'{s:.2f}' for s in samples)})")
-    return median
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
-        config = box.root / "etc/smbgw/agent.toml"
-        config.write_text(config.read_text() + PROXMOX)
-        agent = AgentProcess(box, env=lab.env(), wrapper=lab.wrapper())
-        agent.start()
+    with lxc_agent() as (lab, agent):
+        box = agent.box
         try:
             box.share_dir("bench")
             probe = box.root / "probe.txt"
@@ -118,8 +99,6 @@ def main() -> int:
             print(json.dumps({k: (agent.status() or {}).get(k) for k in ("shares", "jobs")}, indent=1)[:6000])
             print("\n".join(line for line in agent.log_text().splitlines() if " DEBUG " not in line)[-4000:])
             raise
-        finally:
-            agent.stop()
     return 0
 
 

@@ -21,21 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentProcess, served, wait_for, write_share
-from tests.support.pct_standin.image import DEFAULT_NAME
-from tests.support.pct_standin.node import StandinNode, standin_node
-from tests.support.procs import private_sandbox
+from tests.support.pct_standin.node import FIRST_VMID, StandinNode, lxc_agent, smbclient
 
 pytestmark = pytest.mark.integration
-
-FIRST_VMID = 9000
-PROXMOX = f"""
-[proxmox]
-vmid_range = [{FIRST_VMID}, {FIRST_VMID + 9}]
-bridge = "vmbr0"
-storage = "local-lvm"
-lxc_template = "local:vztmpl/{DEFAULT_NAME}"
-"""
-
 
 def _requirements() -> None:
     if os.geteuid() != 0:
@@ -45,25 +33,13 @@ def _requirements() -> None:
             pytest.skip(f"{tool} not found (apt-get install lxc uidmap iproute2 smbclient debootstrap)")
 
 
-def subids(user: str) -> tuple[str, ...]:
-    """Root's container range, and the user's uid and gid (the same lines go to both
-    /etc/subuid and /etc/subgid: an extra line in either is harmless)."""
-    entry = pwd.getpwnam(user)
-    return ("root:100000:65536", f"root:{entry.pw_uid}:1", f"root:{entry.pw_gid}:1")
-
-
 @pytest.fixture
 def node() -> Iterator[tuple[StandinNode, AgentProcess]]:
     _requirements()
-    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
-        config = box.root / "etc/smbgw/agent.toml"
-        config.write_text(config.read_text() + PROXMOX)
-        agent = AgentProcess(box, env=lab.env(), wrapper=lab.wrapper())
-        agent.start()
+    with lxc_agent() as (lab, agent):
         try:
             yield lab, agent
         finally:
-            agent.stop()
             print("\n".join(line for line in agent.log_text().splitlines() if " DEBUG " not in line)[-6000:])
 
 
@@ -73,9 +49,8 @@ def share_state(agent: AgentProcess, name: str) -> str | None:
     return str(state) if state is not None else None
 
 
-def smbclient(lab: StandinNode, agent: AgentProcess, address: str, *commands: str) -> subprocess.CompletedProcess[str]:
-    return lab.run("smbclient", f"//{address}/finance", "-U", f"{agent.box.user}%{agent.box.password}", "-m",
-                   "SMB3", "-c", "; ".join(commands), timeout=60)
+def finance(lab: StandinNode, agent: AgentProcess, address: str, *commands: str) -> subprocess.CompletedProcess[str]:
+    return smbclient(lab, agent, address, "finance", *commands)
 
 
 def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tmp_path: Path) -> None:
@@ -112,14 +87,14 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     assert lab.pct("exec", str(FIRST_VMID), "--", "ls", "/root/.smbgw-passdb").returncode != 0, "import file gone"
     payload = tmp_path / "payload.txt"
     payload.write_text("written into the container's share\n")
-    put = wait_for(lambda: (r := smbclient(lab, agent, address, f"put {payload} new.txt")).returncode == 0 and r,
+    put = wait_for(lambda: (r := finance(lab, agent, address, f"put {payload} new.txt")).returncode == 0 and r,
                    timeout=60, interval=0.3)
     assert put
     served_after = time.monotonic() - began
     landed = data / "new.txt"
     assert landed.read_text() == payload.read_text()
     assert landed.stat().st_uid == owner, "written as the owner, not as a shifted uid"
-    listed = smbclient(lab, agent, address, "ls")
+    listed = finance(lab, agent, address, "ls")
     assert "kept.txt" in listed.stdout, listed.stdout
     running = f'smbgw_lxc_container_running{{share="finance",vmid="{FIRST_VMID}"}} 1.0'
     wait_for(lambda: running in lab.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
@@ -133,10 +108,10 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
                          "smbd").stdout.strip()
     began = time.monotonic()
     write_share(box, "finance.toml", body.replace('valid_users', 'read_only = true\nvalid_users'))
-    wait_for(lambda: smbclient(lab, agent, address, f"put {payload} probe.txt").returncode != 0, timeout=60,
+    wait_for(lambda: finance(lab, agent, address, f"put {payload} probe.txt").returncode != 0, timeout=60,
              interval=0.3)  # writable until the new smb.conf is live: the probe may land before
     print(f"[lxc] read_only = true -> refused over SMB after {time.monotonic() - began:.1f}s")
-    refused = smbclient(lab, agent, address, f"put {payload} refused.txt")
+    refused = finance(lab, agent, address, f"put {payload} refused.txt")
     assert refused.returncode != 0 and "ACCESS_DENIED" in refused.stdout + refused.stderr, refused.stdout
     assert not (data / "refused.txt").exists()
     (data / "probe.txt").unlink(missing_ok=True)
@@ -153,7 +128,7 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     began = time.monotonic()
     wait_for(lambda: lab.pct("status", str(FIRST_VMID)).stdout.strip() == "status: running", timeout=120,
              interval=0.5)
-    wait_for(lambda: smbclient(lab, agent, address, "ls").returncode == 0, timeout=60, interval=0.5)
+    wait_for(lambda: finance(lab, agent, address, "ls").returncode == 0, timeout=60, interval=0.5)
     print(f"[lxc] container stopped by hand -> running and serving again after {time.monotonic() - began:.1f}s")
 
     # Memory: set on the running container (smbd keeps running). The address: takes
@@ -172,11 +147,11 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     began = time.monotonic()
     write_share(box, "finance.toml", edited.replace('memory = "256M"', 'memory = "384M"')
                 .replace(f'{address}/24', f'{moved}/24'))
-    wait_for(lambda: smbclient(lab, agent, moved, "ls").returncode == 0, timeout=120, interval=0.5)
+    wait_for(lambda: finance(lab, agent, moved, "ls").returncode == 0, timeout=120, interval=0.5)
     print(f"[lxc] address changed -> container restarted, served on the new address after "
           f"{time.monotonic() - began:.1f}s")
     assert f"ip={moved}/24" in lab.config(FIRST_VMID).read_text()
-    assert smbclient(lab, agent, address, "ls").returncode != 0, "the old address is gone"
+    assert finance(lab, agent, address, "ls").returncode != 0, "the old address is gone"
 
     # Removed -> destroyed, data kept.
     (box.shares_dir / "finance.toml").unlink()

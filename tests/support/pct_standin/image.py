@@ -8,8 +8,8 @@ holding a ready root file system, which every container overlays (lower layer) i
 a directory shared by every test on the machine), keeping the real-looking file name so
 the plugin under test passes the same `--ostemplate local:vztmpl/NAME` it would on a node.
 
-Why the image looks the way it does (../shared/TESTBED.md, "LXC 5.0 containers with
-systemd and smbd"):
+Why the image looks the way it does (measured on this test bed with LXC 5.0, systemd
+and smbd):
 
 * debootstrap minbase plus systemd, dbus, Samba and the few tools the tests use;
   built once (~70 s), cached under /var/lib/machines with a hash of everything that shapes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import subprocess
 import sys
@@ -20,12 +21,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.agent import AgentProcess
+from tests.support.procs import private_sandbox
+
 from . import image
 
 BIN_DIR = Path(__file__).with_name("bin")
 NODE = "pve-test"
 SUBNET = "10.98.{}.{}"
 BRIDGE = "vmbr0"
+FIRST_VMID = 9000
+# agent.toml's [proxmox] for this node: ten VMIDs, the bridge, the stand-in's template.
+PROXMOX = f"""
+[proxmox]
+vmid_range = [{FIRST_VMID}, {FIRST_VMID + 9}]
+bridge = "{BRIDGE}"
+storage = "local-lvm"
+lxc_template = "local:vztmpl/{image.DEFAULT_NAME}"
+"""
 
 
 @contextlib.contextmanager
@@ -119,3 +132,33 @@ def destroy_all(node: StandinNode) -> None:
         vmid = conf.stem
         if node.pct("destroy", vmid, "--force", "--purge").returncode != 0:
             node.run("lxc-stop", "-P", str(node.root / "var/lib/lxc"), "-n", vmid, "--kill")
+
+
+def subids(user: str) -> tuple[str, ...]:
+    """Root's container range, and the user's uid and gid (the same lines go to both
+    /etc/subuid and /etc/subgid: an extra line in either is harmless)."""
+    entry = pwd.getpwnam(user)
+    return ("root:100000:65536", f"root:{entry.pw_uid}:1", f"root:{entry.pw_gid}:1")
+
+
+@contextlib.contextmanager
+def lxc_agent() -> Iterator[tuple[StandinNode, AgentProcess]]:
+    """A sandbox node with [proxmox] in its agent.toml and the agent running in the node's
+    namespace with the stand-in in its PATH; the sandbox's passdb user may be passed
+    through into containers."""
+    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
+        config = box.root / "etc/smbgw/agent.toml"
+        config.write_text(config.read_text() + PROXMOX)
+        agent = AgentProcess(box, env=lab.env(), wrapper=lab.wrapper())
+        agent.start()
+        try:
+            yield lab, agent
+        finally:
+            agent.stop()
+
+
+def smbclient(lab: StandinNode, agent: AgentProcess, address: str, share: str,
+              *commands: str) -> subprocess.CompletedProcess[str]:
+    """The sandbox's passdb user at `address`, from the node's namespace."""
+    return lab.run("smbclient", f"//{address}/{share}", "-U", f"{agent.box.user}%{agent.box.password}", "-m",
+                   "SMB3", "-c", "; ".join(commands), timeout=60)
