@@ -54,7 +54,7 @@ from .drain import DEFAULT_TIMEOUT, DrainWait, cluster_drain, cluster_undrain, s
 from .health import PathCheck, smbd_problem
 from .ledger import FILE, Ledger
 from .table import VipSettings, parse_agent_table, parse_share_table
-from .vips import PREFIX, SECTION, Declared, Vip, declared, foreign_problem, held_on, interface_problem
+from .vips import MODES, PREFIX, SECTION, Declared, Vip, declared, foreign_problem, held_on, interface_problem
 
 log = logging.getLogger(__name__)
 PLUGIN = "vip"
@@ -112,6 +112,11 @@ class VipPlugin:
         if table and table.get("proxmox_ha") and share.mode == "native":
             return ["[ha] proxmox_ha registers a guest with Proxmox HA; a native share has no guest "
                     "(use mode = \"lxc\" or \"vm\", or drop proxmox_ha)"]
+        if table and not table.get("vip") and share.mode in MODES:
+            return ["[ha] on a native share needs vip: the address clients reach the share on"]
+        if table and table.get("vip") and share.mode not in MODES:
+            return [f"[ha] vip is for native shares: a share in mode = \"{share.mode}\" is reached on its guest's "
+                    "own address, which Proxmox HA moves with the guest ([ha] proxmox_ha = true)"]
         return []
 
     # ---- lifecycle -------------------------------------------------------------------

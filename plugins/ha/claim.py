@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from smbgw_agent.effects import netlink
 from smbgw_agent.effects.netlink import Link
 
-from . import probe
+from ..linkprobe import probe
+from ..linkprobe.packets import mac_text
 from .table import VipSettings
 from .vips import Vip
 
@@ -40,10 +41,6 @@ class ClaimError(Exception):
     def __init__(self, message: str, conflict: str | None = None) -> None:
         super().__init__(message)
         self.conflict = conflict
-
-
-def mac_text(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
 
 
 @dataclass(order=True)

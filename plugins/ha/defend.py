@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from . import claim, packets, probe
+from ..linkprobe import packets, probe
 
 log = logging.getLogger(__name__)
 DEFEND_INTERVAL = 10.0  # RFC 5227 section 1.1
@@ -202,7 +202,7 @@ class Defender:
         with self._lock:
             if entry not in self._held:  # ceded a frame ago, or released meanwhile
                 return
-        shown = claim.mac_text(other)
+        shown = packets.mac_text(other)
         decision = self.policy.decide(entry.address, self._clock())
         if decision == "same":
             return

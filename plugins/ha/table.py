@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smbgw_agent.model.errors import FieldError
-from smbgw_agent.model.fields import REQUIRED, Table, address
+from smbgw_agent.model.fields import Table, address
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IFNAMSIZ = 16  # the kernel's limit, with the terminating NUL
@@ -65,11 +65,16 @@ def _vip(value: object) -> str:
 
 def parse_share_table(data: Mapping[str, Any], clustered: bool) -> dict[str, Any]:
     """`[ha]` of a share file. `clustered`: the node runs CTDB, which names the interface
-    of every public address itself (`[ctdb] public_interface` by default)."""
+    of every public address itself (`[ctdb] public_interface` by default). A share served
+    by a guest may have `proxmox_ha` alone: its address is the guest's own."""
     table = Table(data)
-    vip = table.value("vip", _vip, REQUIRED)
-    interface = table.value("interface", interface_name, None if clustered else REQUIRED)
+    vip = table.value("vip", _vip, None)
+    interface = table.value("interface", interface_name, None)
     proxmox_ha = table.boolean("proxmox_ha", default=False)
+    if "vip" not in data and "proxmox_ha" not in data:
+        table.report("vip", "required key is missing")
+    if "vip" in data and "interface" not in data and not clustered:
+        table.report("interface", "required key is missing")
     table.done()
     return {"vip": vip, "interface": interface, "proxmox_ha": proxmox_ha}
 

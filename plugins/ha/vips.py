@@ -60,13 +60,13 @@ def resource_id(address: str) -> str:
 def address_of(share: ShareSpec) -> str | None:
     """The address of a share's `[ha] vip`, written one way (whatever the mode)."""
     table = share.sections.get(SECTION)
-    return str(ipaddress.ip_interface(table["vip"]).ip) if table else None
+    return str(ipaddress.ip_interface(table["vip"]).ip) if table and table.get("vip") else None
 
 
 def vip_of(share: ShareSpec) -> tuple[str, int, str] | None:
     """(address, prefix length, interface) a native share asks for, or None."""
     table = share.sections.get(SECTION)
-    if not table or share.mode not in MODES or not table.get("interface"):
+    if not table or share.mode not in MODES or not table.get("interface") or not table.get("vip"):
         return None
     interface = ipaddress.ip_interface(table["vip"])
     return str(interface.ip), interface.network.prefixlen, str(table["interface"])

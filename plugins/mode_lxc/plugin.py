@@ -40,6 +40,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from smbgw_agent.effects import netlink
 from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.effects.samba import run_testparm
@@ -52,13 +53,16 @@ from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
 
+from ..linkprobe import probe
 from ..mode_native import render_share, security_globals
-from ..proxmox.guestconf import GuestConfig, GuestConfigError, read_guest_config
+from ..proxmox import hamanager
+from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
+from ..proxmox.haresources import RESOURCES, read_resources
 from ..proxmox.table import SECTION as PROXMOX
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
-from ..proxmox.vmlist import Guest, allocate, read_vmlist
-from . import guest
+from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
+from . import guest, orphans
 from .idmap import MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
 from .table import DHCP, SECTION, LxcSpec, parse_share_table
@@ -70,10 +74,15 @@ MODE = PLUGIN = "mode_lxc"
 MODE_NAME = "lxc"
 VMIDS, PUSHED, USERS, ABSORBED = "vmids", "pushed", "users", "absorbed"  # plugin state keys
 OBSERVE_JOB = "lxc:observe"
+HA_SECTION = "ha"
+ORPHANS_JOB = "lxc:orphans"
+ORPHANS_RETRY = 60.0
+LXC_DIR = "/etc/pve/lxc"
 OBSERVE_INTERVAL = 10.0
 JOB_TIMEOUT = 900.0
 BOOT_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 1.0
+PROBE_WINDOW = 0.6  # RFC 5227 asks for 1-2 s; the virtual-IP claim's default, proven on real links
 SMB_CONF = "/etc/samba/smb.conf"
 # The node's own files, never a sandbox's copy: LXC's newuidmap reads them.
 SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
@@ -81,7 +90,17 @@ VMLIST = "/etc/pve/.vmlist"
 
 
 def config_path(vmid: int) -> str:
-    return f"/etc/pve/lxc/{vmid}.conf"
+    return f"{LXC_DIR}/{vmid}.conf"
+
+
+def wants_ha(share: ShareSpec) -> bool:
+    """`[ha] proxmox_ha = true` in the share file (the table is the VIP manager's; for a
+    container it holds only this switch)."""
+    return bool((share.sections.get(HA_SECTION) or {}).get("proxmox_ha"))
+
+
+def _wanted_tags(ctx: PassContext) -> set[str]:
+    return {guest.share_tag(share.name) for share in ctx.desired.values() if share.mode == MODE_NAME}
 
 
 def job_id(key: str) -> str:
@@ -163,11 +182,16 @@ class Work:
     smb_conf: str | None = None  # to push
     remove: bool = False
     users: Sequence[PassdbEntry] | None = None  # to copy in (None: nothing to do)
+    probe: str | None = None  # an address the container takes now: checked free on the bridge first
+    ha: str | None = None  # "add" or "remove": the container's Proxmox HA registration
 
 
 class LxcModePlugin:
     def __init__(self) -> None:
         self._observer = Observer()
+        self._orphans: list[orphans.Orphan] = []  # as the last pass's health check found them
+        self._moved: dict[str, tuple[int, str]] = {}  # share -> (vmid, node): its container runs elsewhere
+        self._destroy_orphans = False
 
     # ---- tables ----------------------------------------------------------------------
 
@@ -215,7 +239,8 @@ class LxcModePlugin:
 
     @hookimpl
     def smbgw_schedules(self, ctx: PassContext) -> Sequence[Schedule]:
-        if not any(share.mode == MODE_NAME for share in ctx.desired.values()) and not self._vmids(ctx):
+        if not any(share.mode == MODE_NAME for share in ctx.desired.values()) and not self._vmids(ctx) \
+                and not self._orphans:
             return []
         pct, observer = Pct(ctx.runner), self._observer
         vmids = self._vmids(ctx)
@@ -227,8 +252,16 @@ class LxcModePlugin:
         def next_run(last: float | None) -> float:
             return 0.0 if last is None else last + OBSERVE_INTERVAL
 
-        return [Schedule(OBSERVE_JOB, next_run, lambda _progress: observer.refresh(pct, addresses, keep_running),
-                         timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
+        schedules = [Schedule(OBSERVE_JOB, next_run,
+                              lambda _progress: observer.refresh(pct, addresses, keep_running),
+                              timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
+        if self._destroy_orphans and self._orphans:
+            run = orphans.destroy_job(pct, ctx.paths.host(LXC_DIR), list(self._orphans), _wanted_tags(ctx),
+                                      ctx.paths.host(ctx.config.shares_dir))
+            schedules.append(Schedule(ORPHANS_JOB, lambda last: 0.0 if last is None else last + ORPHANS_RETRY, run,
+                                      timeout=JOB_TIMEOUT, plugin=PLUGIN,
+                                      wake=lambda result: bool(result.get("destroyed"))))
+        return schedules
 
     # ---- planning --------------------------------------------------------------------
 
@@ -347,13 +380,22 @@ class LxcModePlugin:
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
         if config is None:
             guests = self._guests(ctx)
+            elsewhere = self._moved_to(ctx, share, vmid, guests)
+            self._moved.pop(share.key, None)
+            if elsewhere is not None:
+                # Proxmox HA (or someone with pct migrate) moved it: it serves the share
+                # there. Nothing is made here; edits wait until it is back.
+                self._moved[share.key] = (vmid, elsewhere)
+                return Work(share, vmid, False, settings, options, idmap), []
             if vmid in guests:
                 raise ValueError(f"VMID {vmid} is in use by a {guests[vmid].type} guest on node {guests[vmid].node}: "
                                  "the agent never touches a guest it did not create")
-            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries)
+            ha = "add" if wants_ha(share) else None
+            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries,
+                        probe=None if spec.address == DHCP else spec.address, ha=ha)
             return work, [Change(resource, CREATE, f"create container {vmid} ({options['hostname']}) from "
                                  f"{settings.lxc_template} on {settings.storage}, start it and serve [{share.name}] "
-                                 f"at {spec.address}")]
+                                 f"at {spec.address}" + (" under Proxmox HA" if ha else ""))]
         self._check_ours(config, share, vmid)
         differences = guest.differences(config, options, idmap)
         changes = [Change(resource, UPDATE, f"container {vmid}: {d.detail()}") for d in differences]
@@ -378,9 +420,50 @@ class LxcModePlugin:
         if users is not None and entries:
             changes.append(Change(resource, UPDATE, f"copy users {', '.join(e.name for e in entries)} from this "
                                   f"node's passdb into container {vmid}"))
+        ha = self._ha_change(ctx, share, vmid)
+        if ha == "add":
+            changes.append(Change(resource, UPDATE, f"register container {vmid} with Proxmox HA (ha-manager add "
+                                  f"ct:{vmid} --state started)"))
+        elif ha == "remove":
+            changes.append(Change(resource, UPDATE, f"take container {vmid} out of Proxmox HA (ha-manager remove "
+                                  f"ct:{vmid}); it keeps running"))
         work = Work(share, vmid, False, settings, options, idmap, differences, start, restart_smbd,
-                    smb_conf if push or differences else None, users=users)
+                    smb_conf if push or differences else None, users=users, probe=_new_address(config, spec), ha=ha)
         return work, changes
+
+    def _moved_to(self, ctx: PassContext, share: ShareSpec, vmid: int, guests: Mapping[int, Guest]) -> str | None:
+        """The node the share's own container now runs on, when that is not this node:
+        the VMID is the one the agent recorded for the share, the cluster lists it on
+        another node, and its config there carries the share's tags."""
+        owner = guests.get(vmid)
+        here = local_node(ctx.paths.host("/etc/pve"))
+        if owner is None or owner.type != "lxc" or here is None or owner.node == here:
+            return None
+        if self._vmids(ctx).get(share.key) != vmid and spec_of(share).vmid != vmid:
+            return None
+        try:
+            remote = read_guest_config(ctx.paths.host(f"/etc/pve/nodes/{owner.node}/lxc/{vmid}.conf"))
+        except GuestConfigError:
+            return None
+        if remote is None:
+            return None
+        tags = {tag.casefold() for tag in remote.tags}
+        return owner.node if {guest.TAG, guest.share_tag(share.name)} <= tags else None
+
+    @staticmethod
+    def _ha_change(ctx: PassContext, share: ShareSpec, vmid: int) -> str | None:
+        """"add" when the share asks for Proxmox HA and the container is not registered;
+        "remove" when it no longer asks and the agent registered it (a registration made
+        by hand, without the agent's comment, is the administrator's)."""
+        scratch = ctx.plugin_scratch(PLUGIN)
+        if "ha" not in scratch:
+            scratch["ha"] = read_resources(ctx.paths.host(RESOURCES))
+        registered = scratch["ha"].get(f"ct:{vmid}")
+        if wants_ha(share):
+            return None if registered is not None else "add"
+        if registered is not None and registered.properties.get("comment", "").startswith(hamanager.comment("")):
+            return "remove"
+        return None
 
     @staticmethod
     def _check_ours(config: GuestConfig, share: ShareSpec, vmid: int) -> None:
@@ -478,29 +561,27 @@ class LxcModePlugin:
 
     @hookimpl
     def smbgw_health(self, ctx: PassContext) -> Sequence[Health]:
-        """Containers the agent made for shares that are no longer declared (a removal
-        that failed, a share file deleted while the agent was stopped and its state lost):
-        reported with what to do, never destroyed on a guess."""
-        folder = ctx.paths.host("/etc/pve/lxc")
-        if not folder.is_dir():
-            return []
-        wanted = {guest.share_tag(share.name) for share in ctx.desired.values() if share.mode == MODE_NAME}
-        findings = []
-        for path in sorted(folder.glob("*.conf"))[:10_000]:
-            try:
-                config = read_guest_config(path)
-            except GuestConfigError:
-                continue
-            tags = {tag.casefold() for tag in config.tags} if config is not None else set()
-            if guest.TAG not in tags:
-                continue
-            shares = sorted(tag for tag in tags if tag.startswith("share-"))
-            if not shares or not set(shares) & wanted:
-                named = ", ".join(shares) or "no share"
-                findings.append(Health("lxc-orphan", False, f"container {path.stem} ({named}) was made by "
-                                       "smbgw-agent for a share no file declares now: remove it with pct destroy "
-                                       f"{path.stem} --purge (the share's data is on the host and stays)",
-                                       f"lxc:{path.stem}"))
+        """Containers the agent made for shares no file declares now (orphans.py): reported
+        with what to do; destroyed by a job only with `[proxmox] destroy_orphans = true`."""
+        found = orphans.find(ctx.paths.host(LXC_DIR), _wanted_tags(ctx))
+        settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
+        self._orphans = found
+        self._destroy_orphans = settings is not None and settings.destroy_orphans
+        if self._destroy_orphans:
+            what = "the agent destroys it ([proxmox] destroy_orphans = true) when its share file is gone"
+        else:
+            what = "remove it with pct destroy {vmid} --purge, or set [proxmox] destroy_orphans = true"
+        findings = [Health("lxc-orphan", False, f"container {orphan.vmid} ({orphan.named()}) was made by smbgw-agent "
+                           f"for a share no file declares now: {what.format(vmid=orphan.vmid)} (the share's data "
+                           "is on the host and stays)", f"lxc:{orphan.vmid}") for orphan in found]
+        here = local_node(ctx.paths.host("/etc/pve")) or "this node"
+        for key, (vmid, node) in sorted(self._moved.items()):
+            if key in ctx.desired:
+                findings.append(Health("lxc-moved", False, f"container {vmid} of share {ctx.desired[key].name} runs "
+                                       f"on node {node} (moved by Proxmox HA or a migration) and serves the share "
+                                       f"there; edits of the share wait until it is back on {here} (ha-manager "
+                                       f"migrate ct:{vmid} {here}, or pct migrate {vmid} {here} --restart)",
+                                       f"lxc:{vmid}"))
         return findings
 
     @hookimpl
@@ -530,11 +611,42 @@ class LxcModePlugin:
 # ---- the jobs (worker threads) --------------------------------------------------------
 
 
+def _new_address(config: GuestConfig, spec: LxcSpec) -> str | None:
+    """The share's static address when the container does not have it yet (an address
+    edited in the share file); None when it keeps its address or takes one by DHCP."""
+    if spec.address == DHCP:
+        return None
+    try:
+        live = parse_property_string(config.get("net0") or "", None).get("ip", "")
+        if ipaddress.ip_interface(live).ip == ipaddress.ip_interface(spec.address).ip:
+            return None
+    except (GuestConfigError, ValueError):
+        pass
+    return spec.address
+
+
+def _check_free(bridge: str, address: str, progress: JobProgress) -> None:
+    """Nobody holds `address` on the bridge (an RFC 5227 ARP probe, IPv6 duplicate address
+    detection), before a container takes it: two hosts answering for one address split
+    the share's clients between them."""
+    progress.report(f"checking that {address} is free on {bridge}")
+    ip = ipaddress.ip_interface(address).ip
+    try:
+        other = probe.holder(bridge, ip, netlink.links(), window=PROBE_WINDOW)
+    except (probe.ProbeError, netlink.NetlinkError) as exc:
+        raise RuntimeError(f"cannot check that {address} is free on {bridge}: {exc}") from exc
+    if other is not None:
+        raise ValueError(f"address {address} is in use on {bridge} by {other}: the container does not take it; "
+                         "give the share another address in its [lxc] table")
+
+
 def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
-    pct, host = Pct(ctx.runner), ctx.paths.host
+    pct, host, runner = Pct(ctx.runner), ctx.paths.host, ctx.runner
 
     def run(progress: JobProgress) -> dict[str, Any]:
         vmid = work.vmid
+        if work.probe is not None:
+            _check_free(work.settings.bridge, work.probe, progress)
         if work.create:
             _create(pct, host, work, progress)
             if work.users:
@@ -564,6 +676,12 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
         if work.restart_smbd:
             progress.report(f"restarting smbd in container {vmid}")
             pct.exec(vmid, ["systemctl", "restart", "smbd"], timeout=60.0)
+        if work.ha == "add":
+            progress.report(f"registering container {vmid} with Proxmox HA")
+            hamanager.add(runner, f"ct:{vmid}", work.share.name, host(RESOURCES))
+        elif work.ha == "remove":
+            progress.report(f"taking container {vmid} out of Proxmox HA")
+            hamanager.remove(runner, f"ct:{vmid}", host(RESOURCES))
         return {"vmid": vmid, "smb_conf": digest(work.smb_conf) if work.smb_conf is not None else None,
                 "users": users_digest(work.users) if work.users is not None else None}
 

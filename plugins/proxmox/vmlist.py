@@ -72,3 +72,13 @@ def allocate(first: int, last: int, in_use: Collection[int], reserved: Collectio
     has been given; None when the range is used up."""
     taken = set(in_use) | set(reserved)
     return next((candidate for candidate in range(first, last + 1) if candidate not in taken), None)
+
+
+def local_node(pve: Path) -> str | None:
+    """This node's name as the cluster knows it: pmxcfs's `/etc/pve/local` is a symbolic
+    link to `nodes/NAME`. None off a Proxmox node."""
+    try:
+        target = Path(str(pve / "local")).readlink()
+    except OSError:
+        return None
+    return target.name if target.parent.name == "nodes" and target.name else None

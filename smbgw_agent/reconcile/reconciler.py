@@ -104,6 +104,11 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _declared(spec: ShareSpec | None) -> str:
+    """What the back-off remembers of the declaration that failed."""
+    return spec.digest() if spec is not None else ""
+
+
 def _lifecycle(failing: bool, want: object, have: object, live: str) -> str:
     """A resource's state for people: failing (retried), `live` (as declared), being
     removed, or pending (declared, not applied yet)."""
@@ -531,6 +536,10 @@ class Reconciler:
                 if ctx.dry_run:
                     outcome.result, outcome.error = "failed", error
                     log.error("share %s: %s", name, error)
+                elif self.backoff.waiting(key, self.monotonic(), _declared(want)):
+                    # Planned again before its retry is due (every pass plans the failing
+                    # shares): the same failure, not a new one that doubles the wait.
+                    outcome.result, outcome.error = "waiting", self.backoff.still(key, error).error
                 else:
                     self._fail_share(ctx, key, outcome, have, error, self.monotonic(), [])
                 continue
@@ -538,6 +547,10 @@ class Reconciler:
             if outcome.changes:
                 plans[key] = outcome.changes
                 outcome.result = "planned"
+            elif key in self.backoff.attempts and not ctx.dry_run:
+                # Nothing left to do: what failed has been done since (a mode's job that
+                # was retried and has now succeeded).
+                self.backoff.succeeded(key)
         return plans
 
     def _plan_resources(
@@ -586,7 +599,7 @@ class Reconciler:
         share_work: dict[str, dict[str, list[Change]]] = {}
         for key in plans:
             outcome = report.outcomes[key]
-            if not force and self.backoff.waiting(key, now):
+            if not force and self.backoff.waiting(key, now, _declared(desired.get(key))):
                 outcome.result, outcome.error = "waiting", self.backoff.attempts[key].error
                 continue
             share_work[key] = _by_plugin(plans[key])
@@ -698,12 +711,17 @@ class Reconciler:
         self, share_work: Mapping[str, Mapping[str, list[Change]]], resource_work: Mapping[str, list[Change]],
         desired: Mapping[str, ShareSpec], applied: Mapping[str, ShareSpec], report: PassReport, work: _Work,
     ) -> None:
+        busy = {k for k in map(share_key, self.jobs.busy_resources()) if k is not None} \
+            if self.jobs is not None else set()
         for key in share_work:
             outcome = report.outcomes[key]
             if share_resource(outcome.name) in work.failed:
                 continue
             want = desired.get(key)
-            self.backoff.succeeded(key)
+            if key not in busy:
+                # A share whose mode's job now runs (a container being made) has not
+                # worked yet: its back-off stays until the job's outcome is planned.
+                self.backoff.succeeded(key)
             if want is not None:
                 self.state.set_applied(want)
                 outcome.result = "applied"
@@ -741,7 +759,7 @@ class Reconciler:
                 self.plugins.rollback_share(plugin, ctx, outcome.name, have)
             except Exception as exc:
                 error += f" (and rolling back failed: {_describe(exc)})"
-        attempt = self.backoff.failed(key, now, error)
+        attempt = self.backoff.failed(key, now, error, _declared(ctx.desired.get(key)))
         outcome.result, outcome.error = "failed", error
         log.error(
             "share %s: %s; retry %d in %.0fs", outcome.name, error, attempt.failures,
@@ -820,9 +838,10 @@ class Reconciler:
                 error = hold.reason
             else:
                 state = _lifecycle(attempt is not None, want, applied, "served")
-                if state == "served" and key in busy:
+                if state in ("served", "failed") and key in busy:
                     # Applied, but its mode's job (a container being created or started)
-                    # has not finished: not served yet (the job's progress is in "jobs").
+                    # has not finished: not served yet (the job's progress is in "jobs");
+                    # after a failure, the job is the retry.
                     state = "pending"
             shares[spec.name] = {
                 "file": spec.file,

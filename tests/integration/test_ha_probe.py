@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
-from smbgw_plugins.ha import packets
+from smbgw_plugins.linkprobe import packets
 
 from tests.support.netns import TIMEOUT, VethPair, ip, run_python, started, veth_pair
 
@@ -28,7 +28,7 @@ STALE_MAC = "02:00:5e:00:53:99"
 
 PROBE = """
 import ipaddress, sys
-from smbgw_plugins.ha.probe import ProbeError, probe
+from smbgw_plugins.linkprobe.probe import ProbeError, probe
 interface, address, mac = sys.argv[1], ipaddress.ip_address(sys.argv[2]), bytes.fromhex(sys.argv[3])
 if len(sys.argv) > 4:  # wait for the go, so two probers start together
     print("ready", flush=True)
@@ -43,7 +43,7 @@ else:
 
 ANNOUNCE = """
 import ipaddress, sys
-from smbgw_plugins.ha.probe import announce
+from smbgw_plugins.linkprobe.probe import announce
 announce(sys.argv[1], ipaddress.ip_address(sys.argv[2]), bytes.fromhex(sys.argv[3]))
 """
 
@@ -195,7 +195,7 @@ def test_without_cap_net_raw_the_capability_is_named(link: VethPair) -> None:
 # The listener the defender keeps open, in A: what its two sockets let through in a time.
 WATCH = """
 import json, select, sys, time
-from smbgw_plugins.ha import packets, probe
+from smbgw_plugins.linkprobe import packets, probe
 interface, seconds = sys.argv[1], float(sys.argv[2])
 sockets = {"arp": probe.listener(interface, packets.ETH_P_ARP), "ipv6": probe.listener(interface, packets.ETH_P_IPV6)}
 print("ready", flush=True)

@@ -155,7 +155,7 @@ def test_an_address_another_host_answers_for_is_not_claimed(sandbox: Sandbox, la
 # from B with B's MAC (the frames are the ones test_ha_probe.py checks against the kernel).
 CLAIM_FROM_B = """
 import ipaddress, sys
-from smbgw_plugins.ha.probe import announce
+from smbgw_plugins.linkprobe.probe import announce
 announce(sys.argv[1], ipaddress.ip_address(sys.argv[2]), bytes.fromhex(sys.argv[3]))
 """
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentProcess, served, wait_for, write_share
+from tests.support.pct_standin import image
 from tests.support.pct_standin.node import FIRST_VMID, StandinNode, lxc_agent, smbclient
 
 pytestmark = pytest.mark.integration
@@ -172,9 +174,10 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
 
 
 def test_a_container_that_cannot_start_is_taken_away_again(node: tuple[StandinNode, AgentProcess]) -> None:
-    """The bridge does not exist: pct start fails half way through the job. The container
-    it created is destroyed again, the share fails with Proxmox's message and is retried,
-    and the share's data is untouched."""
+    """The bridge does not exist. A static address is probed on it first, so nothing is
+    created; with DHCP (nothing to probe) pct start fails half way through the job: the
+    container it created is destroyed again, the share fails with Proxmox's message and
+    is retried with a growing back-off, and the share's data is untouched."""
     lab, agent = node
     box = agent.box
     config = box.root / "etc/smbgw/agent.toml"
@@ -186,9 +189,158 @@ def test_a_container_that_cannot_start_is_taken_away_again(node: tuple[StandinNo
     (data / "kept.txt").write_text("untouched\n")
     write_share(box, "broken.toml",
                 f'path = "/srv/smb/broken"\nmode = "lxc"\n\n[lxc]\naddress = "{lab.address(31)}/24"\n')
-    wait_for(lambda: "bridge 'vmbr9' does not exist" in str(((agent.status() or {}).get("shares") or {})
-                                                             .get("broken", {}).get("error")),
-             timeout=120, interval=0.3)
+    wait_for(lambda: "interface vmbr9 does not exist" in share_error(agent, "broken"), timeout=120, interval=0.3)
+    assert not lab.config(FIRST_VMID).exists()
+    write_share(box, "broken.toml", 'path = "/srv/smb/broken"\nmode = "lxc"\n\n[lxc]\naddress = "dhcp"\n')
+    wait_for(lambda: "bridge 'vmbr9' does not exist" in share_error(agent, "broken"), timeout=120, interval=0.3)
     assert share_state(agent, "broken") == "failed"
     assert not lab.config(FIRST_VMID).exists(), "the half-made container was destroyed"
     assert [p.name for p in data.iterdir()] == ["kept.txt"]
+    wait_for(lambda: ((agent.status() or {}).get("shares") or {}).get("broken", {}).get("failures", 0) >= 3,
+             timeout=120, interval=0.3)
+    share = (agent.status() or {})["shares"]["broken"]
+    print(f"[lxc] a container that cannot start: {share['failures']} failed jobs, next in "
+          f"{share['retry_at'] - time.time():.0f}s")
+    assert share["retry_at"] - time.time() > 4, "the back-off grows from one failed job to the next"
+
+
+def share_error(agent: AgentProcess, name: str) -> str:
+    return str((((agent.status() or {}).get("shares") or {}).get(name) or {}).get("error") or "")
+
+
+def health(agent: AgentProcess, check: str) -> list[dict[str, object]]:
+    return [finding for finding in (agent.status() or {}).get("health") or () if finding.get("check") == check]
+
+
+def reload(agent: AgentProcess) -> None:
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+
+
+def test_bad_input_is_refused_and_nothing_else_is_touched(node: tuple[StandinNode, AgentProcess]) -> None:
+    """The issue's bad inputs, each through the whole agent and real containers: a template
+    that does not exist, an address another host answers for (ARP probe on the bridge),
+    a VMID range used up, a VMID that belongs to a guest the agent did not make, a share
+    directory whose owner root may not map into a container, memory "0". Each is the
+    share's error and nothing is created; other guests stay as they were; each fixed
+    input is served. An orphaned container is reported, and destroyed once
+    `[proxmox] destroy_orphans = true`."""
+    lab, agent = node
+    box = agent.box
+    config = box.root / "etc/smbgw/agent.toml"
+    good_template = f"local:vztmpl/{image.DEFAULT_NAME}"
+    config.write_text(config.read_text().replace(f"{FIRST_VMID + 9}]", f"{FIRST_VMID + 2}]")
+                      .replace(good_template, "local:vztmpl/missing_12_amd64.tar.zst"))
+    reload(agent)
+    foreign, ghost = FIRST_VMID + 2, FIRST_VMID + 100
+    assert lab.pct("create", str(foreign), good_template, "--hostname", "database", "--rootfs", "local-lvm:1",
+                   "--start", "0").returncode == 0
+    made = lab.pct("create", str(ghost), good_template, "--hostname", "smbgw-ghost", "--rootfs", "local-lvm:1",
+                   "--tags", "smbgw;share-ghost", "--description",
+                   "smbgw-agent share ghost (ghost.toml). Managed by smbgw-agent: changes made here are undone.",
+                   "--start", "0")
+    assert made.returncode == 0, made.stderr
+
+    def lxc_share(name: str, host: int, extra: str = "") -> None:
+        box.share_dir(name)
+        write_share(box, f"{name}.toml", f'path = "/srv/smb/{name}"\nmode = "lxc"\n\n[lxc]\n'
+                                         f'address = "{lab.address(host)}/24"\nmemory = "256M"\n{extra}')
+
+    # The template does not exist: Proxmox's message, and no container.
+    lxc_share("one", 41)
+    wait_for(lambda: "No such file or directory" in share_error(agent, "one"), timeout=120, interval=0.3)
+    assert share_state(agent, "one") == "failed" and not lab.config(FIRST_VMID).exists()
+    finding = wait_for(lambda: health(agent, "lxc-orphan"), timeout=60, interval=0.3)
+    assert f"pct destroy {ghost} --purge" in str(finding), finding
+
+    # Fixed, and orphans to be destroyed: served; the orphan goes, the foreign guest stays.
+    config.write_text(config.read_text().replace("local:vztmpl/missing_12_amd64.tar.zst", good_template)
+                      + "destroy_orphans = true\n")
+    reload(agent)
+    wait_for(lambda: share_state(agent, "one") == "served", timeout=180, interval=0.3)
+    wait_for(lambda: not lab.config(ghost).exists(), timeout=120, interval=0.3)
+    assert not health(agent, "lxc-orphan") or wait_for(lambda: not health(agent, "lxc-orphan"), timeout=30)
+    assert lab.config(foreign).exists() and lab.pct("status", str(foreign)).stdout.strip() == "status: stopped"
+
+    # An address the first container answers for: probed on the bridge, refused.
+    lxc_share("two", 41)
+    wait_for(lambda: "is in use on vmbr0" in share_error(agent, "two"), timeout=120, interval=0.3)
+    assert "the host at 02:" in share_error(agent, "two"), share_error(agent, "two")
+    assert not lab.config(FIRST_VMID + 1).exists()
+    assert answers_smb(lab, lab.address(41)), "the first share keeps its address"
+    lxc_share("two", 42)
+    wait_for(lambda: share_state(agent, "two") == "served", timeout=180, interval=0.3)
+    assert lab.config(FIRST_VMID + 1).exists()
+
+    # The range is used up (its third id is the foreign guest's).
+    lxc_share("three", 43)
+    wait_for(lambda: "no free VMID left in [proxmox] vmid_range 9000-9002" in share_error(agent, "three"),
+             timeout=60, interval=0.3)
+    # The foreign guest's VMID, asked for by a share: refused, the guest untouched.
+    before = lab.config(foreign).read_text()
+    lxc_share("three", 43, f"vmid = {foreign}\n")
+    wait_for(lambda: f"container {foreign} is not this share's" in share_error(agent, "three"), timeout=60,
+             interval=0.3)
+    assert lab.config(foreign).read_text() == before
+
+    # A share directory whose owner /etc/subuid does not let root map into a container.
+    lxc_share("four", 44, f"vmid = {FIRST_VMID + 50}\n")
+    os.chown(box.share_dir("four"), 4242, 4242)
+    write_share(box, "four.toml", (box.shares_dir / "four.toml").read_text() + "cores = 1\n")
+    wait_for(lambda: "does not let root map 4242" in share_error(agent, "four"), timeout=60, interval=0.3)
+    assert "add root:4242:1" in share_error(agent, "four") and not lab.config(FIRST_VMID + 50).exists()
+
+    # memory = "0" and "2T": the file is invalid, with its line and why.
+    lxc_share("five", 45, "")
+    for memory, why in (('"0"', "out of range"), ('"2T"', "more than 1T")):
+        write_share(box, "five.toml", (box.shares_dir / "five.toml").read_text().replace('"256M"', memory)
+                    .replace('"0"', memory))
+        problems = wait_for(lambda why=why: [p for p in ((agent.status() or {}).get("files") or {})
+                                             .get("five.toml", {}).get("problems") or () if why in p["message"]],
+                            timeout=60, interval=0.3)
+        assert problems[0]["line"] == 6 and problems[0]["key"] == "lxc.memory", problems
+    made = sorted(path.name for path in lab.config(FIRST_VMID).parent.glob("*.conf"))
+    assert made == [f"{FIRST_VMID}.conf", f"{FIRST_VMID + 1}.conf", f"{foreign}.conf"], made
+    assert share_state(agent, "one") == share_state(agent, "two") == "served"
+
+
+def answers_smb(lab: StandinNode, address: str) -> bool:
+    """Something accepts TCP connections on port 445 at `address`, seen from the node."""
+    return lab.run("python3", "-c", f"import socket; socket.create_connection(('{address}', 445), timeout=3)",
+                   timeout=30).returncode == 0
+
+
+def test_proxmox_ha_registers_the_share_container(node: tuple[StandinNode, AgentProcess]) -> None:
+    """`[ha] proxmox_ha = true`: the container is an HA resource (through the `ha-manager`
+    stand-in), kept started; stopped by hand (which Proxmox turns into an HA stop) it is
+    started again; the switch off takes it out of HA and leaves it running; removing the
+    share destroys it and its HA entry (`pct destroy --purge`)."""
+    lab, agent = node
+    box = agent.box
+    box.share_dir("safe")
+    resources = lab.root / "etc/pve/ha/resources.cfg"
+    body = (f'path = "/srv/smb/safe"\nmode = "lxc"\n\n[lxc]\naddress = "{lab.address(51)}/24"\nmemory = "256M"\n\n'
+            '[ha]\nproxmox_ha = true\n')
+    write_share(box, "safe.toml", body)
+    sid = f"ct: {FIRST_VMID}\n"
+    wait_for(lambda: resources.exists() and sid in resources.read_text(), timeout=180, interval=0.3)
+    entry = resources.read_text()
+    assert "\tstate started\n" in entry and "\tcomment smbgw-agent share safe\n" in entry, entry
+    wait_for(lambda: share_state(agent, "safe") == "served", timeout=60, interval=0.3)
+
+    stopped = lab.pct("stop", str(FIRST_VMID))
+    assert f"Requesting HA stop for CT {FIRST_VMID}" in stopped.stdout and "\tstate stopped\n" in resources.read_text()
+    wait_for(lambda: lab.pct("status", str(FIRST_VMID)).stdout.strip() == "status: running", timeout=120,
+             interval=0.5)
+    assert "\tstate started\n" in resources.read_text(), "started again through HA"
+    wait_for(lambda: answers_smb(lab, lab.address(51)), timeout=60, interval=0.5)
+
+    write_share(box, "safe.toml", body.replace("proxmox_ha = true", "proxmox_ha = false"))
+    wait_for(lambda: sid not in resources.read_text(), timeout=60, interval=0.3)
+    assert lab.pct("status", str(FIRST_VMID)).stdout.strip() == "status: running"
+    write_share(box, "safe.toml", body)
+    wait_for(lambda: sid in resources.read_text(), timeout=60, interval=0.3)
+
+    (box.shares_dir / "safe.toml").unlink()
+    wait_for(lambda: not lab.config(FIRST_VMID).exists(), timeout=120, interval=0.3)
+    assert sid not in resources.read_text(), "pct destroy --purge takes it out of HA"

@@ -1,4 +1,4 @@
-"""The LXC mode under the reliability suite's fault classes: `pct` and `pdbedit` missing,
+"""The LXC mode under the reliability suite's fault classes: `pct`, `pdbedit` and `ha-manager` missing,
 failing, hanging, answering garbage or flooding. Every fault must end within the tool's
 time limit as an error that says what happened: the watch keeps its last reading and
 reports the error (a container is never taken for stopped or running on a broken
@@ -16,6 +16,8 @@ import pytest
 from smbgw_plugins.mode_lxc import pct, users
 from smbgw_plugins.mode_lxc.plugin import Observation, Observer
 from smbgw_plugins.mode_lxc.users import UserError, read_entries
+from smbgw_plugins.proxmox import hamanager
+from smbgw_plugins.proxmox.haresources import HaConfigError
 
 from smbgw_agent.effects.runner import CommandError, Runner
 from tests.support.faults import FAULT_KINDS, PLUGIN_TOOLS, ToolShed
@@ -32,7 +34,7 @@ SAID = {
 
 def test_every_tool_the_lxc_mode_runs_is_in_a_fault_matrix() -> None:
     # Its testparm calls (the container's smb.conf) are mode_native's case.
-    assert set(PLUGIN_TOOLS["mode_lxc"]) == {"pct", "pdbedit"}
+    assert set(PLUGIN_TOOLS["mode_lxc"]) == {"pct", "pdbedit", "ha-manager"}
 
 
 @pytest.fixture
@@ -92,3 +94,18 @@ def test_a_broken_pdbedit_copies_no_user(broken: ToolShed, tmp_path: Path, kind:
     assert time.monotonic() - began < LIMIT + 5
     assert re.search(SAID[kind], str(failed.value)), failed.value
     assert users.PASSDB_IMPORT not in str(failed.value)
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_a_broken_ha_manager_never_counts_as_registered(broken: ToolShed, tmp_path: Path, kind: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration is read back from the resource list: a tool that exits 0 having
+    printed garbage has not registered anything, and the step fails."""
+    if kind != "missing":
+        broken.break_tool("ha-manager", kind)
+    monkeypatch.setattr(hamanager, "TIMEOUT", LIMIT)
+    began = time.monotonic()
+    with pytest.raises((CommandError, HaConfigError)) as failed:
+        hamanager.add(Runner(), "ct:9000", "finance", tmp_path / "resources.cfg")
+    assert time.monotonic() - began < LIMIT + 5
+    assert re.search(SAID[kind] + "|is not in /etc/pve/ha/resources.cfg", str(failed.value)), failed.value

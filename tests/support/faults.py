@@ -39,8 +39,9 @@ PLUGIN_TOOLS: dict[str, tuple[str, ...]] = {
     # At the plugin's boundary (test_ad_faults): the agent-level matrix would need a DC.
     "ad": ("net", "wbinfo", "dig"),
     # At the plugin's boundary (test_lxc_faults): pct is Proxmox's; through its test
-    # stand-in the whole mode runs in test_mode_lxc. pdbedit reads the node's passdb.
-    "mode_lxc": ("pct", "pdbedit"),
+    # stand-in the whole mode runs in test_mode_lxc. pdbedit reads the node's passdb;
+    # ha-manager registers a container with Proxmox HA.
+    "mode_lxc": ("pct", "pdbedit", "ha-manager"),
 }
 
 _SCRIPTS = {

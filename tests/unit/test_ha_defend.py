@@ -9,7 +9,8 @@ import socket
 import threading
 import time
 
-from smbgw_plugins.ha import defend, probe
+from smbgw_plugins.ha import defend
+from smbgw_plugins.linkprobe import probe
 
 OURS = bytes.fromhex("020000000001")
 THEIRS = bytes.fromhex("020000000002")

@@ -1,10 +1,10 @@
-"""ARP and NDP frames of the virtual-IP claim (`smbgw_plugins.ha.packets`).
+"""ARP and NDP frames of the virtual-IP claim (`smbgw_plugins.linkprobe.packets`).
 
 The builders are read back field by field at their RFC offsets (not through the module's
 own parser), ICMPv6 checksums are verified by an independent method, builder -> parser
 round trips find the other host's MAC and never our own, and the parsers survive what
 anyone on the link can send: random bytes, truncations and mutations of valid frames,
-64 KiB frames. The probe loop of `smbgw_plugins.ha.probe` runs here on a fake socket and a
+64 KiB frames. The probe loop of `smbgw_plugins.linkprobe.probe` runs here on a fake socket and a
 fake clock (when it sends, that a flood of frames ends with the window, which frames it
 ignores) and its errors are read as an administrator would; on a real link it runs in
 tests/integration/test_ha_probe.py.
@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smbgw_plugins.ha import packets
-from smbgw_plugins.ha import probe as probe_module
+from smbgw_plugins.linkprobe import packets
+from smbgw_plugins.linkprobe import probe as probe_module
 
 OURS = bytes.fromhex("02000000000a")
 THEIRS = bytes.fromhex("02000000000b")

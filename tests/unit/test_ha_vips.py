@@ -40,6 +40,25 @@ def test_the_interface_is_required_without_ctdb_and_defaults_with_it() -> None:
     assert parse_share_table({"vip": "192.0.2.50/24"}, True)["interface"] is None
 
 
+def test_a_guest_share_may_have_the_proxmox_ha_switch_alone_and_a_native_share_needs_a_vip() -> None:
+    from smbgw_plugins.ha import VipPlugin
+
+    from smbgw_agent.model.config import AgentConfig
+    for on in (True, False):
+        assert parse_share_table({"proxmox_ha": on}, False) == {"vip": None, "interface": None, "proxmox_ha": on}
+    assert "vip: required key is missing" in problems({})
+    config = AgentConfig(node="n1")
+
+    def said(mode: str, table: dict[str, Any]) -> list[str]:
+        spec = ShareSpec(name="s", file="s.toml", path="/srv/s", mode=mode, sections={"ha": table})
+        return list(VipPlugin().smbgw_validate_share(spec, config))
+
+    assert said("lxc", {"vip": None, "interface": None, "proxmox_ha": True}) == []
+    assert "needs vip" in said("native", {"vip": None, "interface": None, "proxmox_ha": False})[0]
+    assert "guest's own address" in said("lxc", {"vip": "192.0.2.50/24", "interface": "vmbr0",
+                                                 "proxmox_ha": False})[0]
+
+
 @pytest.mark.parametrize("vip, said", [
     ("192.0.2.0/24", "network address"),
     ("192.0.2.255/24", "broadcast address"),

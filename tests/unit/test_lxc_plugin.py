@@ -10,17 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smbgw_plugins.mode_lxc import guest, plugin
+from smbgw_plugins.mode_lxc import guest, orphans, plugin
 from smbgw_plugins.mode_lxc.plugin import PLUGIN, PUSHED, VMIDS, LxcModePlugin, Observation, config_path
 from smbgw_plugins.mode_lxc.table import parse_share_table
 from smbgw_plugins.proxmox.table import parse_agent_table
 
+from smbgw_agent.effects.deadline import Deadline
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform.changes import CREATE, UPDATE
 from smbgw_agent.platform.context import PassContext
+from smbgw_agent.platform.jobs import JobProgress, JobRecord
 
 PROXMOX = {"vmid_range": [9000, 9002], "bridge": "vmbr0", "storage": "local-lvm",
            "lxc_template": "local:vztmpl/smbgw.tar.zst"}
@@ -200,3 +202,148 @@ def test_two_new_shares_in_one_pass_get_two_vmids_and_any_name_is_fine(tmp_path:
     assert one.startswith("create container 9000") and two.startswith("create container 9001")
     subject.smbgw_apply_share(ctx, "submit", first, subject.smbgw_plan_share(ctx, "submit", first, None))
     assert ctx.plugin_state(PLUGIN).get(VMIDS) == {"submit": 9000}
+
+
+class RecordingPct:
+    """Records what the orphan job asks of pct (the real tool: tests/integration)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def status(self, vmid: int) -> str:
+        self.calls.append(("status", vmid))
+        return "running"
+
+    def stop(self, vmid: int) -> None:
+        self.calls.append(("stop", vmid))
+
+    def destroy(self, vmid: int) -> None:
+        self.calls.append(("destroy", vmid))
+
+
+def test_destroy_orphans_destroys_only_a_container_whose_share_file_is_gone(tmp_path: Path) -> None:
+    kept, gone, editing = share("finance", vmid=9000), share("hr", vmid=9001), share("legal", vmid=9002)
+    ctx = context(tmp_path, kept, gone, editing)
+    for spec, vmid in ((kept, 9000), (gone, 9001), (editing, 9002)):
+        live_container(ctx, spec, vmid)
+    live_container(ctx, gone, 9003, description="made by hand")  # tagged, but not the agent's words
+    shares_dir = ctx.paths.host(ctx.config.shares_dir)
+    shares_dir.mkdir(parents=True)
+    (shares_dir / "legal.toml").write_text("mode = \"lxc\"\npath = \n")  # being edited: does not parse
+    ctx.desired = {kept.key: kept}
+    folder = ctx.paths.host("/etc/pve/lxc")
+    found = orphans.find(folder, {"share-finance"})
+    assert [(o.vmid, o.shares, o.file) for o in found] == [(9001, ("share-hr",), "hr.toml"),
+                                                           (9002, ("share-legal",), "legal.toml"),
+                                                           (9003, ("share-hr",), None)]
+    pct = RecordingPct()
+    job = orphans.destroy_job(pct, folder, found, {"share-finance"}, shares_dir)  # type: ignore[arg-type]
+    result = job(JobProgress(JobRecord(plugin.ORPHANS_JOB, PLUGIN, ""), Deadline(60.0)))
+    assert result["destroyed"] == [9001] and pct.calls == [("status", 9001), ("stop", 9001), ("destroy", 9001)]
+    assert "still there" in result["kept"][9002] and "description" in result["kept"][9003]
+
+
+def test_destroy_orphans_is_asked_for_in_agent_toml_and_said_in_the_finding(tmp_path: Path) -> None:
+    gone = share("hr", vmid=9001)
+    ctx = context(tmp_path, gone)
+    live_container(ctx, gone, 9001)
+    ctx.desired = {}
+    subject = LxcModePlugin()
+    [finding] = subject.smbgw_health(ctx)
+    assert "destroy_orphans = true" in finding.detail and "pct destroy 9001" in finding.detail
+    assert plugin.ORPHANS_JOB not in [s.id for s in subject.smbgw_schedules(ctx)], "reported, not destroyed"
+    ctx.config = AgentConfig(node="pve1", allowed_roots=("/srv",), plugin_sections={
+        "proxmox": parse_agent_table({**PROXMOX, "destroy_orphans": True})})
+    [finding] = subject.smbgw_health(ctx)
+    assert "the agent destroys it" in finding.detail
+    assert plugin.ORPHANS_JOB in [s.id for s in subject.smbgw_schedules(ctx)]
+
+
+def test_only_an_address_the_container_does_not_have_yet_is_probed(tmp_path: Path) -> None:
+    spec = share("finance", vmid=9000)
+    ctx = context(tmp_path, spec)
+    live_container(ctx, spec, 9000)
+    subject = LxcModePlugin()
+    config = plugin.read_guest_config(ctx.paths.host(config_path(9000)))
+    assert config is not None
+    assert plugin._new_address(config, plugin.spec_of(spec)) is None, "its own address: no probe"
+    moved = share("finance", vmid=9000, address="10.0.0.22/24")
+    assert plugin._new_address(config, plugin.spec_of(moved)) == "10.0.0.22/24"
+    assert plugin._new_address(config, plugin.spec_of(share("finance", address="dhcp"))) is None
+    wider = share("finance", vmid=9000, address="10.0.0.21/16")
+    assert plugin._new_address(config, plugin.spec_of(wider)) is None, "same address, another prefix"
+    vmlist(ctx)
+    work = subject._work(ctx, share("new", vmid=9001))[0]
+    assert work.create and work.probe == "10.0.0.21/24"
+
+
+def with_ha(spec: ShareSpec, on: bool = True) -> ShareSpec:
+    return ShareSpec(name=spec.name, file=spec.file, path=spec.path, mode="lxc",
+                     sections={**spec.sections, "ha": {"vip": None, "interface": None, "proxmox_ha": on}})
+
+
+def ha_resources(ctx: Any, text: str) -> None:
+    path = ctx.paths.host("/etc/pve/ha/resources.cfg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def ha_plan(ctx: Any, spec: ShareSpec) -> list[str]:
+    return [detail for _action, detail in plan(LxcModePlugin(), ctx, spec) if "Proxmox HA" in detail]
+
+
+def test_proxmox_ha_registers_the_container_and_takes_out_only_what_the_agent_put_in(tmp_path: Path) -> None:
+    spec = with_ha(share("finance", vmid=9000))
+    ctx = context(tmp_path, spec)
+    vmlist(ctx)
+    work, changes = LxcModePlugin()._work(ctx, spec)
+    assert work.create and work.ha == "add" and changes[0].detail.endswith("under Proxmox HA")
+    live_container(ctx, spec, 9000)
+    ctx.scratch.pop(PLUGIN, None)  # a new pass: read again
+    [detail] = ha_plan(ctx, spec)
+    assert detail == "register container 9000 with Proxmox HA (ha-manager add ct:9000 --state started)"
+    ha_resources(ctx, "ct: 9000\n\tcomment smbgw-agent share finance\n\tstate started\n\n")
+    ctx.scratch.pop(PLUGIN, None)  # a new pass: read again
+    assert ha_plan(ctx, spec) == [], "registered: nothing to do"
+    off = with_ha(spec, on=False)
+    ctx.scratch.pop(PLUGIN, None)  # a new pass: read again
+    [detail] = ha_plan(ctx, off)
+    assert detail.startswith("take container 9000 out of Proxmox HA (ha-manager remove ct:9000)")
+    ha_resources(ctx, "ct: 9000\n\tstate started\n\n")  # registered by hand: the administrator's
+    ctx.scratch.pop(PLUGIN, None)  # a new pass: read again
+    assert ha_plan(ctx, off) == []
+
+
+def test_an_ha_resource_list_that_cannot_be_read_fails_the_share(tmp_path: Path) -> None:
+    spec = with_ha(share("finance", vmid=9000))
+    ctx = context(tmp_path, spec)
+    vmlist(ctx, v9000="pve1")
+    live_container(ctx, spec, 9000)
+    ha_resources(ctx, "ct: 9000\nstate started\n")  # a property line without its indentation
+    with pytest.raises(ValueError, match="line 2: cannot read"):
+        plan(LxcModePlugin(), ctx, spec)
+
+
+def test_a_container_moved_to_another_node_is_left_there_and_reported(tmp_path: Path) -> None:
+    """Proxmox HA started the share's container on pve2 after pve1 failed: pve1's agent
+    finds its recorded VMID there, makes nothing, and says where the share is served."""
+    spec = share("finance")
+    ctx = context(tmp_path, spec)
+    ctx.plugin_state(PLUGIN).set(VMIDS, {"finance": 9000})
+    pve = ctx.paths.host("/etc/pve")
+    (pve / "nodes/pve1/lxc").mkdir(parents=True)
+    (pve / "local").symlink_to("nodes/pve1")
+    live_container(ctx, spec, 9000)  # written through /etc/pve/lxc: moved by hand below
+    (pve / "lxc").mkdir(exist_ok=True)
+    (pve / "nodes/pve2/lxc").mkdir(parents=True)
+    ctx.paths.host(config_path(9000)).rename(pve / "nodes/pve2/lxc/9000.conf")
+    vmlist(ctx, v9000="pve2")
+    subject = LxcModePlugin()
+    assert plan(subject, ctx, spec) == []
+    [finding] = [f for f in subject.smbgw_health(ctx) if f.check == "lxc-moved"]
+    assert "runs on node pve2" in finding.detail and "ha-manager migrate ct:9000 pve1" in finding.detail
+    (pve / "nodes/pve2/lxc/9000.conf").write_text("hostname: database\n")  # not the share's any more
+    ctx.scratch.pop(PLUGIN, None)  # a new pass: read again
+    with pytest.raises(ValueError, match="VMID 9000 is in use by a lxc guest on node pve2"):
+        plan(subject, ctx, spec)
+    assert not [f for f in subject.smbgw_health(ctx) if f.check == "lxc-moved"]

@@ -32,7 +32,7 @@ from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, NodeResource, share_resource
 from smbgw_agent.platform.context import PassContext
 from smbgw_agent.platform.hookspecs import hookimpl
-from smbgw_agent.platform.jobs import Job, JobRunner
+from smbgw_agent.platform.jobs import SUCCEEDED, Job, JobRunner
 from smbgw_agent.platform.pluginhost import PluginHost
 from smbgw_agent.reconcile.reconciler import Reconciler
 from smbgw_agent.reconcile.state import StateStore
@@ -311,6 +311,85 @@ def test_a_share_is_left_alone_while_its_job_runs_and_planned_when_it_ends(root:
     assert rec.run_pass().outcomes["alpha"].result == "removed", "planned when the job ended"
     assert served(root) == {}
     jobs.stop()
+
+
+class RetriedJobMode(FileMode):
+    """Like the LXC mode: apply starts a job that does the work; the job's outcome is read
+    at the next plan, and a failure is raised there. The first `failures` jobs fail."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.absorbed: float | None = None
+        self.done = False
+
+    @hookimpl
+    def smbgw_plan_share(self, ctx: PassContext, name: str, desired: ShareSpec | None,
+                         applied: ShareSpec | None) -> Sequence[Change]:
+        assert ctx.jobs is not None
+        record = ctx.jobs.record(f"files:{name}")
+        if record is not None and record.finished is not None and record.finished != self.absorbed:
+            self.absorbed = record.finished
+            if record.state != SUCCEEDED:
+                raise RuntimeError(f"container job failed: {record.error}")
+            self.done = True
+        return [] if self.done or desired is None else [Change(share_resource(name), CREATE, "make it")]
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
+        assert ctx.jobs is not None
+
+        def run(_progress: Any) -> None:
+            if self.failures > 0:
+                self.failures -= 1
+                raise RuntimeError("pct start failed")
+
+        ctx.jobs.submit(Job(f"files:{name}", run, 20.0, share_resource(name), "files"))
+
+
+def test_a_failing_mode_job_is_retried_with_a_growing_backoff_until_it_works(root: Path, clock: FakeClock) -> None:
+    """The job, not the apply, is what fails: the back-off must grow from one failed job
+    to the next (not start again at each apply) and clear once a job has worked."""
+    mode = RetriedJobMode(failures=2)
+    runner = Runner()
+    jobs = JobRunner()
+    rec = Reconciler(Paths.under(root), config_for(), PluginHost({"files": mode}),
+                     ServiceControl(runner, use_systemd=False), runner, clock=clock, monotonic=clock, jobs=jobs)
+    declare(root, "alpha")
+    delays = []
+    for _job in range(3):
+        assert rec.run_pass().outcomes["alpha"].result == "applied"
+        assert jobs.wait("files:alpha", 10.0) is not None
+        report = rec.run_pass(full=False)
+        share = rec.status()["shares"]["alpha"]
+        if report.outcomes["alpha"].result != "failed":
+            break
+        assert "pct start failed" in share["error"] and share["state"] == "failed"
+        delays.append(share["retry_at"] - clock.now)
+        clock.advance(1.0)
+        assert rec.run_pass().outcomes["alpha"].result == "waiting", "planned again early: no new failure"
+        assert rec.status()["shares"]["alpha"]["failures"] == len(delays)
+        clock.advance(delays[-1])
+    assert [round(d) for d in delays] == [2, 4]
+    share = rec.status()["shares"]["alpha"]
+    assert (share["state"], share["failures"], share["error"]) == ("served", 0, None)
+    jobs.stop()
+
+
+def test_an_edited_file_is_tried_at_once_whatever_its_backoff(root: Path, clock: FakeClock) -> None:
+    mode = FileMode()
+    mode.fail_apply["alpha"] = "broken"
+    rec = reconciler(root, PluginHost({"files": mode}), clock)
+    declare(root, "alpha")
+    for _attempt in range(4):
+        rec.run_pass()
+        clock.advance(status_file(root)["shares"]["alpha"]["retry_at"] - clock.now)
+    rec.run_pass()
+    assert status_file(root)["shares"]["alpha"]["failures"] == 5
+    del mode.fail_apply["alpha"]
+    assert rec.run_pass().outcomes["alpha"].result == "waiting", "the same file waits out its back-off"
+    declare(root, "alpha", comment="fixed")
+    assert rec.run_pass().outcomes["alpha"].result == "applied", "an edit is tried at once"
 
 
 def test_apply_failure_is_isolated_rolled_back_and_reported(root: Path, clock: FakeClock) -> None:

@@ -466,8 +466,10 @@ class CtdbPlugin:
 
 
 def _interface(spec: ShareSpec, settings: CtdbSettings) -> str | None:
+    """The interface of the share's public address; None without one (a guest's share
+    with `[ha] proxmox_ha` alone)."""
     table = spec.sections.get(vips.SECTION)
-    return (table.get("interface") or settings.public_interface) if table else None
+    return (table.get("interface") or settings.public_interface) if table and table.get("vip") else None
 
 
 def _mode_right(target: Path, path: str) -> bool:

@@ -95,7 +95,12 @@ What differs from the real `pct` (on purpose or as an approximation):
   memory, swap, cores, timezone and features are recorded, not applied.
 * Task output (`extracting archive ...`, `Detected container architecture`) is not
   printed; task errors print the error only, as the real CLI does.
-* `destroy --purge` has nothing extra to purge (no backup jobs, HA or replication here).
+* `destroy --purge` takes the container out of HA's resource list (hamanager.py); there are no
+  backup or replication jobs here to purge. `start` and `stop` of an HA-managed container
+  print `Requesting HA start|stop for CT VMID` and set its HA state, as Proxmox's do
+  (API2/LXC/Status.pm), then start or stop it at once where Proxmox's HA resource manager
+  would within seconds; `destroy` without `--purge` refuses it with `unable to remove CT
+  VMID - used in HA resources and purge parameter not set.` (API2/LXC.pm `destroy_vm`).
 * `status --verbose` prints name, status, type and vmid only (the real one adds the
   resource counters); only `local` (ROOT/var/lib/vz/template/cache) holds templates.
 * An `mpN` must be a host directory (a bind mount); storage-backed mount points are
@@ -126,6 +131,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
+
+from . import hamanager
 
 EXIT_ERROR = 255
 PCT_PM = "/usr/share/perl5/PVE/CLI/pct.pm"  # where Perl's die without a newline points
@@ -513,9 +520,9 @@ class Node:
         name = os.environ.get("SMBGW_PCT_NODE") or socket.gethostname().split(".")[0]
         node = cls(Path(root), name)
         node.conf_dir.mkdir(parents=True, exist_ok=True)
-        link = node.root / "etc/pve/lxc"
-        if not link.is_symlink():
-            link.symlink_to(f"nodes/{name}/lxc")
+        for link, target in (("etc/pve/lxc", f"nodes/{name}/lxc"), ("etc/pve/local", f"nodes/{name}")):
+            if not (node.root / link).is_symlink():
+                (node.root / link).symlink_to(target)
         node.lxcpath.mkdir(parents=True, exist_ok=True)
         return node
 
@@ -978,6 +985,11 @@ def cmd_start(node: Node, opts: dict[str, object]) -> None:
         config = node.load(vmid)
         if node.running(vmid):
             raise PctError(f"CT {vmid} already running\n")
+        if hamanager.is_managed(node.root, vmid) is not None:
+            # Proxmox asks HA (`ha-manager set ct:VMID --state started`) and its local
+            # resource manager starts the container; here that start follows at once.
+            sys.stdout.write(f"Requesting HA start for CT {vmid}\n")
+            hamanager.set_state(node.root, vmid, "started")
         missing = bridges_missing(config)
         if missing:
             raise PctError(f"bridge '{missing[0]}' does not exist\nstartup for container '{vmid}' failed\n")
@@ -1011,6 +1023,10 @@ def cmd_stop(node: Node, opts: dict[str, object]) -> None:
     node.load(vmid)
     if not node.running(vmid):
         raise PctError(f"CT {vmid} not running\n")
+    if hamanager.is_managed(node.root, vmid) is not None:
+        # `ha-manager crm-command stop ct:VMID 0`: HA stops it and records it as stopped.
+        sys.stdout.write(f"Requesting HA stop for CT {vmid}\n")
+        hamanager.set_state(node.root, vmid, "stopped")
     done = node.lxc("lxc-stop", vmid, "--kill")
     if node.running(vmid):
         raise PctError(f"{done.stderr}container did not stop\n")
@@ -1119,6 +1135,9 @@ def cmd_pull(node: Node, opts: dict[str, object]) -> None:
 def cmd_destroy(node: Node, opts: dict[str, object]) -> None:
     vmid = int(str(opts["vmid"]))
     node.load(vmid)
+    ha_managed = hamanager.is_managed(node.root, vmid) is not None
+    if ha_managed and not opts.get("purge"):
+        raise PctError(f"unable to remove CT {vmid} - used in HA resources and purge parameter not set.\n")
     message = f"unable to destroy CT {vmid} - container is running\n"
     if not opts.get("force") and node.running(vmid):
         raise PctError(message)
@@ -1140,6 +1159,11 @@ def cmd_destroy(node: Node, opts: dict[str, object]) -> None:
             shutil.rmtree(ctdir)  # never follows symbolic links; bind mounts live in the CT's namespace only
         node.conf_path(vmid).unlink()
         node.update_vmlist(vmid, register=False)
+        if ha_managed:
+            with hamanager.locked(node.root):
+                resources = hamanager.read(node.root)
+                resources.pop(f"ct:{vmid}", None)
+                hamanager.write(node.root, resources)
 
 
 def cmd_config(node: Node, opts: dict[str, object]) -> None:

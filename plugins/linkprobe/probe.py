@@ -1,4 +1,4 @@
-"""Put the frames of `plugins.ha.packets` on a link: probe before claiming, announce after.
+"""Put the frames of `plugins.linkprobe.packets` on a link: probe before claiming, announce after.
 
 Raw AF_PACKET sockets (CAP_NET_RAW), because the kernel does neither job for an address
 it does not hold yet: Linux has no duplicate address detection for IPv4 at all, and its
@@ -17,7 +17,9 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+
+from smbgw_agent.effects import netlink
 
 from . import packets
 from .packets import Address
@@ -194,3 +196,26 @@ def announce(interface: str, address: Address, mac: bytes) -> None:
     with _errors(interface, address, "announcing"), _link(interface, address) as sock:
         for frame in frames:
             sock.send(frame)
+
+
+def holder(interface: str, address: Address, links: Sequence[netlink.Link], window: float = 0.6) -> str | None:
+    """Who already has `address` where a new guest would take it on `interface` (a
+    bridge): "this node (IFACE)" when one of the node's own interfaces holds it, "the host
+    at MAC" when something on the link answers the probe, None when it is free. The node
+    is asked first: Linux answers ARP for its own addresses on any interface, but not
+    always on the one being probed."""
+    for link in links:
+        if link.find(str(address)) is not None:
+            return f"this node ({link.name})"
+    bridge = next((link for link in links if link.name == interface), None)
+    if bridge is None:
+        raise ProbeError(f"interface {interface} does not exist")
+    if not bridge.up:
+        raise ProbeError(f"interface {interface} is down")
+    if not packets.is_unicast_mac(bridge.mac):
+        # A Linux bridge takes the lowest MAC of its ports, and 00:00:00:00:00:00 when the
+        # last port leaves (an internal bridge whose guests are all stopped): with no port,
+        # nobody else is on the link to hold the address.
+        return None
+    other = probe(interface, address, bridge.mac, window=window)
+    return None if other is None else f"the host at {packets.mac_text(other)}"

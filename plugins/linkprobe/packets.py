@@ -1,4 +1,4 @@
-"""ARP and NDP frames for claiming a virtual IP: ask the link first, tell it afterwards.
+"""ARP and NDP frames for claiming an address: ask the link first, tell it afterwards.
 
 Two nodes answering for one address split the clients between them, which is worse than
 no answer at all, so before a node takes a share's address it asks whether anyone holds
@@ -7,7 +7,7 @@ After taking it, the node announces it (a gratuitous ARP, an unsolicited neighbo
 advertisement) so switches and clients stop sending to the node that held it before
 instead of waiting minutes for their caches to expire.
 
-Pure code, frames in and frames out; `plugins.ha.probe` sends and listens. The parsers
+Pure code, frames in and frames out; `plugins.linkprobe.probe` sends and listens. The parsers
 read frames anyone on the link can send, so every length and field is checked and
 anything unexpected is None, never an exception. Frames are untagged Ethernet: a frame
 with an 802.1Q tag belongs to another VLAN and is not about this link.
@@ -85,6 +85,11 @@ class Neighbor:
     flags: int
     target: IPv6Address
     link_layer: bytes | None
+
+
+def mac_text(mac: bytes) -> str:
+    """`02:00:00:aa:bb:cc`, as `ip link` shows it."""
+    return ":".join(f"{b:02x}" for b in mac)
 
 
 def is_unicast_mac(mac: bytes) -> bool:

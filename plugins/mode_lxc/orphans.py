@@ -1,0 +1,117 @@
+"""Containers the agent made for shares that no file declares any more.
+
+How one comes about: a removal whose `pct destroy` failed, a share file deleted while
+the agent was stopped and its state lost, a share file restored from a backup under
+another name. Such a container still runs smbd on its address and holds its VMID.
+
+By default it is reported (health `lxc-orphan`, with the command that removes it) and
+left alone: destroying a guest on a guess is not the agent's call. With `[proxmox]
+destroy_orphans = true` the agent destroys it, but only when all of these hold, read
+again just before: the config carries the `smbgw` tag and a `share-...` tag, its
+description is the one the agent writes, no declared share has its tag, and the share
+file the description names is not in the shares directory (a file that is there but
+does not parse keeps its container: the administrator is in the middle of an edit).
+The share's data is a bind mount on the host and is never touched either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smbgw_agent.platform.jobs import JobProgress
+
+from ..proxmox.guestconf import GuestConfig, GuestConfigError, read_guest_config
+from . import guest
+from .pct import RUNNING, Pct
+
+log = logging.getLogger(__name__)
+MAX_CONFIGS = 10_000
+_DESCRIPTION = re.compile(r"smbgw-agent share (?P<share>.+) \((?P<file>[^()/]+)\)\. ")
+
+
+@dataclass(frozen=True)
+class Orphan:
+    vmid: int
+    shares: tuple[str, ...]  # its share-... tags
+    file: str | None  # the share file its description names, if the agent wrote it
+
+    def named(self) -> str:
+        return ", ".join(self.shares) or "no share"
+
+
+def share_file_of(config: GuestConfig) -> str | None:
+    """The share file the agent's description names; None if it is not the agent's."""
+    found = _DESCRIPTION.match((config.description or "").strip() + " ")
+    return found.group("file") if found else None
+
+
+def find(folder: Path, wanted_tags: Collection[str]) -> list[Orphan]:
+    """The containers in `folder` (this node's /etc/pve/lxc) tagged `smbgw` whose share
+    tag no declared share has."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.conf"))[:MAX_CONFIGS]:
+        if not path.stem.isdigit():
+            continue
+        try:
+            config = read_guest_config(path)
+        except GuestConfigError:
+            continue
+        tags = {tag.casefold() for tag in config.tags} if config is not None else set()
+        if config is None or guest.TAG not in tags:
+            continue
+        shares = tuple(sorted(tag for tag in tags if tag.startswith("share-")))
+        if not shares or not set(shares) & set(wanted_tags):
+            found.append(Orphan(int(path.stem), shares, share_file_of(config)))
+    return found
+
+
+def destroyable(orphan: Orphan, config: GuestConfig | None, wanted_tags: Collection[str], shares_dir: Path) -> str:
+    """Why `orphan` must not be destroyed now ("" when it may): the checks of the module
+    docstring, on the config as it is now."""
+    if config is None:
+        return "it is gone"
+    tags = {tag.casefold() for tag in config.tags}
+    shares = {tag for tag in tags if tag.startswith("share-")}
+    if guest.TAG not in tags or not shares:
+        return "it no longer carries the smbgw tags"
+    if shares & set(wanted_tags):
+        return "a share declares it again"
+    file = share_file_of(config)
+    if file is None:
+        return "its description is not the one smbgw-agent writes"
+    if (shares_dir / file).exists():
+        return f"its share file {file} is still there (it does not parse: fix it or delete it)"
+    return ""
+
+
+def destroy_job(pct: Pct, folder: Path, orphans: list[Orphan], wanted_tags: Collection[str],
+                shares_dir: Path) -> Callable[[JobProgress], dict[str, Any]]:
+    def run(progress: JobProgress) -> dict[str, Any]:
+        destroyed, kept = [], {}
+        for orphan in orphans:
+            try:
+                config = read_guest_config(folder / f"{orphan.vmid}.conf")
+            except GuestConfigError as exc:
+                kept[orphan.vmid] = str(exc)
+                continue
+            reason = destroyable(orphan, config, wanted_tags, shares_dir)
+            if reason:
+                kept[orphan.vmid] = reason
+                continue
+            progress.report(f"destroying orphaned container {orphan.vmid} ({orphan.named()})")
+            if pct.status(orphan.vmid) == RUNNING:
+                pct.stop(orphan.vmid)
+            pct.destroy(orphan.vmid)
+            log.warning("lxc: destroyed container %d (%s): its share file %s is gone and [proxmox] "
+                        "destroy_orphans = true", orphan.vmid, orphan.named(), orphan.file)
+            destroyed.append(orphan.vmid)
+        return {"destroyed": destroyed, "kept": kept}
+
+    return run
