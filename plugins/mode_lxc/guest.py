@@ -38,9 +38,10 @@ ROOTFS_GIB = 4
 # Options Proxmox applies to a running container; the rest wait for its next start.
 LIVE = frozenset({"cores", "memory", "description", "tags", "onboot"})
 # Compared as property strings, key by key (hwaddr and type are Proxmox's to keep).
-PROPERTY_KEYS = {"net0": ("name", "bridge", "ip", "gw"), "mp0": ("volume", "mp"),
+PROPERTY_KEYS = {"net0": ("name", "bridge", "ip", "gw"), "mp0": ("volume", "mp", "shared"),
                  "features": ("nesting",)}
 DEFAULT_KEYS = {"mp0": "volume"}
+PROPERTY_DEFAULTS = {"mp0": {"shared": "0"}}  # Proxmox's defaults: absent is the same as these
 
 
 def label(name: str, limit: int = 50) -> str:
@@ -90,15 +91,20 @@ def network(spec: LxcSpec, bridge: str) -> dict[str, str]:
     return values
 
 
-def wanted_options(share: str, file: str, spec: LxcSpec, bridge: str, host_path: str) -> dict[str, str]:
+def wanted_options(share: str, file: str, spec: LxcSpec, bridge: str, host_path: str,
+                   shared_data: bool = False) -> dict[str, str]:
     """The options of the share's container as `pct` takes them (without `rootfs`,
-    which only `create` gives, and without `net0`'s hwaddr, which `create` adds)."""
+    which only `create` gives, and without `net0`'s hwaddr, which `create` adds).
+    `shared_data`: the share's directory is on storage every node mounts at the same
+    path (the share asks for Proxmox HA), so `mp0` says `shared=1`, without which
+    Proxmox refuses to migrate a container with a bind mount."""
+    mount = {"volume": host_path, "mp": SHARE_MOUNT, **({"shared": "1"} if shared_data else {})}
     return {
         "hostname": hostname(share),
         "cores": str(spec.cores),
         "memory": str(spec.memory_mib),
         "net0": property_string(network(spec, bridge)),
-        "mp0": property_string({"volume": host_path, "mp": SHARE_MOUNT}, "volume"),
+        "mp0": property_string(mount, "volume"),
         "onboot": "1" if spec.autostart else "0",
         "tags": ";".join(sorted({TAG, share_tag(share)})),  # as Proxmox keeps them: sorted
         "description": description(share, file),
@@ -139,7 +145,8 @@ def _same(key: str, live: str | None, wanted: str) -> bool:
         want = parse_property_string(wanted, DEFAULT_KEYS.get(key))
     except GuestConfigError:
         return False
-    return all(have.get(name) == want.get(name) for name in keys)
+    defaults = PROPERTY_DEFAULTS.get(key, {})
+    return all(have.get(name, defaults.get(name)) == want.get(name, defaults.get(name)) for name in keys)
 
 
 def _merged(key: str, live: str | None, wanted: str) -> str:
@@ -151,7 +158,11 @@ def _merged(key: str, live: str | None, wanted: str) -> str:
         have = parse_property_string(live, DEFAULT_KEYS.get(key))
     except GuestConfigError:
         return wanted
-    have.update(parse_property_string(wanted, DEFAULT_KEYS.get(key)))
+    want = parse_property_string(wanted, DEFAULT_KEYS.get(key))
+    for name in PROPERTY_KEYS[key]:
+        if name not in want:
+            have.pop(name, None)  # ours to set, and not wanted now (shared=1 switched off)
+    have.update(want)
     return property_string(have, DEFAULT_KEYS.get(key))
 
 

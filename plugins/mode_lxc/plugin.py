@@ -58,6 +58,7 @@ from ..mode_native import render_share, security_globals
 from ..proxmox import hamanager
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
 from ..proxmox.haresources import RESOURCES, read_resources
+from ..proxmox.storage import STORAGE_CFG, StorageError, is_shared
 from ..proxmox.table import SECTION as PROXMOX
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
@@ -372,7 +373,9 @@ class LxcModePlugin:
         spec = spec_of(share)
         vmid = self._vmid_for(ctx, share, settings)
         host_path = str(ctx.paths.host(share.path))
-        options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path)
+        if wants_ha(share):
+            self._check_shared_storage(ctx, settings)
+        options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path, wants_ha(share))
         entries = read_entries(ctx.runner, ctx.paths.smb_conf, local_names(share.valid_users))
         idmap = self._idmap(ctx, share, [entry.uid for entry in entries])
         smb_conf = self._smb_conf(ctx, share, vmid)
@@ -449,6 +452,19 @@ class LxcModePlugin:
             return None
         tags = {tag.casefold() for tag in remote.tags}
         return owner.node if {guest.TAG, guest.share_tag(share.name)} <= tags else None
+
+    @staticmethod
+    def _check_shared_storage(ctx: PassContext, settings: ProxmoxSettings) -> None:
+        """Proxmox HA starts a container on another node from its config alone: its root
+        disk must be on storage that node reaches, or the container is stranded there."""
+        try:
+            shared = is_shared(ctx.paths.host(STORAGE_CFG), settings.storage)
+        except StorageError as exc:
+            raise ValueError(f"[ha] proxmox_ha: cannot tell whether [proxmox] storage is shared: {exc}") from None
+        if not shared:
+            raise ValueError(f"[ha] proxmox_ha needs the container's root disk on storage every node reaches: "
+                             f"[proxmox] storage {settings.storage!r} is this node's ({STORAGE_CFG}); Proxmox HA "
+                             "would move the container's config to another node but not its disk")
 
     @staticmethod
     def _ha_change(ctx: PassContext, share: ShareSpec, vmid: int) -> str | None:

@@ -14,16 +14,14 @@ The resource id is `TYPE:NAME` (`ct:9000`, `vm:3100`). Read directly rather than
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .pvefile import read_pve_file
+from .sectionconfig import SectionConfigError, parse_sections
 
 RESOURCES = "/etc/pve/ha/resources.cfg"
 MAX_SIZE = 4 << 20
-_HEADER = re.compile(r"^(?P<type>[a-z]+):\s*(?P<name>\S+)\s*$")
-_PROPERTY = re.compile(r"^\s+(?P<key>[a-z_]+)(?:\s+(?P<value>.*?))?\s*$")
 
 
 class HaConfigError(ValueError):
@@ -41,26 +39,12 @@ class HaResource:
 
 
 def parse_resources(text: str) -> dict[str, HaResource]:
-    """Resources by id; a line that fits neither form is an error (a file we do not
-    understand is not read as "nothing is HA-managed")."""
-    found: dict[str, HaResource] = {}
-    current: HaResource | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            if not line.strip():
-                current = None
-            continue
-        header = _HEADER.match(line)
-        if header:
-            current = HaResource(f"{header['type']}:{header['name']}")
-            found[current.sid] = current
-            continue
-        prop = _PROPERTY.match(line)
-        if prop and current is not None:
-            current.properties[prop["key"]] = prop["value"] or ""
-            continue
-        raise HaConfigError(f"{RESOURCES} line {number}: cannot read {line[:80]!r}")
-    return found
+    """Resources by id (`TYPE:ID`)."""
+    try:
+        sections = parse_sections(text, RESOURCES)
+    except SectionConfigError as exc:
+        raise HaConfigError(str(exc)) from None
+    return {f"{s.type}:{s.id}": HaResource(f"{s.type}:{s.id}", s.properties) for s in sections}
 
 
 def read_resources(path: Path) -> dict[str, HaResource]:

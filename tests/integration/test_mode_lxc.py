@@ -23,7 +23,15 @@ import pytest
 
 from tests.support.agent import AgentProcess, served, wait_for, write_share
 from tests.support.pct_standin import image
-from tests.support.pct_standin.node import FIRST_VMID, StandinNode, lxc_agent, smbclient
+from tests.support.pct_standin.node import (
+    FIRST_VMID,
+    SHARED_STORAGE,
+    SHARED_STORAGE_CFG,
+    STORAGE_CFG,
+    StandinNode,
+    lxc_agent,
+    smbclient,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -321,11 +329,20 @@ def test_proxmox_ha_registers_the_share_container(node: tuple[StandinNode, Agent
     resources = lab.root / "etc/pve/ha/resources.cfg"
     body = (f'path = "/srv/smb/safe"\nmode = "lxc"\n\n[lxc]\naddress = "{lab.address(51)}/24"\nmemory = "256M"\n\n'
             '[ha]\nproxmox_ha = true\n')
+    # Root disks on local-lvm: HA could move the config but not the disk. Refused.
     write_share(box, "safe.toml", body)
+    wait_for(lambda: "storage 'local-lvm' is this node's" in share_error(agent, "safe"), timeout=60, interval=0.3)
+    assert not lab.config(FIRST_VMID).exists()
+    (lab.root / "etc/pve/storage.cfg").write_text(STORAGE_CFG + SHARED_STORAGE_CFG)
+    config = box.root / "etc/smbgw/agent.toml"
+    config.write_text(config.read_text().replace('storage = "local-lvm"', f'storage = "{SHARED_STORAGE}"'))
+    reload(agent)
     sid = f"ct: {FIRST_VMID}\n"
     wait_for(lambda: resources.exists() and sid in resources.read_text(), timeout=180, interval=0.3)
     entry = resources.read_text()
     assert "\tstate started\n" in entry and "\tcomment smbgw-agent share safe\n" in entry, entry
+    conf = lab.config(FIRST_VMID).read_text()
+    assert "mp=/srv/share,shared=1\n" in conf and f"\nrootfs: {SHARED_STORAGE}:" in conf, conf
     wait_for(lambda: share_state(agent, "safe") == "served", timeout=60, interval=0.3)
 
     stopped = lab.pct("stop", str(FIRST_VMID))

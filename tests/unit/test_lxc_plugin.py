@@ -282,6 +282,31 @@ def with_ha(spec: ShareSpec, on: bool = True) -> ShareSpec:
                      sections={**spec.sections, "ha": {"vip": None, "interface": None, "proxmox_ha": on}})
 
 
+STORAGE_CFG = """dir: local
+	path /var/lib/vz
+	content iso,vztmpl,backup
+
+lvmthin: local-lvm
+	thinpool data
+	vgname pve
+	content rootdir,images
+
+rbd: ceph-vm
+	content rootdir,images
+	krbd 0
+	pool vm
+"""
+
+
+def on_shared_storage(ctx: Any) -> None:
+    """storage.cfg as a Proxmox node with Ceph has it, and [proxmox] storage on Ceph."""
+    path = ctx.paths.host("/etc/pve/storage.cfg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(STORAGE_CFG)
+    ctx.config = AgentConfig(node="pve1", allowed_roots=("/srv",), plugin_sections={
+        "proxmox": parse_agent_table({**PROXMOX, "storage": "ceph-vm"})})
+
+
 def ha_resources(ctx: Any, text: str) -> None:
     path = ctx.paths.host("/etc/pve/ha/resources.cfg")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +321,9 @@ def test_proxmox_ha_registers_the_container_and_takes_out_only_what_the_agent_pu
     spec = with_ha(share("finance", vmid=9000))
     ctx = context(tmp_path, spec)
     vmlist(ctx)
+    on_shared_storage(ctx)
     work, changes = LxcModePlugin()._work(ctx, spec)
+    assert work.options["mp0"].endswith(",shared=1"), "Proxmox migrates a bind mount only when it says so"
     assert work.create and work.ha == "add" and changes[0].detail.endswith("under Proxmox HA")
     live_container(ctx, spec, 9000)
     ctx.scratch.pop(PLUGIN, None)  # a new pass: read again
@@ -318,6 +345,7 @@ def test_an_ha_resource_list_that_cannot_be_read_fails_the_share(tmp_path: Path)
     spec = with_ha(share("finance", vmid=9000))
     ctx = context(tmp_path, spec)
     vmlist(ctx, v9000="pve1")
+    on_shared_storage(ctx)
     live_container(ctx, spec, 9000)
     ha_resources(ctx, "ct: 9000\nstate started\n")  # a property line without its indentation
     with pytest.raises(ValueError, match="line 2: cannot read"):
@@ -347,3 +375,35 @@ def test_a_container_moved_to_another_node_is_left_there_and_reported(tmp_path: 
     with pytest.raises(ValueError, match="VMID 9000 is in use by a lxc guest on node pve2"):
         plan(subject, ctx, spec)
     assert not [f for f in subject.smbgw_health(ctx) if f.check == "lxc-moved"]
+
+
+def test_proxmox_ha_on_a_local_root_disk_storage_is_refused(tmp_path: Path) -> None:
+    spec = with_ha(share("finance", vmid=9000))
+    ctx = context(tmp_path, spec)
+    vmlist(ctx)
+    with pytest.raises(ValueError, match="is this a Proxmox VE node"):
+        LxcModePlugin()._work(ctx, spec)
+    on_shared_storage(ctx)
+    ctx.config = context(tmp_path, spec).config  # back to local-lvm
+    with pytest.raises(ValueError, match="storage 'local-lvm' is this node's"):
+        LxcModePlugin()._work(ctx, spec)
+
+
+def test_switching_proxmox_ha_changes_the_mount_at_the_next_restart(tmp_path: Path) -> None:
+    spec = share("finance", vmid=9000)
+    ctx = context(tmp_path, spec)
+    vmlist(ctx, v9000="pve1")
+    live_container(ctx, spec, 9000)
+    on_shared_storage(ctx)
+    config = plugin.read_guest_config(ctx.paths.host(config_path(9000)))
+    assert config is not None
+    host_path = str(ctx.paths.host(spec.path))
+    on = guest.wanted_options("finance", "finance.toml", plugin.spec_of(spec), "vmbr0", host_path, True)
+    [mount] = [d for d in guest.differences(config, on, plugin.LxcModePlugin()._idmap(ctx, spec)) if d.key == "mp0"]
+    assert mount.at_start and mount.wanted == f"{host_path},mp=/srv/share,shared=1"
+    live_container(ctx, spec, 9000, mp0=mount.wanted)
+    config = plugin.read_guest_config(ctx.paths.host(config_path(9000)))
+    assert config is not None
+    off = guest.wanted_options("finance", "finance.toml", plugin.spec_of(spec), "vmbr0", host_path, False)
+    [mount] = [d for d in guest.differences(config, off, plugin.LxcModePlugin()._idmap(ctx, spec)) if d.key == "mp0"]
+    assert mount.wanted == f"{host_path},mp=/srv/share", "shared=1 taken away again"

@@ -41,6 +41,26 @@ lxc_template = "local:vztmpl/{image.DEFAULT_NAME}"
 """
 
 
+# A fresh Proxmox VE 8 node's /etc/pve/storage.cfg (the installer's two storages), and
+# a Ceph RBD pool as a cluster with shared storage adds it.
+STORAGE_CFG = """dir: local
+\tpath /var/lib/vz
+\tcontent iso,vztmpl,backup
+
+lvmthin: local-lvm
+\tthinpool data
+\tvgname pve
+\tcontent rootdir,images
+"""
+SHARED_STORAGE = "ceph-vm"
+SHARED_STORAGE_CFG = f"""
+rbd: {SHARED_STORAGE}
+\tcontent rootdir,images
+\tkrbd 0
+\tpool vm
+"""
+
+
 @contextlib.contextmanager
 def subid_lines(lines: Sequence[str]) -> Iterator[None]:
     """Add the missing ones of ``lines`` to /etc/subuid and /etc/subgid; remove exactly those
@@ -105,6 +125,8 @@ def standin_node(root: Path, subids: Sequence[str] = ("root:100000:65536",)) -> 
     """`root` must be traversable by everyone up to it (an unprivileged container's root,
     uid 100000, walks to its overlay): a directory of the test's own under /var/tmp."""
     image.ensure_template(root)
+    (root / "etc/pve").mkdir(parents=True, exist_ok=True)
+    (root / "etc/pve/storage.cfg").write_text(STORAGE_CFG)
     namespace = f"smbgwlxc{os.getpid()}x{secrets.token_hex(3)}"
     node = StandinNode(root, namespace, 1 + secrets.randbelow(250))
     created = False
