@@ -473,7 +473,7 @@ class VipPlugin:
                              "to end", self._start_drain, flags=(("force", "drain even if an address is left "
                                                                           "with no node to hold it"),),
                     options=(("timeout", "how long to wait for sessions to end (default 5m)"),
-                             ("target", "the node to move addresses to (CTDB only)"))),
+                             ("target", "the node to move addresses to (CTDB only)")), shared=True),
             Command("undrain", "put this node back in service", self._start_undrain),
         ]
 
@@ -490,9 +490,8 @@ class VipPlugin:
         timeout = _duration(arguments.get("timeout"), DEFAULT_TIMEOUT)
         if clustered(ctx.config):
             return cluster_drain(ctx, timeout, arguments.get("target"), bool(arguments.get("force")))
-        if arguments.get("target"):
-            raise CommandRefused("--target moves addresses to another node, which needs CTDB; without it each "
-                                 "address belongs to the node its shares are placed on")
+        # Without CTDB, --target is for the guests another plugin moves (`drain` is a shared
+        # verb): each address stays with the node its shares are placed on.
         held = self._held(ctx)()
         if held and not arguments.get("force"):
             raise CommandRefused(

@@ -29,6 +29,7 @@ CREATE_TIMEOUT = 600.0
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 120.0
 DESTROY_TIMEOUT = 300.0
+MIGRATE_TIMEOUT = 900.0  # a restart migration copies the root disk when it is not shared
 QUICK_TIMEOUT = 60.0  # set, status, list, push
 MAX_LIST_ROWS = 100_000
 RUNNING, STOPPED = "running", "stopped"
@@ -103,6 +104,11 @@ class Pct:
     def destroy(self, vmid: int) -> None:
         """`--purge`: also out of backup jobs, replication and HA (Proxmox's own cleanup)."""
         self._run(["destroy", str(vmid), "--purge"], DESTROY_TIMEOUT)
+
+    def migrate(self, vmid: int, target: str) -> None:
+        """`pct migrate VMID TARGET --restart`: a running container is shut down, moved and
+        started on TARGET (an HA resource: HA is asked to, and does it afterwards)."""
+        self._run(["migrate", str(vmid), target, "--restart"], MIGRATE_TIMEOUT)
 
     def status(self, vmid: int) -> str:
         return parse_status(self._run(["status", str(vmid)], QUICK_TIMEOUT).stdout)

@@ -49,6 +49,7 @@ from smbgw_agent.model.idranges import IdRange
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform import order
 from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, Health, share_resource
+from smbgw_agent.platform.commands import Command, CommandRefused
 from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
@@ -63,7 +64,7 @@ from ..proxmox.table import SECTION as PROXMOX
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
 from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
-from . import guest, orphans
+from . import drain, guest, orphans
 from .idmap import MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
 from .table import DHCP, SECTION, LxcSpec, parse_share_table
@@ -572,6 +573,50 @@ class LxcModePlugin:
                     if remaining.pop(key, None) is not None:
                         state.set(entry, remaining)
         return {}
+
+    # ---- smbgwctl drain ----------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_commands(self) -> Sequence[Command]:
+        return [Command("drain", "take this node out of service: migrate its LXC-mode containers to --target "
+                                 "(pct migrate --restart)", self._start_drain,
+                        flags=(("force", "drain even if something cannot be moved (it is left here)"),),
+                        options=(("timeout", "how long to wait for SMB sessions to end (default 5m)"),
+                                 ("target", "the node to move to: a Proxmox node name for containers; with CTDB, "
+                                            "the node (pnn or private address) that takes the addresses")),
+                        shared=True)]
+
+    def _start_drain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job | None:
+        """This node's share containers (the VMIDs recorded for shares, with a config on
+        this node), checked before anything moves."""
+        host = ctx.paths.host
+        here: dict[int, str] = {}
+        left: dict[int, str] = {}
+        for key, vmid in sorted(self._vmids(ctx).items()):
+            try:
+                config = read_guest_config(host(config_path(vmid)))
+            except GuestConfigError as exc:
+                raise CommandRefused(f"cannot read container {vmid}'s config: {exc}") from None
+            if config is None:
+                continue
+            if drain.movable(config):
+                here[vmid] = key
+            else:
+                left[vmid] = f"share {key}: its data is a local bind mount, which pct migrate refuses"
+        force, target = bool(arguments.get("force")), arguments.get("target")
+        if not here and not left:
+            return None
+        if not target:
+            if force:
+                return None
+            raise CommandRefused(f"this node runs the containers of {len(here) + len(left)} share(s): name the "
+                                 "node to move them to with --target NODE, or drain with --force to leave them here")
+        drain.check_target(str(target), local_node(host("/etc/pve")), host("/etc/pve"))
+        if left and not force:
+            raise CommandRefused("; ".join(f"container {vmid} ({why})" for vmid, why in sorted(left.items())) +
+                                 ". Put such a share on storage every node mounts with [ha] proxmox_ha = true, "
+                                 "or drain with --force to leave it here")
+        return drain.migrate_job(Pct(ctx.runner), host(VMLIST), here, str(target), left)
 
     # ---- status and metrics ----------------------------------------------------------
 

@@ -7,6 +7,12 @@ called on the reconcile thread between passes (so it sees the shares and plugin 
 the last pass without racing one) and returns the `Job` the core submits; the client gets
 the job's outcome when it ends. A job id that is already running (a scheduled snapshot of
 the same share) is refused, never run twice at once.
+
+A verb may be `shared`: several plugins each do their part of it (`smbgwctl drain`: the
+guest modes move their guests to another node, the address manager releases the node's
+addresses and waits for sessions to end). The parts run one after another in plugin
+order, as one job; each part's `start` may refuse (nothing has started then) or return
+None when it has nothing to do on this node.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from smbgw_agent.platform.jobs import Job, JobProgress
+
 if TYPE_CHECKING:
     from smbgw_agent.platform.context import PassContext
-    from smbgw_agent.platform.jobs import Job
 
 # The core's own verbs; a plugin cannot take them.
 CORE_VERBS = frozenset({"validate", "plan", "status", "reconcile", "show", "help"})
@@ -47,10 +54,11 @@ class Command:
 
     name: str
     help: str
-    start: Callable[[PassContext, Mapping[str, Any]], Job]
+    start: Callable[[PassContext, Mapping[str, Any]], Job | None]
     arguments: tuple[str, ...] = ()
     flags: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, str], ...] = ()
+    shared: bool = False
 
     def problems(self) -> list[str]:
         """What is wrong with the declaration; checked when the plugins are loaded, so a
@@ -74,13 +82,16 @@ class Command:
         return found + [f"{name!r} of verb {self.name!r} is declared more than once (arguments, flags and "
                         "options share one namespace)" for name in twice]
 
+    def names(self) -> set[str]:
+        return set(self.arguments) | set(_names(self.flags)) | set(_names(self.options))
+
     def arguments_from(self, given: object) -> dict[str, Any]:
         """The request's arguments, checked: only the declared ones, a string for each
         positional, a boolean for each flag (absent: false), a string or null for each
         option (absent: null). The socket is root's, but a request is input."""
         if not isinstance(given, Mapping):
             raise CommandRefused("arguments must be a JSON object")
-        known = set(self.arguments) | set(_names(self.flags)) | set(_names(self.options))
+        known = self.names()
         unknown = sorted(str(key)[:40] for key in given if key not in known)
         if unknown:
             raise CommandRefused(f"{self.name}: unknown argument(s) {', '.join(unknown)}")
@@ -118,3 +129,60 @@ def _names(entries: object) -> list[Any]:
     if not isinstance(entries, (tuple, list)):
         return []
     return [entry[0] if isinstance(entry, (tuple, list)) and len(entry) == 2 else entry for entry in entries]
+
+
+def join_parts(parts: list[tuple[str, Command]]) -> tuple[Command | None, list[str]]:
+    """One verb out of the parts several plugins declare for it (in plugin order), and
+    what keeps them from being joined: each must be `shared`, with the same positional
+    arguments, and a switch of one name must be a flag in all or an option in all."""
+    first = parts[0][1]
+    if len(parts) == 1:
+        return first, []
+    problems = [f"smbgwctl verb {first.name!r} is claimed by plugins {', '.join(p for p, _ in parts)}; "
+                "only a verb every one of them declares shared can be joined"
+                for _plugin, command in parts[:1] if not all(c.shared for _p, c in parts)]
+    if not problems and any(command.arguments != first.arguments for _plugin, command in parts):
+        problems.append(f"smbgwctl verb {first.name!r}: its plugins declare different arguments")
+    flags = {name: text for _p, c in reversed(parts) for name, text in c.flags}
+    options = {name: text for _p, c in reversed(parts) for name, text in c.options}
+    if set(flags) & set(options):
+        problems.append(f"smbgwctl verb {first.name!r}: {', '.join(sorted(set(flags) & set(options)))} is a flag "
+                        "for one plugin and an option for another")
+    if problems:
+        return None, problems
+    helps = " ".join(dict.fromkeys(command.help.rstrip(".") + "." for _p, command in parts))
+
+    def start(ctx: PassContext, arguments: Mapping[str, Any]) -> Job | None:
+        jobs = []
+        for plugin, command in parts:
+            own = {name: value for name, value in arguments.items() if name in command.names()}
+            job = command.start(ctx, own)
+            if job is not None:
+                jobs.append((plugin, job))
+        return _joined(first.name, jobs)
+
+    return Command(first.name, helps, start, first.arguments, tuple(flags.items()), tuple(options.items()),
+                   shared=True), []
+
+
+def _joined(verb: str, jobs: list[tuple[str, Job]]) -> Job | None:
+    """The parts' jobs as one, run in order. A part that fails does not stop the later
+    ones (a drain still releases addresses when one guest did not move); the joined job
+    fails afterwards with every part's error."""
+    if len(jobs) <= 1:
+        return jobs[0][1] if jobs else None
+
+    def run(progress: JobProgress) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        errors = []
+        for plugin, job in jobs:
+            try:
+                results[plugin] = job.run(progress)
+            except Exception as exc:  # reported below, with the others
+                errors.append(f"{plugin}: {exc or type(exc).__name__}")
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        texts = [str(r.get("text")) for r in results.values() if isinstance(r, Mapping) and r.get("text")]
+        return {"text": "; ".join(texts), "parts": results}
+
+    return Job(verb, run, sum(job.timeout for _plugin, job in jobs), "", jobs[0][0])

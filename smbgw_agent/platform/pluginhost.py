@@ -30,7 +30,7 @@ from smbgw_agent.model.errors import FieldError
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform import hookspecs, order
 from smbgw_agent.platform.changes import Change, Health, NodeResource, share_resource
-from smbgw_agent.platform.commands import Command
+from smbgw_agent.platform.commands import Command, join_parts
 from smbgw_agent.platform.context import PassContext, SmbdControl
 from smbgw_agent.platform.jobs import Schedule
 from smbgw_agent.platform.parameters import Parameter, merge_parameters
@@ -182,17 +182,22 @@ class PluginHost:
         return owners
 
     def _command_claims(self, problems: list[str]) -> dict[str, tuple[str, Command]]:
-        commands: dict[str, tuple[str, Command]] = {}
+        """Verbs by name; a verb several plugins declare shared is joined into one
+        (`commands.join_parts`), any other verb claimed twice is a problem."""
+        parts: dict[str, list[tuple[str, Command]]] = {}
         for plugin, function in self._implementations("smbgw_commands"):
             for command in function() or ():
                 if not isinstance(command, Command):
                     problems.append(f"plugin {plugin}: smbgw_commands gave {command!r}, not a Command")
                     continue
                 problems.extend(f"plugin {plugin}: {problem}" for problem in command.problems())
-                if command.name in commands and commands[command.name][0] != plugin:
-                    problems.append(f"smbgwctl verb {command.name!r} is claimed by plugins "
-                                    f"{commands[command.name][0]} and {plugin}")
-                commands.setdefault(command.name, (plugin, command))
+                if all(owner != plugin for owner, _command in parts.get(command.name, [])):
+                    parts.setdefault(command.name, []).append((plugin, command))
+        commands: dict[str, tuple[str, Command]] = {}
+        for name, claims in parts.items():
+            joined, found = join_parts(claims)
+            problems.extend(found)
+            commands[name] = (claims[0][0], joined if joined is not None else claims[0][1])
         return commands
 
     @classmethod

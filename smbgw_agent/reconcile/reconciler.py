@@ -253,6 +253,8 @@ class Reconciler:
             raise CommandRefused(f"{plugin}: {verb} failed to start: {_describe(exc)}") from exc
         finally:
             self.state.commit()
+        if job is None:
+            raise CommandRefused(f"{verb}: nothing to do on this node")
         job = dataclasses.replace(job, plugin=plugin)
         if not self.jobs.submit(job):
             running = self.jobs.record(job.id)

@@ -83,3 +83,81 @@ def test_malformed_pairs_are_a_problem_not_a_crash() -> None:
     problems = bad.problems()
     assert any("(name, help) pairs" in problem for problem in problems)
     assert Command("drain", "h", start, arguments="node").problems() != []  # type: ignore[arg-type]
+
+
+# ---- a verb several plugins share (smbgwctl drain) ------------------------------------------
+
+
+def part(name: str, seen: list[tuple[str, dict[str, Any]]], fail: bool = False, nothing: bool = False,
+         **kinds: Any) -> Command:
+    def begin(ctx: Any, arguments: Mapping[str, Any]) -> Job | None:
+        seen.append((name, dict(arguments)))
+        if nothing:
+            return None
+
+        def run(progress: Any) -> dict[str, str]:
+            seen.append((f"{name} ran", {}))
+            if fail:
+                raise RuntimeError(f"{name} broke")
+            return {"text": f"{name} done"}
+        return Job(f"{name}:drain", run, 10.0)
+    return Command("drain", f"{name}'s part", begin, shared=True, **kinds)
+
+
+def test_a_shared_verb_joins_its_parts_in_plugin_order_each_with_its_own_switches() -> None:
+    from smbgw_agent.platform.hookspecs import hookimpl
+    from smbgw_agent.platform.pluginhost import PluginHost
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    class Plugin:
+        def __init__(self, command: Command) -> None:
+            self.command = command
+
+        @hookimpl
+        def smbgw_commands(self) -> list[Command]:
+            return [self.command]
+
+    guests = part("guests", seen, flags=(("force", "leave what cannot move"),), options=(("target", "node"),))
+    addresses = part("addresses", seen, flags=(("force", "even unheld"),), options=(("timeout", "wait"),))
+    host = PluginHost({"guests": Plugin(guests), "addresses": Plugin(addresses)})
+    plugin, joined = host.commands()["drain"]
+    assert plugin == "addresses"  # plugins of one rank run in name order
+    assert {name for name, _help in joined.flags} == {"force"}
+    assert {name for name, _help in joined.options} == {"target", "timeout"}
+    job = joined.start(None, joined.arguments_from({"force": True, "target": "pve2", "timeout": "1m"}))  # type: ignore[arg-type]
+    assert seen == [("addresses", {"force": True, "timeout": "1m"}), ("guests", {"force": True, "target": "pve2"})]
+    assert job is not None and job.id == "drain" and job.timeout == 20.0
+    assert job.run(None)["text"] == "addresses done; guests done"  # type: ignore[arg-type]
+
+
+def test_a_failing_part_does_not_stop_the_others_and_the_joined_job_fails() -> None:
+    from smbgw_agent.platform.commands import join_parts
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+    joined, problems = join_parts([("a", part("a", seen, fail=True)), ("b", part("b", seen)),
+                                   ("c", part("c", seen, nothing=True))])
+    assert problems == [] and joined is not None
+    job = joined.start(None, {})  # type: ignore[arg-type]
+    assert job is not None
+    with pytest.raises(RuntimeError, match="a: a broke"):
+        job.run(None)  # type: ignore[arg-type]
+    assert [name for name, _ in seen] == ["a", "b", "c", "a ran", "b ran"]
+    alone, _ = join_parts([("a", part("a", seen)), ("c", part("c", seen, nothing=True))])
+    assert alone is not None
+    job = alone.start(None, {})  # type: ignore[arg-type]
+    assert job is not None and job.id == "a:drain", "one part with work: its own job, unchanged"
+
+
+def test_a_verb_claimed_twice_is_joined_only_when_every_claim_is_shared() -> None:
+    from smbgw_agent.platform.commands import join_parts
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+    plain = Command("drain", "mine alone", start)
+    _, problems = join_parts([("a", part("a", seen)), ("b", plain)])
+    assert problems and "claimed by plugins a, b" in problems[0]
+    _, problems = join_parts([("a", part("a", seen, flags=(("target", "x"),))),
+                              ("b", part("b", seen, options=(("target", "y"),)))])
+    assert problems and "a flag for one plugin and an option for another" in problems[0]
+    _, problems = join_parts([("a", part("a", seen, arguments=("node",))), ("b", part("b", seen))])
+    assert problems and "different arguments" in problems[0]

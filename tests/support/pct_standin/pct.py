@@ -101,6 +101,11 @@ What differs from the real `pct` (on purpose or as an approximation):
   (API2/LXC/Status.pm), then start or stop it at once where Proxmox's HA resource manager
   would within seconds; `destroy` without `--purge` refuses it with `unable to remove CT
   VMID - used in HA resources and purge parameter not set.` (API2/LXC.pm `destroy_vm`).
+* `migrate` checks as Proxmox does (`target is local node.`, `no such cluster node`, `can't
+  migrate running container without --online or --restart`, `cannot migrate local bind
+  mount point 'mpN'` unless `shared=1`; `Requesting HA migration for CT VMID to node N`
+  for an HA resource), then moves the config to `nodes/TARGET/lxc` and the guest list
+  with it. A second node does not exist here: the container is stopped, not started there.
 * `status --verbose` prints name, status, type and vmid only (the real one adds the
   resource counters); only `local` (ROOT/var/lib/vz/template/cache) holds templates.
 * An `mpN` must be a host directory (a bind mount); storage-backed mount points are
@@ -210,6 +215,8 @@ COMMANDS: dict[str, Command] = {
     "pull": Command(("vmid", "path", "destination"), {"perms": STR, "user": STR, "group": STR}),
     "exec": Command(("vmid", "extra-args"), {"keep-env": BOOL}, optional_args=("extra-args",)),
     "destroy": Command(("vmid",), {"purge": BOOL, "force": BOOL, "destroy-unreferenced-disks": BOOL}),
+    "migrate": Command(("vmid", "target"), {"restart": BOOL, "online": BOOL, "timeout": INT, "bwlimit": NUM,
+                                            "target-storage": STR}),
     "config": Command(("vmid",), {"current": BOOL, "snapshot": STR}),
     "list": Command(()),
 }
@@ -1166,6 +1173,45 @@ def cmd_destroy(node: Node, opts: dict[str, object]) -> None:
                 hamanager.write(node.root, resources)
 
 
+def cmd_migrate(node: Node, opts: dict[str, object]) -> None:
+    """Checks as API2/LXC.pm `migrate_vm` and PVE/LXC/Migrate.pm `prepare` make them, then
+    the container's config moves to the target node's directory and the cluster's guest
+    list says so. There is no second node here: a running container is stopped and is not
+    started again (`--restart` would start it on the target)."""
+    vmid, target = int(str(opts["vmid"])), str(opts["target"])
+    if not re.fullmatch(r"[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?", target):
+        raise ParamError("Parameter verification failed.\n",
+                         {"target": "invalid format - value does not look like a valid node name"})
+    if target == node.name:
+        raise ParamError("Parameter verification failed.\n", {"target": "target is local node."})
+    if not (node.root / "etc/pve/nodes" / target).is_dir():
+        raise PctError(f"no such cluster node '{target}'\n")
+    config = node.load(vmid)
+    running = node.running(vmid)
+    if running and not opts.get("online") and not opts.get("restart"):
+        raise PctError("can't migrate running container without --online or --restart\n")
+    if hamanager.is_managed(node.root, vmid) is not None:
+        sys.stdout.write(f"Requesting HA migration for CT {vmid} to node {target}\n")
+    for key, value in sorted(config.options.items()):
+        if re.fullmatch(r"mp\d+", key):
+            mount = parse_property_string(value, "volume", {"volume", "mp", *MP_KEYS_OPTIONAL})
+            if mount["volume"].startswith("/") and mount.get("shared") != "1":
+                raise PctError(f"cannot migrate local bind mount point '{key}'\n")
+    with node.locked(str(vmid)):
+        if running:
+            node.lxc("lxc-stop", vmid, "--kill")
+        destination = node.root / "etc/pve/nodes" / target / "lxc"
+        destination.mkdir(parents=True, exist_ok=True)
+        os.replace(node.conf_path(vmid), destination / f"{vmid}.conf")
+        with node.locked("vmlist"):
+            version, ids = node.read_vmlist()
+            ids[vmid] = (target, "lxc", version + 1)
+            path = node.root / "etc/pve/.vmlist"
+            tmp = path.with_name(f".vmlist.tmp{os.getpid()}")
+            tmp.write_text(render_vmlist(version + 1, ids))
+            os.replace(tmp, path)
+
+
 def cmd_config(node: Node, opts: dict[str, object]) -> None:
     vmid = int(str(opts["vmid"]))
     if opts.get("snapshot") and opts.get("current"):
@@ -1192,7 +1238,7 @@ def cmd_list(node: Node, opts: dict[str, object]) -> None:
 HANDLERS: dict[str, Callable[[Node, dict[str, object]], None]] = {
     "create": cmd_create, "set": cmd_set, "start": cmd_start, "stop": cmd_stop, "shutdown": cmd_shutdown,
     "status": cmd_status, "push": cmd_push, "pull": cmd_pull, "exec": cmd_exec, "destroy": cmd_destroy,
-    "config": cmd_config, "list": cmd_list,
+    "config": cmd_config, "list": cmd_list, "migrate": cmd_migrate,
 }
 
 
