@@ -9,7 +9,8 @@ the mode restarts the container at the end of the pass).
 What the agent sets, and why:
 
 - `hostname` `smbgw-<share>` (a DNS label made of the share's name), `tags` `smbgw` and
-  the share's tag, and a `description` naming the share and its file: the container is
+  the share's tag, and a `description` naming the share, its file and the node whose
+  agent manages it: the container is
   recognisable in the GUI and by the agent, which never touches a container without its
   tag and its share's name.
 - `unprivileged 1` with `features nesting=1` (systemd inside an unprivileged container
@@ -59,8 +60,12 @@ def share_tag(share: str) -> str:
     return f"share-{label(share)}"
 
 
-def description(share: str, file: str) -> str:
-    return f"smbgw-agent share {share} ({file}). Managed by smbgw-agent: changes made here are undone."
+def description(share: str, file: str, node: str) -> str:
+    """Names the share, its file and the node whose agent manages the container (where
+    the file is): after HA or a drain moved the container, the agent of the node it
+    runs on knows it is another node's, not an orphan of its own."""
+    return (f"smbgw-agent share {share} ({file} on {node}). Managed by smbgw-agent: changes made here are "
+            "undone.")
 
 
 def mac_address(vmid: int) -> str:
@@ -92,7 +97,7 @@ def network(spec: LxcSpec, bridge: str) -> dict[str, str]:
 
 
 def wanted_options(share: str, file: str, spec: LxcSpec, bridge: str, host_path: str,
-                   shared_data: bool = False) -> dict[str, str]:
+                   shared_data: bool = False, node: str = "") -> dict[str, str]:
     """The options of the share's container as `pct` takes them (without `rootfs`,
     which only `create` gives, and without `net0`'s hwaddr, which `create` adds).
     `shared_data`: the share's directory is on storage every node mounts at the same
@@ -107,7 +112,7 @@ def wanted_options(share: str, file: str, spec: LxcSpec, bridge: str, host_path:
         "mp0": property_string(mount, "volume"),
         "onboot": "1" if spec.autostart else "0",
         "tags": ";".join(sorted({TAG, share_tag(share)})),  # as Proxmox keeps them: sorted
-        "description": description(share, file),
+        "description": description(share, file, node),
         "unprivileged": "1",
         "features": "nesting=1",
         "ostype": "debian",

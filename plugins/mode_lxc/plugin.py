@@ -259,7 +259,7 @@ class LxcModePlugin:
                               timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
         if self._destroy_orphans and self._orphans:
             run = orphans.destroy_job(pct, ctx.paths.host(LXC_DIR), list(self._orphans), _wanted_tags(ctx),
-                                      ctx.paths.host(ctx.config.shares_dir))
+                                      ctx.paths.host(ctx.config.shares_dir), self._node_name(ctx))
             schedules.append(Schedule(ORPHANS_JOB, lambda last: 0.0 if last is None else last + ORPHANS_RETRY, run,
                                       timeout=JOB_TIMEOUT, plugin=PLUGIN,
                                       wake=lambda result: bool(result.get("destroyed"))))
@@ -376,7 +376,8 @@ class LxcModePlugin:
         host_path = str(ctx.paths.host(share.path))
         if wants_ha(share):
             self._check_shared_storage(ctx, settings)
-        options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path, wants_ha(share))
+        options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path, wants_ha(share),
+                                       self._node_name(ctx))
         entries = read_entries(ctx.runner, ctx.paths.smb_conf, local_names(share.valid_users))
         idmap = self._idmap(ctx, share, [entry.uid for entry in entries])
         smb_conf = self._smb_conf(ctx, share, vmid)
@@ -453,6 +454,11 @@ class LxcModePlugin:
             return None
         tags = {tag.casefold() for tag in remote.tags}
         return owner.node if {guest.TAG, guest.share_tag(share.name)} <= tags else None
+
+    @staticmethod
+    def _node_name(ctx: PassContext) -> str:
+        """This node as the cluster names it (/etc/pve/local), else the agent's node name."""
+        return local_node(ctx.paths.host("/etc/pve")) or ctx.config.node
 
     @staticmethod
     def _check_shared_storage(ctx: PassContext, settings: ProxmoxSettings) -> None:
@@ -624,7 +630,7 @@ class LxcModePlugin:
     def smbgw_health(self, ctx: PassContext) -> Sequence[Health]:
         """Containers the agent made for shares no file declares now (orphans.py): reported
         with what to do; destroyed by a job only with `[proxmox] destroy_orphans = true`."""
-        found = orphans.find(ctx.paths.host(LXC_DIR), _wanted_tags(ctx))
+        found = orphans.find(ctx.paths.host(LXC_DIR), _wanted_tags(ctx), self._node_name(ctx))
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
         self._orphans = found
         self._destroy_orphans = settings is not None and settings.destroy_orphans

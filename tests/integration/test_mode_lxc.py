@@ -142,6 +142,14 @@ def test_a_share_in_its_own_container(node: tuple[StandinNode, AgentProcess], tm
     wait_for(lambda: finance(lab, agent, address, "ls").returncode == 0, timeout=60, interval=0.5)
     print(f"[lxc] container stopped by hand -> running and serving again after {time.monotonic() - began:.1f}s")
 
+    # smbd stopped inside a running container: port 445 stops answering, smbd is restarted.
+    assert lab.pct("exec", str(FIRST_VMID), "--", "systemctl", "stop", "smbd").returncode == 0
+    assert not answers_smb(lab, address)
+    began = time.monotonic()
+    wait_for(lambda: answers_smb(lab, address), timeout=60, interval=0.5)
+    print(f"[lxc] smbd stopped inside -> restarted and answering after {time.monotonic() - began:.1f}s")
+    assert finance(lab, agent, address, "ls").returncode == 0
+
     # Memory: set on the running container (smbd keeps running). The address: takes
     # effect at a restart, which the job does at its end; the share moves with it.
     edited = body.replace('valid_users', 'read_only = true\nvalid_users')
@@ -246,8 +254,15 @@ def test_bad_input_is_refused_and_nothing_else_is_touched(node: tuple[StandinNod
                    "--start", "0").returncode == 0
     made = lab.pct("create", str(ghost), good_template, "--hostname", "smbgw-ghost", "--rootfs", "local-lvm:1",
                    "--tags", "smbgw;share-ghost", "--description",
-                   "smbgw-agent share ghost (ghost.toml). Managed by smbgw-agent: changes made here are undone.",
+                   "smbgw-agent share ghost (ghost.toml on pve-test). Managed by smbgw-agent: changes made here are "
+                   "undone.",
                    "--start", "0")
+    assert made.returncode == 0, made.stderr
+    visitor = FIRST_VMID + 101  # another node's share container, moved here by Proxmox HA
+    made = lab.pct("create", str(visitor), good_template, "--hostname", "smbgw-sales", "--rootfs", "local-lvm:1",
+                   "--tags", "smbgw;share-sales", "--description",
+                   "smbgw-agent share sales (sales.toml on pve2). Managed by smbgw-agent: changes made here are "
+                   "undone.", "--start", "0")
     assert made.returncode == 0, made.stderr
 
     def lxc_share(name: str, host: int, extra: str = "") -> None:
@@ -270,6 +285,7 @@ def test_bad_input_is_refused_and_nothing_else_is_touched(node: tuple[StandinNod
     wait_for(lambda: not lab.config(ghost).exists(), timeout=120, interval=0.3)
     assert not health(agent, "lxc-orphan") or wait_for(lambda: not health(agent, "lxc-orphan"), timeout=30)
     assert lab.config(foreign).exists() and lab.pct("status", str(foreign)).stdout.strip() == "status: stopped"
+    assert lab.config(visitor).exists(), "another node's container is neither an orphan here nor destroyed"
 
     # An address the first container answers for: probed on the bridge, refused.
     lxc_share("two", 41)
@@ -309,7 +325,7 @@ def test_bad_input_is_refused_and_nothing_else_is_touched(node: tuple[StandinNod
                             timeout=60, interval=0.3)
         assert problems[0]["line"] == 6 and problems[0]["key"] == "lxc.memory", problems
     made = sorted(path.name for path in lab.config(FIRST_VMID).parent.glob("*.conf"))
-    assert made == [f"{FIRST_VMID}.conf", f"{FIRST_VMID + 1}.conf", f"{foreign}.conf"], made
+    assert made == [f"{FIRST_VMID}.conf", f"{FIRST_VMID + 1}.conf", f"{foreign}.conf", f"{visitor}.conf"], made
     assert share_state(agent, "one") == share_state(agent, "two") == "served"
 
 

@@ -62,7 +62,7 @@ def live_container(ctx: Any, spec: ShareSpec, vmid: int, **changes: str) -> None
     """The config pct create would have written for `spec`, with `changes`."""
     subject = LxcModePlugin()
     options = guest.wanted_options(spec.name, spec.file, plugin.spec_of(spec), "vmbr0",
-                                   str(ctx.paths.host(spec.path)))
+                                   str(ctx.paths.host(spec.path)), node="pve1")
     options = {**options, **changes}
     lines = [f"#{options.pop('description').replace(':', '%3A')}"]
     lines += [f"{key}: {value}" for key, value in sorted(options.items())]
@@ -227,17 +227,20 @@ def test_destroy_orphans_destroys_only_a_container_whose_share_file_is_gone(tmp_
     for spec, vmid in ((kept, 9000), (gone, 9001), (editing, 9002)):
         live_container(ctx, spec, vmid)
     live_container(ctx, gone, 9003, description="made by hand")  # tagged, but not the agent's words
+    moved_here = share("sales", vmid=9004)
+    live_container(ctx, moved_here, 9004, description=guest.description("sales", "sales.toml", "pve2"))
     shares_dir = ctx.paths.host(ctx.config.shares_dir)
     shares_dir.mkdir(parents=True)
     (shares_dir / "legal.toml").write_text("mode = \"lxc\"\npath = \n")  # being edited: does not parse
     ctx.desired = {kept.key: kept}
     folder = ctx.paths.host("/etc/pve/lxc")
-    found = orphans.find(folder, {"share-finance"})
+    found = orphans.find(folder, {"share-finance"}, "pve1")
     assert [(o.vmid, o.shares, o.file) for o in found] == [(9001, ("share-hr",), "hr.toml"),
                                                            (9002, ("share-legal",), "legal.toml"),
                                                            (9003, ("share-hr",), None)]
     pct = RecordingPct()
-    job = orphans.destroy_job(pct, folder, found, {"share-finance"}, shares_dir)  # type: ignore[arg-type]
+    assert 9004 not in [o.vmid for o in found], "another node's, moved here: not an orphan of this node"
+    job = orphans.destroy_job(pct, folder, found, {"share-finance"}, shares_dir, "pve1")  # type: ignore[arg-type]
     result = job(JobProgress(JobRecord(plugin.ORPHANS_JOB, PLUGIN, ""), Deadline(60.0)))
     assert result["destroyed"] == [9001] and pct.calls == [("status", 9001), ("stop", 9001), ("destroy", 9001)]
     assert "still there" in result["kept"][9002] and "description" in result["kept"][9003]
