@@ -55,7 +55,6 @@ from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
 
 from ..linkprobe import probe
-from ..mode_native import render_share, security_globals
 from ..proxmox import hamanager
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
 from ..proxmox.haresources import RESOURCES, read_resources
@@ -64,6 +63,7 @@ from ..proxmox.table import SECTION as PROXMOX
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
 from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
+from ..sambaconf import render_share, security_globals
 from . import drain, guest, orphans
 from .idmap import MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
