@@ -19,6 +19,7 @@ them as jobs (plugins/mode_lxc/plugin.py).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,22 @@ def parse_status(text: str) -> str:
     if not (state.isascii() and state.isalpha()) or len(state) > 20:
         raise PctOutputError(f"pct status printed an unknown state {state[:40]!r}")
     return state
+
+
+def parse_address(text: str) -> str | None:
+    """The first address of `ip -4 -o addr show dev eth0 scope global`: one line per
+    address, `2: eth0    inet 192.0.2.7/24 brd 192.0.2.255 scope global dynamic eth0...`."""
+    lines = text.splitlines()
+    if len(lines) > 64:
+        raise PctOutputError(f"ip addr printed {len(lines)} lines for one interface")
+    for line in lines:
+        fields = line.split()
+        if "inet" in fields[:-1]:
+            try:
+                return str(ipaddress.IPv4Interface(fields[fields.index("inet") + 1]))
+            except ValueError:
+                raise PctOutputError(f"ip addr printed {line[:80]!r}, not an address") from None
+    return None
 
 
 def parse_list(text: str) -> dict[int, ListedContainer]:
@@ -118,6 +135,11 @@ class Pct:
 
     def push(self, vmid: int, source: str, destination: str, perms: str = "0644") -> None:
         self._run(["push", str(vmid), source, destination, "--perms", perms], QUICK_TIMEOUT)
+
+    def address(self, vmid: int) -> str | None:
+        """The IPv4 address with prefix the container's eth0 holds (DHCP), None without one."""
+        result = self.exec(vmid, ["ip", "-4", "-o", "addr", "show", "dev", "eth0", "scope", "global"])
+        return parse_address(result.stdout)
 
     def exec(self, vmid: int, argv: Sequence[str], timeout: float = QUICK_TIMEOUT, stdin: str | None = None,
              check: bool = True) -> Completed:

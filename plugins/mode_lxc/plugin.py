@@ -124,6 +124,7 @@ class Observation:
     at: float = 0.0
     status: dict[int, str] = field(default_factory=dict)
     answers: dict[int, bool] = field(default_factory=dict)
+    leased: dict[int, str] = field(default_factory=dict)  # the address a DHCP container holds
     error: str | None = None
 
 
@@ -132,19 +133,25 @@ class Observer:
         self.value = Observation()
         self._lock = threading.Lock()
 
-    def refresh(self, pct: Pct, addresses: Mapping[int, str], keep_running: Sequence[int] = ()) -> bool:
+    def refresh(self, pct: Pct, addresses: Mapping[int, str], keep_running: Sequence[int] = (),
+                dhcp: Sequence[int] = ()) -> bool:
         """A new reading; True when a pass should look at it: it differs from the last, or
         it finds something to repair (a container of `keep_running` stopped, smbd not
         answering). Change alone is not enough: a reading taken while a container was
-        being created says "stopped", and so does the next one after someone stopped it."""
+        being created says "stopped", and so does the next one after someone stopped it.
+        A container of `dhcp` is asked inside for the address it holds, and smbd is tried
+        there; one that holds none yet is not tried."""
         try:
             listed = pct.list()
             status = {vmid: row.status for vmid, row in listed.items()}
-            answers = {vmid: answers_smb(address) for vmid, address in addresses.items()
+            leased = {vmid: address for vmid in dhcp if status.get(vmid) == RUNNING
+                      and (address := pct.address(vmid)) is not None}
+            answers = {vmid: answers_smb(address) for vmid, address in {**addresses, **leased}.items()
                        if status.get(vmid) == RUNNING}
-            reading = Observation(time.time(), status, answers)
+            reading = Observation(time.time(), status, answers, leased)
         except (CommandError, ValueError) as exc:
-            reading = Observation(time.time(), dict(self.value.status), dict(self.value.answers), str(exc))
+            reading = Observation(time.time(), dict(self.value.status), dict(self.value.answers),
+                                  dict(self.value.leased), str(exc))
         with self._lock:
             before, self.value = self.value, reading
         for vmid in sorted(set(reading.status) | set(before.status)):
@@ -153,8 +160,8 @@ class Observer:
                          before.status.get(vmid, "absent"))
         repair = any(reading.status.get(vmid) == STOPPED for vmid in keep_running) or \
             any(answer is False for answer in reading.answers.values())
-        return repair or (before.status, before.answers, before.error) != \
-            (reading.status, reading.answers, reading.error)
+        return repair or (before.status, before.answers, before.leased, before.error) != \
+            (reading.status, reading.answers, reading.leased, reading.error)
 
 
 def answers_smb(address: str) -> bool:
@@ -250,12 +257,13 @@ class LxcModePlugin:
                 if share.mode == MODE_NAME and SECTION in share.sections and key in vmids}
         addresses = {vmid: spec.address for vmid, spec in ours.items() if spec.address != DHCP}
         keep_running = [vmid for vmid, spec in ours.items() if spec.autostart]
+        dhcp = [vmid for vmid, spec in ours.items() if spec.address == DHCP]
 
         def next_run(last: float | None) -> float:
             return 0.0 if last is None else last + OBSERVE_INTERVAL
 
         schedules = [Schedule(OBSERVE_JOB, next_run,
-                              lambda _progress: observer.refresh(pct, addresses, keep_running),
+                              lambda _progress: observer.refresh(pct, addresses, keep_running, dhcp),
                               timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
         if self._destroy_orphans and self._orphans:
             run = orphans.destroy_job(pct, ctx.paths.host(LXC_DIR), list(self._orphans), _wanted_tags(ctx),
@@ -658,8 +666,17 @@ class LxcModePlugin:
         if not vmids and not seen.at:
             return {}
         return {"containers": {key: {"vmid": vmid, "status": seen.status.get(vmid),
-                                     "smbd_answers": seen.answers.get(vmid)} for key, vmid in sorted(vmids.items())},
+                                     "smbd_answers": seen.answers.get(vmid), "address": self._address(ctx, key, vmid)}
+                               for key, vmid in sorted(vmids.items())},
                 "observed": seen.at or None, "error": seen.error}
+
+    def _address(self, ctx: PassContext, key: str, vmid: int) -> str | None:
+        """Where clients reach the share: its static address, or the one its container
+        holds by DHCP (None until it has one)."""
+        share = ctx.desired.get(key)
+        if share is not None and SECTION in share.sections and spec_of(share).address != DHCP:
+            return spec_of(share).address
+        return self._observer.value.leased.get(vmid)
 
     @hookimpl
     def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:

@@ -426,3 +426,29 @@ def test_drain_migrates_the_containers_that_can_move(node: tuple[StandinNode, Ag
     assert not lab.config(vmids["safe"]).exists()
     assert sorted(p.name for p in lab.config(vmids["plain"]).parent.glob("*.conf")) == [f"{vmids['plain']}.conf"]
     assert agent.ctl("undrain").returncode == 0
+
+
+def test_a_dhcp_container_is_watched_on_the_address_it_holds(node: tuple[StandinNode, AgentProcess]) -> None:
+    """`address = "dhcp"`: the address is read from inside the container (`ip addr` on
+    eth0) and smbd is watched there, as for a static one. No DHCP server runs here: the
+    test gives eth0 the address a lease would (the stand-in leaves a DHCP interface
+    unconfigured)."""
+    lab, agent = node
+    box = agent.box
+    box.share_dir("leased")
+    write_share(box, "leased.toml", 'path = "/srv/smb/leased"\nmode = "lxc"\n\n[lxc]\naddress = "dhcp"\n'
+                                    'memory = "256M"\n')
+    wait_for(lambda: share_state(agent, "leased") == "served", timeout=180, interval=0.3)
+
+    def view() -> dict[str, object]:
+        return ((((agent.status() or {}).get("plugins") or {}).get("mode_lxc") or {}).get("containers") or {}) \
+            .get("leased") or {}
+
+    wait_for(lambda: view().get("status") == "running", timeout=60, interval=0.5)
+    assert view().get("address") is None, "no lease yet: no address, nothing tried"
+    lease = f"{lab.address(71)}/24"
+    for argv in (("ip", "link", "set", "eth0", "up"), ("ip", "addr", "add", lease, "dev", "eth0")):
+        done = lab.pct("exec", str(FIRST_VMID), "--", *argv)
+        assert done.returncode == 0, done.stderr
+    wait_for(lambda: view().get("address") == lease and view().get("smbd_answers") is True, timeout=60,
+             interval=0.5)

@@ -8,6 +8,7 @@ import contextlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from smbgw_plugins.mode_lxc import pct
 from smbgw_plugins.mode_lxc.pct import ListedContainer, PctOutputError, parse_list, parse_status
 
 FORMAT = "%-10s %-10s %-12s %-20s\n"  # pve-container's `pct list` row
@@ -49,3 +50,14 @@ def test_no_output_makes_the_parsers_raise_anything_else(text: str) -> None:
     for parse in (parse_list, parse_status):
         with contextlib.suppress(PctOutputError):
             parse(text)
+
+
+def test_the_address_a_dhcp_container_holds_is_read_from_ip_addr() -> None:
+    line = ("2: eth0    inet 192.0.2.7/24 metric 1024 brd 192.0.2.255 scope global dynamic eth0\\       "
+            "valid_lft 86385sec preferred_lft 86385sec\n")
+    assert pct.parse_address(line) == "192.0.2.7/24"
+    assert pct.parse_address("") is None, "no lease yet"
+    with pytest.raises(pct.PctOutputError):
+        pct.parse_address("2: eth0    inet fe80::1/64 scope global eth0\n")
+    with pytest.raises(pct.PctOutputError):
+        pct.parse_address("x\n" * 65)
