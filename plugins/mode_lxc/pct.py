@@ -122,6 +122,9 @@ class Pct:
         """`--purge`: also out of backup jobs, replication and HA (Proxmox's own cleanup)."""
         self._run(["destroy", str(vmid), "--purge"], DESTROY_TIMEOUT)
 
+    def unlock(self, vmid: int) -> None:
+        self._run(["unlock", str(vmid)], QUICK_TIMEOUT)
+
     def migrate(self, vmid: int, target: str) -> None:
         """`pct migrate VMID TARGET --restart`: a running container is shut down, moved and
         started on TARGET (an HA resource: HA is asked to, and does it afterwards)."""

@@ -193,6 +193,7 @@ class Work:
     users: Sequence[PassdbEntry] | None = None  # to copy in (None: nothing to do)
     probe: str | None = None  # an address the container takes now: checked free on the bridge first
     ha: str | None = None  # "add" or "remove": the container's Proxmox HA registration
+    recreate: bool = False  # a half-made container (an interrupted create) is destroyed first
 
 
 class LxcModePlugin:
@@ -409,6 +410,12 @@ class LxcModePlugin:
             return work, [Change(resource, CREATE, f"create container {vmid} ({options['hostname']}) from "
                                  f"{settings.lxc_template} on {settings.storage}, start it and serve [{share.name}] "
                                  f"at {spec.address}" + (" under Proxmox HA" if ha else ""))]
+        if _half_made(config) and self._vmids(ctx).get(share.key) == vmid:
+            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries,
+                        probe=None if spec.address == DHCP else spec.address,
+                        ha="add" if wants_ha(share) else None, recreate=True)
+            return work, [Change(resource, CREATE, f"container {vmid} was left half made (lock: create: its pct "
+                                 "create was interrupted): destroy it and create it again")]
         self._check_ours(config, share, vmid)
         differences = guest.differences(config, options, idmap)
         changes = [Change(resource, UPDATE, f"container {vmid}: {d.detail()}") for d in differences]
@@ -440,6 +447,10 @@ class LxcModePlugin:
         elif ha == "remove":
             changes.append(Change(resource, UPDATE, f"take container {vmid} out of Proxmox HA (ha-manager remove "
                                   f"ct:{vmid}); it keeps running"))
+        lock = config.get("lock")
+        if lock and changes:
+            raise ValueError(f"container {vmid} is locked ({lock}) by Proxmox (a backup, a snapshot, a migration): "
+                             "its changes wait until it is unlocked")
         work = Work(share, vmid, False, settings, options, idmap, differences, start, restart_smbd,
                     smb_conf if push or differences else None, users=users, probe=_new_address(config, spec), ha=ha)
         return work, changes
@@ -695,6 +706,12 @@ class LxcModePlugin:
 # ---- the jobs (worker threads) --------------------------------------------------------
 
 
+def _half_made(config: GuestConfig) -> bool:
+    """A config `pct create` took the id with and never finished: only its lock. Whose it
+    is comes from the agent's record of the VMID it was creating it under."""
+    return config.get("lock") == "create" and not config.tags and config.get("hostname") is None
+
+
 def _new_address(config: GuestConfig, spec: LxcSpec) -> str | None:
     """The share's static address when the container does not have it yet (an address
     edited in the share file); None when it keeps its address or takes one by DHCP."""
@@ -731,6 +748,10 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
         vmid = work.vmid
         if work.probe is not None:
             _check_free(work.settings.bridge, work.probe, progress)
+        if work.recreate:
+            progress.report(f"destroying the half-made container {vmid}")
+            pct.unlock(vmid)
+            pct.destroy(vmid)
         if work.create:
             _create(pct, host, work, progress)
             if work.users:
@@ -745,7 +766,8 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
                     write_idmap(host(config_path(vmid)), work.idmap)
             if at_start and not work.start:
                 progress.report(f"restarting container {vmid} ({', '.join(d.key for d in at_start)})")
-                pct.stop(vmid)
+                if pct.status(vmid) == RUNNING:  # stopped meanwhile (by hand, or a crash of the host)
+                    pct.stop(vmid)
                 pct.start(vmid)
                 _await_boot(pct, vmid, progress)
             elif work.start and pct.status(vmid) != RUNNING:
@@ -778,7 +800,9 @@ def _remove_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[st
     def run(progress: JobProgress) -> dict[str, Any]:
         vmid = work.vmid
         config = read_guest_config(host(config_path(vmid)))
-        if config is not None:
+        if config is not None and _half_made(config):
+            pct.unlock(vmid)  # its create was interrupted: it holds nothing yet
+        elif config is not None:
             LxcModePlugin._check_ours(config, work.share, vmid)
             if pct.status(vmid) == RUNNING:
                 progress.report(f"stopping container {vmid}")
@@ -794,7 +818,17 @@ def _create(pct: Pct, host: Callable[[str], Path], work: Work, progress: JobProg
     vmid, settings = work.vmid, work.settings
     assert settings.lxc_template is not None
     progress.report(f"creating container {vmid} from {settings.lxc_template}")
-    pct.create(guest.create_arguments(vmid, settings.lxc_template, settings.storage, work.options))
+    try:
+        pct.create(guest.create_arguments(vmid, settings.lxc_template, settings.storage, work.options))
+    except CommandError:
+        # pct cleans up after its own errors; a pct that was killed leaves the config it
+        # took the id with, holding only its lock.
+        with contextlib.suppress(CommandError, GuestConfigError):
+            config = read_guest_config(host(config_path(vmid)))
+            if config is not None and _half_made(config):
+                pct.unlock(vmid)
+                pct.destroy(vmid)
+        raise
     try:
         write_idmap(host(config_path(vmid)), work.idmap)
         progress.report(f"starting container {vmid}")
@@ -806,6 +840,7 @@ def _create(pct: Pct, host: Callable[[str], Path], work: Work, progress: JobProg
             if pct.status(vmid) == RUNNING:
                 pct.stop(vmid)
         with contextlib.suppress(CommandError):
+            pct.unlock(vmid)  # an interrupted create leaves its lock, which destroy refuses
             pct.destroy(vmid)
         raise
 

@@ -221,6 +221,14 @@ def test_a_container_that_cannot_start_is_taken_away_again(node: tuple[StandinNo
     assert share["retry_at"] - time.time() > 4, "the back-off grows from one failed job to the next"
 
 
+def config_text(lab: StandinNode, vmid: int) -> str:
+    """The container's config, "" while there is none (destroyed, not yet made again)."""
+    try:
+        return lab.config(vmid).read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def share_error(agent: AgentProcess, name: str) -> str:
     return str((((agent.status() or {}).get("shares") or {}).get(name) or {}).get("error") or "")
 
@@ -452,3 +460,38 @@ def test_a_dhcp_container_is_watched_on_the_address_it_holds(node: tuple[Standin
         assert done.returncode == 0, done.stderr
     wait_for(lambda: view().get("address") == lease and view().get("smbd_answers") is True, timeout=60,
              interval=0.5)
+
+
+def test_an_interrupted_create_is_cleaned_up_and_made_again(node: tuple[StandinNode, AgentProcess],
+                                                            tmp_path: Path) -> None:
+    """`pct create` killed after it took the VMID (its config holds only `lock: create`):
+    the job removes what it left and the retry creates the container. And the agent itself
+    killed while such a create ran: at its next start the half-made container under the
+    VMID it recorded is unlocked, destroyed and made again."""
+    lab, agent = node
+    box = agent.box
+    marker = tmp_path / "die-once"
+    agent.stop()
+    agent.env = {**agent.env, "SMBGW_PCT_CREATE_DIES": str(marker)}
+    marker.touch()
+    agent.start()
+    box.share_dir("cut")
+    write_share(box, "cut.toml", f'path = "/srv/smb/cut"\nmode = "lxc"\n\n[lxc]\naddress = "{lab.address(81)}/24"\n'
+                                 'memory = "256M"\n')
+    wait_for(lambda: "exit 137" in share_error(agent, "cut"), timeout=120, interval=0.2)
+    assert not marker.exists()
+    wait_for(lambda: share_state(agent, "cut") == "served", timeout=180, interval=0.3)
+
+    # The agent killed mid-create: the state it left is the one made here by hand.
+    agent.stop(signal.SIGKILL)
+    assert lab.pct("stop", str(FIRST_VMID)).returncode == 0
+    assert lab.pct("destroy", str(FIRST_VMID), "--purge").returncode == 0
+    marker.touch()
+    died = subprocess.run([*lab.wrapper(), "pct", "create", str(FIRST_VMID), f"local:vztmpl/{image.DEFAULT_NAME}",
+                           "--rootfs", "local-lvm:1"], capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, **lab.env(), "SMBGW_PCT_CREATE_DIES": str(marker)})
+    assert died.returncode == 137 and lab.config(FIRST_VMID).read_text() == "lock: create\n"
+    agent.start()
+    wait_for(lambda: "tags: share-cut;smbgw" in config_text(lab, FIRST_VMID), timeout=120, interval=0.3)
+    wait_for(lambda: answers_smb(lab, lab.address(81)), timeout=120, interval=0.5)
+    wait_for(lambda: share_state(agent, "cut") == "served", timeout=60, interval=0.3)

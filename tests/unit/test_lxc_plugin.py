@@ -410,3 +410,20 @@ def test_switching_proxmox_ha_changes_the_mount_at_the_next_restart(tmp_path: Pa
     off = guest.wanted_options("finance", "finance.toml", plugin.spec_of(spec), "vmbr0", host_path, False)
     [mount] = [d for d in guest.differences(config, off, plugin.LxcModePlugin()._idmap(ctx, spec)) if d.key == "mp0"]
     assert mount.wanted == f"{host_path},mp=/srv/share", "shared=1 taken away again"
+
+
+def test_a_locked_container_waits_and_a_half_made_one_is_made_again(tmp_path: Path) -> None:
+    spec = share("finance", vmid=9000)
+    ctx = context(tmp_path, spec)
+    vmlist(ctx, v9000="pve1")
+    live_container(ctx, spec, 9000, lock="backup", memory="1024")
+    with pytest.raises(ValueError, match=r"container 9000 is locked \(backup\)"):
+        plan(LxcModePlugin(), ctx, spec)
+    ctx.paths.host(config_path(9000)).write_text("lock: create\n")  # an interrupted pct create
+    with pytest.raises(ValueError, match="is not this share's"):
+        plan(LxcModePlugin(), ctx, spec)  # whose it is comes from the agent's record only
+    ctx.plugin_state(PLUGIN).set(VMIDS, {"finance": 9000})
+    [(action, detail)] = plan(LxcModePlugin(), ctx, spec)
+    assert action == CREATE and "left half made" in detail
+    work = ctx.plugin_scratch(PLUGIN)["planned"]["finance"]
+    assert work.create and work.recreate

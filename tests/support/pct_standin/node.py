@@ -125,7 +125,10 @@ def standin_node(root: Path, subids: Sequence[str] = ("root:100000:65536",)) -> 
     """`root` must be traversable by everyone up to it (an unprivileged container's root,
     uid 100000, walks to its overlay): a directory of the test's own under /var/tmp."""
     image.ensure_template(root)
-    (root / "etc/pve").mkdir(parents=True, exist_ok=True)
+    (root / f"etc/pve/nodes/{NODE}/lxc").mkdir(parents=True, exist_ok=True)
+    for link, target in (("etc/pve/lxc", f"nodes/{NODE}/lxc"), ("etc/pve/local", f"nodes/{NODE}")):
+        if not (root / link).is_symlink():
+            (root / link).symlink_to(target)  # pmxcfs's links to this node's directory
     (root / "etc/pve/storage.cfg").write_text(STORAGE_CFG)
     namespace = f"smbgwlxc{os.getpid()}x{secrets.token_hex(3)}"
     node = StandinNode(root, namespace, 1 + secrets.randbelow(250))

@@ -215,6 +215,7 @@ COMMANDS: dict[str, Command] = {
     "pull": Command(("vmid", "path", "destination"), {"perms": STR, "user": STR, "group": STR}),
     "exec": Command(("vmid", "extra-args"), {"keep-env": BOOL}, optional_args=("extra-args",)),
     "destroy": Command(("vmid",), {"purge": BOOL, "force": BOOL, "destroy-unreferenced-disks": BOOL}),
+    "unlock": Command(("vmid",)),
     "migrate": Command(("vmid", "target"), {"restart": BOOL, "online": BOOL, "timeout": INT, "bwlimit": NUM,
                                             "target-storage": STR}),
     "config": Command(("vmid",), {"current": BOOL, "snapshot": STR}),
@@ -898,25 +899,41 @@ def cmd_create(node: Node, opts: dict[str, object]) -> None:
             raise PctError(f"{'VM' if kind == 'qemu' else 'CT'} {vmid} already exists on node '{other_node}'\n")
         if any(re.fullmatch(r"mp\d+", k) for k in opts) and "rootfs" not in opts:
             raise PctError("mount points configured, but 'rootfs' not set - aborting\n")
-        template = resolve_template(node, ostemplate, vmid)
-        config = Config()
-        rootfs = str(opts.pop("rootfs", f"{storage}:4"))
-        apply_options(vmid, config, opts)
-        config.options["rootfs"] = allocate_rootfs(vmid, rootfs)
-        config.options.setdefault("arch", "amd64")
-        config.options.setdefault("hostname", f"CT{vmid}")
-        config.options.setdefault("memory", "512")
-        config.options.setdefault("swap", "512")
-        if "ostype" not in config.options and (template / "etc/debian_version").exists():
-            config.options["ostype"] = "debian"
-        ctdir = node.lxcpath / str(vmid)
-        if ctdir.exists():
-            shutil.rmtree(ctdir)
-        (ctdir / "delta0").mkdir(parents=True)
-        (ctdir / "work").mkdir()
-        (ctdir / "template").symlink_to(template.absolute())
-        node.save(vmid, config)
+        # create_and_lock_config: the id is taken at once by a config holding only the
+        # lock; the whole config replaces it at the end. Interrupted in between, that is
+        # what stays (and `pct unlock` + `pct destroy` clear it).
+        locked_config = Config()
+        locked_config.options["lock"] = "create"
+        node.save(vmid, locked_config)
         node.update_vmlist(vmid, register=True)
+        marker = os.environ.get("SMBGW_PCT_CREATE_DIES")  # the tests' way to interrupt it here, once
+        if marker and Path(marker).exists():
+            Path(marker).unlink()
+            os._exit(137)
+        try:
+            template = resolve_template(node, ostemplate, vmid)
+            config = Config()
+            rootfs = str(opts.pop("rootfs", f"{storage}:4"))
+            apply_options(vmid, config, opts)
+            config.options["rootfs"] = allocate_rootfs(vmid, rootfs)
+            config.options.setdefault("arch", "amd64")
+            config.options.setdefault("hostname", f"CT{vmid}")
+            config.options.setdefault("memory", "512")
+            config.options.setdefault("swap", "512")
+            if "ostype" not in config.options and (template / "etc/debian_version").exists():
+                config.options["ostype"] = "debian"
+            ctdir = node.lxcpath / str(vmid)
+            if ctdir.exists():
+                shutil.rmtree(ctdir)
+            (ctdir / "delta0").mkdir(parents=True)
+            (ctdir / "work").mkdir()
+            (ctdir / "template").symlink_to(template.absolute())
+            node.save(vmid, config)  # the id is in the guest list since the lock
+        except (PctError, ParamError):
+            # As create_vm's error path: the config (and its id) go again.
+            node.conf_path(vmid).unlink(missing_ok=True)
+            node.update_vmlist(vmid, register=False)
+            raise
     if start:
         cmd_start(node, {"vmid": vmid})
 
@@ -958,6 +975,20 @@ def _canonical(vmid: int, key: str, value: str) -> str:
     return value
 
 
+def check_lock(vmid: int, config: Config) -> None:
+    """pve-guest-common AbstractConfig `check_lock`."""
+    if config.options.get("lock"):
+        raise PctError(f"CT {vmid} is locked ({config.options['lock']})\n")
+
+
+def cmd_unlock(node: Node, opts: dict[str, object]) -> None:
+    vmid = int(str(opts["vmid"]))
+    with node.locked(str(vmid)):
+        config = node.load(vmid)
+        config.options.pop("lock", None)
+        node.save(vmid, config)
+
+
 def cmd_set(node: Node, opts: dict[str, object]) -> None:
     vmid = int(str(opts.pop("vmid")))
     delete = [k for k in re.split(r"[,;\s]+", str(opts.pop("delete", ""))) if k]
@@ -965,6 +996,7 @@ def cmd_set(node: Node, opts: dict[str, object]) -> None:
     opts.pop("digest", None)
     with node.locked(str(vmid)):
         config = node.load(vmid)
+        check_lock(vmid, config)
         for key in delete:
             present = config.description if key == "description" else config.options.get(key)
             if not present:
@@ -992,6 +1024,7 @@ def cmd_start(node: Node, opts: dict[str, object]) -> None:
         config = node.load(vmid)
         if node.running(vmid):
             raise PctError(f"CT {vmid} already running\n")
+        check_lock(vmid, config)
         if hamanager.is_managed(node.root, vmid) is not None:
             # Proxmox asks HA (`ha-manager set ct:VMID --state started`) and its local
             # resource manager starts the container; here that start follows at once.
@@ -1141,7 +1174,7 @@ def cmd_pull(node: Node, opts: dict[str, object]) -> None:
 
 def cmd_destroy(node: Node, opts: dict[str, object]) -> None:
     vmid = int(str(opts["vmid"]))
-    node.load(vmid)
+    check_lock(vmid, node.load(vmid))
     ha_managed = hamanager.is_managed(node.root, vmid) is not None
     if ha_managed and not opts.get("purge"):
         raise PctError(f"unable to remove CT {vmid} - used in HA resources and purge parameter not set.\n")
@@ -1238,7 +1271,7 @@ def cmd_list(node: Node, opts: dict[str, object]) -> None:
 HANDLERS: dict[str, Callable[[Node, dict[str, object]], None]] = {
     "create": cmd_create, "set": cmd_set, "start": cmd_start, "stop": cmd_stop, "shutdown": cmd_shutdown,
     "status": cmd_status, "push": cmd_push, "pull": cmd_pull, "exec": cmd_exec, "destroy": cmd_destroy,
-    "config": cmd_config, "list": cmd_list, "migrate": cmd_migrate,
+    "config": cmd_config, "list": cmd_list, "migrate": cmd_migrate, "unlock": cmd_unlock,
 }
 
 
