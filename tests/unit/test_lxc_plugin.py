@@ -427,3 +427,21 @@ def test_a_locked_container_waits_and_a_half_made_one_is_made_again(tmp_path: Pa
     assert action == CREATE and "left half made" in detail
     work = ctx.plugin_scratch(PLUGIN)["planned"]["finance"]
     assert work.create and work.recreate
+
+
+def test_a_container_smb_conf_testparm_refuses_is_never_pushed(tmp_path: Path) -> None:
+    """The container's smb.conf is checked with the host's testparm (the same Samba as
+    the template's) before any job starts: refused, the share fails and nothing runs."""
+    import dataclasses
+
+    spec = share("finance", vmid=9000)
+    ctx = context(tmp_path, spec)
+    vmlist(ctx)
+    subject = LxcModePlugin()
+    changes = subject.smbgw_plan_share(ctx, "finance", spec, None)
+    planned = ctx.plugin_scratch(PLUGIN)["planned"]
+    planned["finance"] = dataclasses.replace(planned["finance"], smb_conf=planned["finance"].smb_conf.replace(
+        "[finance]", "[finance]\n\tread only = maybe"))
+    with pytest.raises(ValueError, match="testparm refuses the container's smb.conf: .*not boolean"):
+        subject.smbgw_apply_share(ctx, "finance", spec, changes)
+    assert "submit" not in ctx.plugin_scratch(PLUGIN) and ctx.plugin_state(PLUGIN).get(VMIDS) is None
