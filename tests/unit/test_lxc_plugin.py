@@ -442,6 +442,6 @@ def test_a_container_smb_conf_testparm_refuses_is_never_pushed(tmp_path: Path) -
     planned = ctx.plugin_scratch(PLUGIN)["planned"]
     planned["finance"] = dataclasses.replace(planned["finance"], smb_conf=planned["finance"].smb_conf.replace(
         "[finance]", "[finance]\n\tread only = maybe"))
-    with pytest.raises(ValueError, match="testparm refuses the container's smb.conf: .*not boolean"):
+    with pytest.raises(ValueError, match=r"testparm refuses the container's smb\.conf: .*not boolean"):
         subject.smbgw_apply_share(ctx, "finance", spec, changes)
     assert "submit" not in ctx.plugin_scratch(PLUGIN) and ctx.plugin_state(PLUGIN).get(VMIDS) is None
