@@ -9,9 +9,10 @@ inside and out are *passed through* (identity mapped):
 
 - the uid and gid that own the share's directory on the host, so that the share's owner
   inside is its owner outside;
-- with `[ad]`, the domain's idmap ranges (`idmap.range` and `idmap_default_range`):
-  winbind inside maps a domain user to the same id as on the host, and the file's owner
-  reads the same on both.
+- the uids of the share's local users, copied in with the node's uids.
+
+`build` takes any ranges, so that the domain's idmap ranges can be passed through the
+same way once a container joins the domain itself (not yet: docs/lxc.md).
 
 Every other container id in 0..65535 keeps Proxmox's shift (host base + id, base the
 start of root's range in /etc/subuid, 100000 on a default node): the container's root,
