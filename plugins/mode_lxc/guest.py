@@ -73,6 +73,16 @@ def mac_address(vmid: int) -> str:
     return "02:" + ":".join(f"{byte:02X}" for byte in digest[:5])
 
 
+def tags_of(config: GuestConfig) -> set[str]:
+    """The container's tags as Proxmox compares them: lower case."""
+    return {tag.casefold() for tag in config.tags}
+
+
+def belongs_to(config: GuestConfig, share: str) -> bool:
+    """The container carries the agent's tag and `share`'s: it is that share's."""
+    return {TAG, share_tag(share)} <= tags_of(config)
+
+
 @dataclass(frozen=True)
 class Difference:
     key: str

@@ -69,7 +69,7 @@ def find(folder: Path, wanted_tags: Collection[str], here: str | None) -> list[O
             config = read_guest_config(path)
         except GuestConfigError:
             continue
-        tags = {tag.casefold() for tag in config.tags} if config is not None else set()
+        tags = guest.tags_of(config) if config is not None else set()
         if config is None or guest.TAG not in tags:
             continue
         shares = tuple(sorted(tag for tag in tags if tag.startswith("share-")))
@@ -87,7 +87,7 @@ def destroyable(orphan: Orphan, config: GuestConfig | None, wanted_tags: Collect
     docstring, on the config as it is now."""
     if config is None:
         return "it is gone"
-    tags = {tag.casefold() for tag in config.tags}
+    tags = guest.tags_of(config)
     shares = {tag for tag in tags if tag.startswith("share-")}
     if guest.TAG not in tags or not shares:
         return "it no longer carries the smbgw tags"

@@ -79,7 +79,8 @@ OBSERVE_JOB = "lxc:observe"
 HA_SECTION = "ha"
 ORPHANS_JOB = "lxc:orphans"
 ORPHANS_RETRY = 60.0
-LXC_DIR = "/etc/pve/lxc"
+PVE = "/etc/pve"
+LXC_DIR = f"{PVE}/lxc"
 OBSERVE_INTERVAL = 10.0
 JOB_TIMEOUT = 900.0
 BOOT_TIMEOUT = 120.0
@@ -93,6 +94,11 @@ VMLIST = "/etc/pve/.vmlist"
 
 def config_path(vmid: int) -> str:
     return f"{LXC_DIR}/{vmid}.conf"
+
+
+def _local_node(ctx: PassContext) -> str | None:
+    """This node's name in the cluster (/etc/pve/local); None off a Proxmox node."""
+    return local_node(ctx.paths.host(PVE))
 
 
 def wants_ha(share: ShareSpec) -> bool:
@@ -392,6 +398,13 @@ class LxcModePlugin:
         smb_conf = self._smb_conf(ctx, share, vmid)
         resource = share_resource(share.name)
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
+
+        def create(recreate: bool) -> Work:
+            """A new container: its address probed first, under HA if the share asks."""
+            return Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries,
+                        probe=None if spec.address == DHCP else spec.address,
+                        ha="add" if wants_ha(share) else None, recreate=recreate)
+
         if config is None:
             guests = self._guests(ctx)
             elsewhere = self._moved_to(ctx, share, vmid, guests)
@@ -404,18 +417,13 @@ class LxcModePlugin:
             if vmid in guests:
                 raise ValueError(f"VMID {vmid} is in use by a {guests[vmid].type} guest on node {guests[vmid].node}: "
                                  "the agent never touches a guest it did not create")
-            ha = "add" if wants_ha(share) else None
-            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries,
-                        probe=None if spec.address == DHCP else spec.address, ha=ha)
-            return work, [Change(resource, CREATE, f"create container {vmid} ({options['hostname']}) from "
-                                 f"{settings.lxc_template} on {settings.storage}, start it and serve [{share.name}] "
-                                 f"at {spec.address}" + (" under Proxmox HA" if ha else ""))]
+            return create(False), [Change(resource, CREATE, f"create container {vmid} ({options['hostname']}) from "
+                                          f"{settings.lxc_template} on {settings.storage}, start it and serve "
+                                          f"[{share.name}] at {spec.address}"
+                                          + (" under Proxmox HA" if wants_ha(share) else ""))]
         if _half_made(config) and self._vmids(ctx).get(share.key) == vmid:
-            work = Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries,
-                        probe=None if spec.address == DHCP else spec.address,
-                        ha="add" if wants_ha(share) else None, recreate=True)
-            return work, [Change(resource, CREATE, f"container {vmid} was left half made (lock: create: its pct "
-                                 "create was interrupted): destroy it and create it again")]
+            return create(True), [Change(resource, CREATE, f"container {vmid} was left half made (lock: create: "
+                                         "its pct create was interrupted): destroy it and create it again")]
         self._check_ours(config, share, vmid)
         differences = guest.differences(config, options, idmap)
         changes = [Change(resource, UPDATE, f"container {vmid}: {d.detail()}") for d in differences]
@@ -460,7 +468,7 @@ class LxcModePlugin:
         the VMID is the one the agent recorded for the share, the cluster lists it on
         another node, and its config there carries the share's tags."""
         owner = guests.get(vmid)
-        here = local_node(ctx.paths.host("/etc/pve"))
+        here = _local_node(ctx)
         if owner is None or owner.type != "lxc" or here is None or owner.node == here:
             return None
         if self._vmids(ctx).get(share.key) != vmid and spec_of(share).vmid != vmid:
@@ -471,13 +479,12 @@ class LxcModePlugin:
             return None
         if remote is None:
             return None
-        tags = {tag.casefold() for tag in remote.tags}
-        return owner.node if {guest.TAG, guest.share_tag(share.name)} <= tags else None
+        return owner.node if guest.belongs_to(remote, share.name) else None
 
     @staticmethod
     def _node_name(ctx: PassContext) -> str:
         """This node as the cluster names it (/etc/pve/local), else the agent's node name."""
-        return local_node(ctx.paths.host("/etc/pve")) or ctx.config.node
+        return _local_node(ctx) or ctx.config.node
 
     @staticmethod
     def _check_shared_storage(ctx: PassContext, settings: ProxmoxSettings) -> None:
@@ -509,9 +516,9 @@ class LxcModePlugin:
 
     @staticmethod
     def _check_ours(config: GuestConfig, share: ShareSpec, vmid: int) -> None:
-        tags = {tag.casefold() for tag in config.tags}
-        if guest.TAG not in tags or guest.share_tag(share.name) not in tags:
-            raise ValueError(f"container {vmid} is not this share's (its tags: {';'.join(sorted(tags)) or 'none'}): "
+        if not guest.belongs_to(config, share.name):
+            tags = ";".join(sorted(guest.tags_of(config))) or "none"
+            raise ValueError(f"container {vmid} is not this share's (its tags: {tags}): "
                              "the agent never touches a guest it did not create; give the share another vmid")
 
     @hookimpl
@@ -636,7 +643,7 @@ class LxcModePlugin:
                 return None
             raise CommandRefused(f"this node runs the containers of {len(here) + len(left)} share(s): name the "
                                  "node to move them to with --target NODE, or drain with --force to leave them here")
-        drain.check_target(str(target), local_node(host("/etc/pve")), host("/etc/pve"))
+        drain.check_target(str(target), _local_node(ctx), host(PVE))
         if left and not force:
             raise CommandRefused("; ".join(f"container {vmid} ({why})" for vmid, why in sorted(left.items())) +
                                  ". Put such a share on storage every node mounts with [ha] proxmox_ha = true, "
@@ -660,7 +667,7 @@ class LxcModePlugin:
         findings = [Health("lxc-orphan", False, f"container {orphan.vmid} ({orphan.named()}) was made by smbgw-agent "
                            f"for a share no file declares now: {what.format(vmid=orphan.vmid)} (the share's data "
                            "is on the host and stays)", f"lxc:{orphan.vmid}") for orphan in found]
-        here = local_node(ctx.paths.host("/etc/pve")) or "this node"
+        here = _local_node(ctx) or "this node"
         for key, (vmid, node) in sorted(self._moved.items()):
             if key in ctx.desired:
                 findings.append(Health("lxc-moved", False, f"container {vmid} of share {ctx.desired[key].name} runs "
