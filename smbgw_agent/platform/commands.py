@@ -138,10 +138,11 @@ def join_parts(parts: list[tuple[str, Command]]) -> tuple[Command | None, list[s
     first = parts[0][1]
     if len(parts) == 1:
         return first, []
-    problems = [f"smbgwctl verb {first.name!r} is claimed by plugins {', '.join(p for p, _ in parts)}; "
-                "only a verb every one of them declares shared can be joined"
-                for _plugin, command in parts[:1] if not all(c.shared for _p, c in parts)]
-    if not problems and any(command.arguments != first.arguments for _plugin, command in parts):
+    problems = []
+    if not all(command.shared for _plugin, command in parts):
+        problems.append(f"smbgwctl verb {first.name!r} is claimed by plugins {', '.join(p for p, _ in parts)}; "
+                        "only a verb every one of them declares shared can be joined")
+    elif any(command.arguments != first.arguments for _plugin, command in parts):
         problems.append(f"smbgwctl verb {first.name!r}: its plugins declare different arguments")
     flags = {name: text for _p, c in reversed(parts) for name, text in c.flags}
     options = {name: text for _p, c in reversed(parts) for name, text in c.options}

@@ -403,7 +403,7 @@ class Reconciler:
         if self.jobs is not None and not dry_run:
             # A share whose mode's job still runs (a container being made) is left as it is:
             # planned again when the job ends (`take_finished`), with whatever is declared then.
-            keys -= {k for k in map(share_key, self.jobs.busy_resources()) if k is not None}
+            keys -= self._busy_shares()
         self._guard_dirty = set()
         wanted = self._wanted_resources(ctx, report)
         ctx.resources = wanted
@@ -709,12 +709,17 @@ class Reconciler:
             have = self.state.resources.get(resource)
             self._fail_resource(ctx, failing, have, reason, now, work.uncommitted(resource, plugin))
 
+    def _busy_shares(self) -> set[str]:
+        """Shares whose mode's job runs now (a container being made)."""
+        if self.jobs is None:
+            return set()
+        return {k for k in map(share_key, self.jobs.busy_resources()) if k is not None}
+
     def _record(
         self, share_work: Mapping[str, Mapping[str, list[Change]]], resource_work: Mapping[str, list[Change]],
         desired: Mapping[str, ShareSpec], applied: Mapping[str, ShareSpec], report: PassReport, work: _Work,
     ) -> None:
-        busy = {k for k in map(share_key, self.jobs.busy_resources()) if k is not None} \
-            if self.jobs is not None else set()
+        busy = self._busy_shares()
         for key in share_work:
             outcome = report.outcomes[key]
             if share_resource(outcome.name) in work.failed:
