@@ -29,7 +29,7 @@ from .pct import MIGRATE_TIMEOUT, Pct
 
 JOB = "lxc:drain"
 ARRIVAL_POLL = 1.0
-_NODE_NAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+_NODE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
 def movable(config: GuestConfig) -> bool:
@@ -42,7 +42,7 @@ def movable(config: GuestConfig) -> bool:
 
 
 def check_target(target: str, here: str | None, pve: Path) -> None:
-    if not _NODE_NAME.match(target):
+    if not _NODE_NAME.fullmatch(target):
         raise CommandRefused(f"--target {target[:80]!r} is not a Proxmox node name")
     if target == here:
         raise CommandRefused(f"--target {target} is this node")
