@@ -44,6 +44,7 @@ from smbgw_agent.effects.fileio import atomic_write, read_back
 from smbgw_agent.effects.secretfile import SecretFileError, read_secret
 from smbgw_agent.effects.services import ServiceError
 from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.idranges import IdRange
 from smbgw_agent.platform import order
 from smbgw_agent.platform.changes import DELETE, UPDATE, Change, Health, NodeResource
 from smbgw_agent.platform.commands import Command, CommandRefused
@@ -139,6 +140,14 @@ class AdPlugin:
             # the ad resource fails with the reason (`_check_ids`).
             return []
         return [Parameter(name, value) for name, value in render.global_parameters(settings)]
+
+    @hookimpl
+    def smbgw_guest_id_ranges(self, ctx: PassContext, target: str) -> Sequence[IdRange]:
+        """The domain's idmap ranges, for a guest's smbd (a container's) to map a domain
+        user to the same id as the host does, so files read the same owner on both."""
+        if not configured(ctx.config) or target == HOST:
+            return []
+        return [id_range for _key, id_range in settings_of(ctx.config).id_ranges()]
 
     # ---- lifecycle -------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ from ..proxmox.table import parse_agent_table as parse_proxmox_table
 from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
 from ..sambaconf import render_share, security_globals
 from . import drain, guest, orphans
-from .idmap import MapLine, base_of, build, missing, parse_subid, subid_lines
+from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
 from .table import DHCP, SECTION, LxcSpec, parse_share_table
 from .users import PassdbEntry, copy_into, local_names, read_entries
@@ -345,10 +345,13 @@ class LxcModePlugin:
         planned[share.key] = vmid
         return vmid
 
-    def _idmap(self, ctx: PassContext, share: ShareSpec, user_ids: Sequence[int] = ()) -> list[MapLine]:
-        """Container ids shifted as Proxmox does, with the owner of the share's directory
-        and the share's users (`user_ids`) passed through (`idmap.py` says why); checked
-        against /etc/subuid and /etc/subgid."""
+    def _idmap(self, ctx: PassContext, share: ShareSpec, user_ids: Sequence[int] = (),
+               vmid: int | None = None) -> list[MapLine]:
+        """Container ids shifted as Proxmox does, with the owner of the share's directory,
+        the share's users (`user_ids`) and the ids plugins ask for (the domain's idmap
+        ranges) passed through (`idmap.py` says why); checked against /etc/subuid and
+        /etc/subgid."""
+        asked = ctx.guest_id_ranges(f"lxc:{vmid}" if vmid is not None else "lxc")
         try:
             owner = ctx.paths.host(share.path).stat()
             uid, gid = owner.st_uid, owner.st_gid
@@ -365,8 +368,11 @@ class LxcModePlugin:
                 raise ValueError(f"{subid} grants root no range of 65536 ids for containers (Proxmox's default "
                                  "is root:100000:65536): add one")
             ids = {own_id, *user_ids} if kind == "u" else {own_id}
-            through = [IdRange(one, one) for one in sorted(ids) if one != 0]
-            kind_lines = build(kind, base, through)
+            through = [IdRange(one, one) for one in sorted(ids) if one != 0] + list(asked)
+            try:
+                kind_lines = build(kind, base, through)
+            except IdMapError as exc:
+                raise ValueError(f"the id map of {share.name}'s container: {exc}") from None
             gaps = missing(kind_lines, granted)
             if gaps:
                 raise ValueError(f"{subid} does not let root map {', '.join(map(str, gaps))} into a container "
@@ -394,7 +400,7 @@ class LxcModePlugin:
         options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path, wants_ha(share),
                                        self._node_name(ctx))
         entries = read_entries(ctx.runner, ctx.paths.smb_conf, local_names(share.valid_users))
-        idmap = self._idmap(ctx, share, [entry.uid for entry in entries])
+        idmap = self._idmap(ctx, share, [entry.uid for entry in entries], vmid)
         smb_conf = self._smb_conf(ctx, share, vmid)
         resource = share_resource(share.name)
         config = read_guest_config(ctx.paths.host(config_path(vmid)))

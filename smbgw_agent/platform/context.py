@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.idranges import IdRange
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.platform.changes import NodeResource
 from smbgw_agent.platform.jobs import JobRunner
@@ -41,6 +42,8 @@ class ParameterSource(Protocol):
     def share_parameters(self, ctx: PassContext, share: ShareSpec, target: str) -> list[tuple[str, str]]: ...
 
     def global_parameters(self, ctx: PassContext, target: str) -> list[tuple[str, str]]: ...
+
+    def guest_id_ranges(self, ctx: PassContext, target: str) -> list[IdRange]: ...
 
 
 def _no_state(plugin: str) -> PluginState:
@@ -93,6 +96,10 @@ class PassContext:
 
     def global_parameters(self, target: str = HOST) -> list[tuple[str, str]]:
         return [] if self.host is None else self.host.global_parameters(self, target)
+
+    def guest_id_ranges(self, target: str) -> list[IdRange]:
+        """Ids every plugin wants passed through into the guest `target` (merged)."""
+        return [] if self.host is None else self.host.guest_id_ranges(self, target)
 
 
 @dataclass(frozen=True)

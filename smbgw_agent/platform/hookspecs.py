@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from smbgw_agent.model.config import AgentConfig
+    from smbgw_agent.model.idranges import IdRange
     from smbgw_agent.model.shares import ShareSpec
     from smbgw_agent.platform.changes import Change, Health, NodeResource
     from smbgw_agent.platform.commands import Command
@@ -204,6 +205,13 @@ def smbgw_share_parameters(ctx: PassContext, share: ShareSpec, target: str) -> S
 def smbgw_global_parameters(ctx: PassContext, target: str) -> Sequence[Parameter]:
     """Global smb.conf parameters this plugin needs in `target`'s smb.conf. A conflict
     between plugins fails the pass's commit for that target."""
+
+
+@hookspec
+def smbgw_guest_id_ranges(ctx: PassContext, target: str) -> Sequence[IdRange]:
+    """Ids a guest (`target`: `lxc:VMID`) must see as the host sees them, for file owners
+    to read the same inside and out: the guest mode passes them through its id map
+    unshifted (the domain's idmap ranges, when the node is a domain member)."""
 
 
 # ---- node resources ------------------------------------------------------------------

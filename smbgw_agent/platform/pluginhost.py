@@ -27,6 +27,7 @@ import pluggy
 
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.errors import FieldError
+from smbgw_agent.model.idranges import IdRange, merge
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform import hookspecs, order
 from smbgw_agent.platform.changes import Change, Health, NodeResource, share_resource
@@ -363,6 +364,16 @@ class PluginHost:
             result = self._call(plugin, "smbgw_global_parameters", ctx=ctx, target=target)
             contributions.extend((f"plugin {plugin}", p) for p in _parameters(plugin, result))
         return merge_parameters(contributions, f"the globals of {target}")
+
+    def guest_id_ranges(self, ctx: PassContext, target: str) -> list[IdRange]:
+        """Every plugin's ids to pass through into `target` (a guest), merged."""
+        found: list[IdRange] = []
+        for plugin, _ in self._implementations("smbgw_guest_id_ranges"):
+            for item in self._call(plugin, "smbgw_guest_id_ranges", ctx=ctx, target=target) or ():
+                if not isinstance(item, IdRange):
+                    raise PluginCallError(plugin, TypeError(f"smbgw_guest_id_ranges gave {item!r}, not an IdRange"))
+                found.append(item)
+        return merge(found)
 
     # ---- node resources ------------------------------------------------------------
 

@@ -86,3 +86,14 @@ def test_a_new_membership_watch_checks_at_once_after_a_reload(tmp_path: Path) ->
     now = time.time() + 1.0
     assert schedule.next_run(now) == now + 60.0, "checked by this watch: the next at the interval"
     assert schedule.next_run(None) == 0.0
+
+
+def test_a_guest_gets_the_domain_ranges_to_pass_through(tmp_path: Path) -> None:
+    from smbgw_agent.model.idranges import IdRange
+
+    ctx = context(tmp_path, "root:x:0:0::/root:/bin/sh\n")
+    plugin = AdPlugin()
+    assert list(plugin.smbgw_guest_id_ranges(ctx, "lxc:9000")) == [IdRange(100000, 999999), IdRange(70000, 79999)]
+    assert list(plugin.smbgw_guest_id_ranges(ctx, HOST)) == [], "the host maps nothing"
+    ctx.config = AgentConfig(node="fs1")
+    assert list(plugin.smbgw_guest_id_ranges(ctx, "lxc:9000")) == [], "not a domain member"

@@ -445,3 +445,44 @@ def test_a_container_smb_conf_testparm_refuses_is_never_pushed(tmp_path: Path) -
     with pytest.raises(ValueError, match=r"testparm refuses the container's smb\.conf: .*not boolean"):
         subject.smbgw_apply_share(ctx, "finance", spec, changes)
     assert "submit" not in ctx.plugin_scratch(PLUGIN) and ctx.plugin_state(PLUGIN).get(VMIDS) is None
+
+
+class Ranges:
+    """The plugin host as far as `ctx.guest_id_ranges` asks it (the ad plugin's answer)."""
+
+    def __init__(self, *ranges: tuple[int, int]) -> None:
+        from smbgw_agent.model.idranges import IdRange
+        self.ranges = [IdRange(low, high) for low, high in ranges]
+        self.targets: list[str] = []
+
+    def guest_id_ranges(self, ctx: Any, target: str) -> list[Any]:
+        self.targets.append(target)
+        return self.ranges
+
+    def share_parameters(self, ctx: Any, share: ShareSpec, target: str) -> list[tuple[str, str]]:
+        return []
+
+    def global_parameters(self, ctx: Any, target: str) -> list[tuple[str, str]]:
+        return []
+
+
+def test_the_domain_ranges_are_passed_through_and_must_not_meet_the_containers_own(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    spec = share("finance", vmid=9000)
+    ctx = context(tmp_path, spec)
+    vmlist(ctx)
+    for name in ("subuid", "subgid"):
+        (tmp_path / name).write_text("root:100000:65536\nroot:200000:800000\nroot:70000:10000\n")
+    ctx.host = Ranges((200000, 999999), (70000, 79999))
+    work, _ = LxcModePlugin()._work(ctx, spec)
+    lines = [line.config_value() for line in work.idmap]
+    for kind in "ug":
+        assert f"{kind} 70000 70000 10000" in lines and f"{kind} 200000 200000 800000" in lines, lines
+    assert ctx.host.targets == ["lxc:9000"]
+    ctx.host = Ranges((100000, 999999))  # overlaps root's 100000-165535
+    with pytest.raises(ValueError, match="overlap 100000-165535"):
+        LxcModePlugin()._work(ctx, spec)
+    ctx.host = Ranges((2000000, 2999999))  # not in /etc/subuid
+    with pytest.raises(ValueError, match="add root:2000000:1000000"):
+        LxcModePlugin()._work(ctx, spec)

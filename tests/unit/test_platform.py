@@ -380,3 +380,21 @@ def test_the_core_and_plugins_share_one_set_of_field_readers() -> None:
     for module in (config, shares):
         assert not {"_bool", "_boolean", "_text", "_string"} & set(vars(module)), module.__name__
 
+
+
+def test_guest_id_ranges_of_every_plugin_are_merged_and_checked() -> None:
+    from smbgw_agent.model.idranges import IdRange
+    from smbgw_agent.platform.pluginhost import PluginCallError
+
+    class Offers:
+        def __init__(self, *ranges: object) -> None:
+            self.ranges = list(ranges)
+
+        @hookimpl
+        def smbgw_guest_id_ranges(self, ctx: Any, target: str) -> list[object]:
+            return self.ranges
+
+    host = PluginHost({"a": Offers(IdRange(10, 19)), "b": Offers(IdRange(20, 30), IdRange(50, 60))})
+    assert host.guest_id_ranges(None, "lxc:9000") == [IdRange(10, 30), IdRange(50, 60)]  # type: ignore[arg-type]
+    with pytest.raises(PluginCallError, match="not an IdRange"):
+        PluginHost({"a": Offers((1, 2))}).guest_id_ranges(None, "lxc:9000")  # type: ignore[arg-type]
