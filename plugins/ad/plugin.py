@@ -3,7 +3,10 @@
 What the plugin keeps true, and how:
 
 - **Globals**: the member server's smb.conf globals (`render.global_parameters`), merged
-  into the host's smb.conf by the mode like every plugin's.
+  into the host's smb.conf by the mode like every plugin's, and into every guest's.
+- **Guests**: a share's container joins the domain as a computer of its own, through a
+  step its mode plugin runs (`guest.py`), with the domain's id ranges passed through its
+  id map, so that a domain user owns the same uid inside and on the node.
 - **Kerberos**: /etc/krb5.conf (`render.krb5_conf`) unless `manage_krb5_conf = false`. An
   administrator's own file found there is kept once (``/var/lib/smbgw/krb5.conf.saved``)
   and put back when `[ad]` is removed.
@@ -49,11 +52,12 @@ from smbgw_agent.platform import order
 from smbgw_agent.platform.changes import DELETE, UPDATE, Change, Health, NodeResource
 from smbgw_agent.platform.commands import Command, CommandRefused
 from smbgw_agent.platform.context import CollectContext, PassContext
+from smbgw_agent.platform.guests import GuestStep
 from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
 from smbgw_agent.platform.parameters import HOST, Parameter
 
-from . import render, tool
+from . import guest, render, tool
 from .checks import REASONS
 from .health import CHECKS, OK, Membership, assess
 from .join import CREDENTIALS_MARK, WINBIND_UNIT, join_due, join_inputs, run_join, shown_join
@@ -131,7 +135,9 @@ class AdPlugin:
 
     @hookimpl
     def smbgw_global_parameters(self, ctx: PassContext, target: str) -> Sequence[Parameter]:
-        if not configured(ctx.config) or target != HOST:
+        """The member server's globals, for the node and for every guest (a share's
+        container is a member of its own: `guest.py`)."""
+        if not configured(ctx.config):
             return []
         settings = settings_of(ctx.config)
         if any(conflict.in_use for conflict in self._id_conflicts(ctx, settings)):
@@ -148,6 +154,15 @@ class AdPlugin:
         if not configured(ctx.config) or target == HOST:
             return []
         return [id_range for _key, id_range in settings_of(ctx.config).id_ranges()]
+
+    @hookimpl
+    def smbgw_guest_steps(self, ctx: PassContext, target: str) -> Sequence[GuestStep]:
+        """A guest joins the domain as a computer of its own (`guest.py`), once its
+        globals say so: not while a local account holds a domain id (see
+        `smbgw_global_parameters`)."""
+        if not configured(ctx.config) or target == HOST or not self.smbgw_global_parameters(ctx, target):
+            return []
+        return [guest.join_step(settings_of(ctx.config), ctx.paths.host)]
 
     # ---- lifecycle -------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from smbgw_agent.effects.runner import CommandError, Completed, Runner
+from smbgw_agent.effects.runner import CommandError, Completed, RunsCommands
 
 from .checks import (
     AdsInfo,
@@ -80,7 +80,7 @@ def _said(result: Completed | None, error: CommandError | None = None) -> str:
     return " / ".join(lines[-2:])[:300] or f"exit {result.returncode}, no output"
 
 
-def _reading(runner: Runner, argv: Sequence[str], timeout: float, parse: Callable[[Completed], T],
+def _reading(runner: RunsCommands, argv: Sequence[str], timeout: float, parse: Callable[[Completed], T],
              nonzero_is_error: bool = True) -> T | str:
     """Run a read-only tool and parse what it said; a string is why there is no reading
     (it did not run, failed, or said something that is not its output: then with its own
@@ -97,29 +97,29 @@ def _reading(runner: Runner, argv: Sequence[str], timeout: float, parse: Callabl
         return f"{exc} (it said: {_said(result)[:160]})"
 
 
-def srv_records(runner: Runner, realm: str) -> Sequence[SrvRecord] | str:
+def srv_records(runner: RunsCommands, realm: str) -> Sequence[SrvRecord] | str:
     argv = ["dig", "+short", "+time=3", "+tries=2", "-t", "SRV", f"_ldap._tcp.{realm.lower()}"]
     return _reading(runner, argv, DIG_TIMEOUT, lambda result: parse_srv(result.stdout))
 
 
-def ads_info(runner: Runner, smb_conf: Path) -> AdsInfo | str:
+def ads_info(runner: RunsCommands, smb_conf: Path) -> AdsInfo | str:
     return _reading(runner, _net(smb_conf, "ads", "info", "--json"), NET_TIMEOUT,
                     lambda result: parse_ads_info(result.stdout, result.stderr))
 
 
-def testjoin(runner: Runner, smb_conf: Path) -> Testjoin | str:
+def testjoin(runner: RunsCommands, smb_conf: Path) -> Testjoin | str:
     return _reading(runner, _net(smb_conf, "ads", "testjoin"), NET_TIMEOUT,
                     lambda result: parse_testjoin(result.stdout, result.stderr, result.returncode),
                     nonzero_is_error=False)
 
 
-def ping_dc(runner: Runner) -> PingDc | str:
+def ping_dc(runner: RunsCommands) -> PingDc | str:
     return _reading(runner, ["wbinfo", "--ping-dc"], PING_TIMEOUT,
                     lambda result: parse_ping_dc(result.stdout, result.stderr, result.returncode),
                     nonzero_is_error=False)
 
 
-def read_membership(runner: Runner, smb_conf: Path, realm: str, winbind_active: bool | None) -> Readings:
+def read_membership(runner: RunsCommands, smb_conf: Path, realm: str, winbind_active: bool | None) -> Readings:
     """One round of readings (`health.assess` judges them), the four tools at once: with
     the DC down each waits out its own timeout (`net ads info` and `wbinfo --ping-dc`
     about 10 s each), and one after the other they would delay the report by their sum.
@@ -142,7 +142,7 @@ def check_password(password: str) -> None:
         raise JoinError("the join password contains a NUL character", credentials=True)
 
 
-def join(runner: Runner, smb_conf: Path, settings: AdSettings, password: str) -> str:
+def join(runner: RunsCommands, smb_conf: Path, settings: AdSettings, password: str) -> str:
     """`net ads join` as `join_user`, password on stdin. Returns what net said."""
     check_password(password)
     argv = _net(smb_conf, "ads", "join", "-U", settings.join_user)
@@ -153,14 +153,14 @@ def join(runner: Runner, smb_conf: Path, settings: AdSettings, password: str) ->
     return _with_password(runner, argv, password, "join", ("Joined '",))
 
 
-def leave(runner: Runner, smb_conf: Path, join_user: str, password: str) -> str:
+def leave(runner: RunsCommands, smb_conf: Path, join_user: str, password: str) -> str:
     """`net ads leave` (deletes the machine account in AD), password on stdin."""
     check_password(password)
     return _with_password(runner, _net(smb_conf, "ads", "leave", "-U", join_user), password, "leave",
                           ("Deleted account for '", "Disabled account for '", "' Left domain '"))
 
 
-def _with_password(runner: Runner, argv: list[str], password: str, what: str, success: tuple[str, ...]) -> str:
+def _with_password(runner: RunsCommands, argv: list[str], password: str, what: str, success: tuple[str, ...]) -> str:
     """Run `argv` with `password` on stdin. It worked only if net exited 0 *and* said a
     line of success (one of `success`): an exit 0 with anything else is not taken on trust."""
     try:

@@ -9,10 +9,10 @@ inside and out are *passed through* (identity mapped):
 
 - the uid and gid that own the share's directory on the host, so that the share's owner
   inside is its owner outside;
-- the uids of the share's local users, copied in with the node's uids.
-
-`build` takes any ranges, so that the domain's idmap ranges can be passed through the
-same way once a container joins the domain itself (not yet: docs/lxc.md).
+- the uids of the share's local users, copied in with the node's uids;
+- the ranges other plugins ask for (`smbgw_guest_id_ranges`): the domain's idmap ranges
+  when the node has `[ad]`, where a container that joined the domain maps its users the
+  same way as the node does (docs/lxc.md, "Domain users").
 
 Every other container id in 0..65535 keeps Proxmox's shift (host base + id, base the
 start of root's range in /etc/subuid, 100000 on a default node): the container's root,

@@ -20,7 +20,7 @@ them as jobs (plugins/mode_lxc/plugin.py).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from smbgw_agent.effects.runner import Completed, Runner
@@ -145,7 +145,9 @@ class Pct:
         return parse_address(result.stdout)
 
     def exec(self, vmid: int, argv: Sequence[str], timeout: float = QUICK_TIMEOUT, stdin: str | None = None,
-             check: bool = True) -> Completed:
+             check: bool = True, secrets: Iterable[str] = ()) -> Completed:
         """A command inside the container (`pct exec VMID -- ARGV`): argv as a list, never
-        a shell line; what goes to its stdin (a password) never appears in argv."""
-        return self.runner.run([PCT, "exec", str(vmid), "--", *argv], timeout=timeout, stdin=stdin, check=check)
+        a shell line; what goes to its stdin (a password) never appears in argv, and
+        `secrets` are redacted from what the runner keeps of its output."""
+        return self.runner.run([PCT, "exec", str(vmid), "--", *argv], timeout=timeout, stdin=stdin, check=check,
+                               secrets=secrets)

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from smbgw_agent.effects import deadline as pass_deadline
 
@@ -54,6 +55,15 @@ class CommandError(Exception):
         super().__init__(message)
         self.result = result
         self.failed_to_run = failed_to_run
+
+
+class RunsCommands(Protocol):
+    """What a tool needs of a runner: `Runner` on the node, or a guest's shell
+    (`smbgw_agent.platform.guests.GuestShell`) that runs the same argv inside a guest."""
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
+            stdin: str | None = None, secrets: Iterable[str] = (), env: dict[str, str] | None = None) -> Completed:
+        ...
 
 
 @dataclass

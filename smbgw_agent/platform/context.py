@@ -13,6 +13,7 @@ from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.idranges import IdRange
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.platform.changes import NodeResource
+from smbgw_agent.platform.guests import GuestStep
 from smbgw_agent.platform.jobs import JobRunner
 from smbgw_agent.platform.parameters import HOST
 from smbgw_agent.platform.pluginstate import PluginState
@@ -44,6 +45,8 @@ class ParameterSource(Protocol):
     def global_parameters(self, ctx: PassContext, target: str) -> list[tuple[str, str]]: ...
 
     def guest_id_ranges(self, ctx: PassContext, target: str) -> list[IdRange]: ...
+
+    def guest_steps(self, ctx: PassContext, target: str) -> list[GuestStep]: ...
 
 
 def _no_state(plugin: str) -> PluginState:
@@ -100,6 +103,10 @@ class PassContext:
     def guest_id_ranges(self, target: str) -> list[IdRange]:
         """Ids every plugin wants passed through into the guest `target` (merged)."""
         return [] if self.host is None else self.host.guest_id_ranges(self, target)
+
+    def guest_steps(self, target: str) -> list[GuestStep]:
+        """Every plugin's work inside the guest `target` (`smbgw_agent.platform.guests`)."""
+        return [] if self.host is None else self.host.guest_steps(self, target)
 
 
 @dataclass(frozen=True)

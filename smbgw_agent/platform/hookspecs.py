@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from smbgw_agent.platform.changes import Change, Health, NodeResource
     from smbgw_agent.platform.commands import Command
     from smbgw_agent.platform.context import CollectContext, PassContext, SmbdControl
+    from smbgw_agent.platform.guests import GuestStep
     from smbgw_agent.platform.jobs import Schedule
     from smbgw_agent.platform.parameters import Parameter
 
@@ -212,6 +213,14 @@ def smbgw_guest_id_ranges(ctx: PassContext, target: str) -> Sequence[IdRange]:
     """Ids a guest (`target`: `lxc:VMID`) must see as the host sees them, for file owners
     to read the same inside and out: the guest mode passes them through its id map
     unshifted (the domain's idmap ranges, when the node is a domain member)."""
+
+
+@hookspec
+def smbgw_guest_steps(ctx: PassContext, target: str) -> Sequence[GuestStep]:
+    """Work this plugin does inside the guest `target` (`lxc:VMID`), which the guest's
+    mode plugin runs in its job once the guest runs with its smb.conf (`GuestStep`:
+    names start with the plugin's name, steps are idempotent). Must be pure: it is
+    called while planning."""
 
 
 # ---- node resources ------------------------------------------------------------------

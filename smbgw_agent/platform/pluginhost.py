@@ -33,6 +33,7 @@ from smbgw_agent.platform import hookspecs, order
 from smbgw_agent.platform.changes import Change, Health, NodeResource, share_resource
 from smbgw_agent.platform.commands import Command, join_parts
 from smbgw_agent.platform.context import PassContext, SmbdControl
+from smbgw_agent.platform.guests import GuestStep, check_steps
 from smbgw_agent.platform.jobs import Schedule
 from smbgw_agent.platform.parameters import Parameter, merge_parameters
 from smbgw_agent.platform.smbd import ServiceSmbd
@@ -374,6 +375,17 @@ class PluginHost:
                     raise PluginCallError(plugin, TypeError(f"smbgw_guest_id_ranges gave {item!r}, not an IdRange"))
                 found.append(item)
         return merge(found)
+
+    def guest_steps(self, ctx: PassContext, target: str) -> list[GuestStep]:
+        """Every plugin's work inside the guest `target`, in plugin order."""
+        steps: list[GuestStep] = []
+        for plugin, _ in self._implementations("smbgw_guest_steps"):
+            result = self._call(plugin, "smbgw_guest_steps", ctx=ctx, target=target) or ()
+            try:
+                steps.extend(check_steps(plugin, list(result)))
+            except TypeError as exc:
+                raise PluginCallError(plugin, exc) from None
+        return steps
 
     # ---- node resources ------------------------------------------------------------
 

@@ -465,6 +465,9 @@ class Ranges:
     def global_parameters(self, ctx: Any, target: str) -> list[tuple[str, str]]:
         return []
 
+    def guest_steps(self, ctx: Any, target: str) -> list[Any]:
+        return []
+
 
 def test_the_domain_ranges_are_passed_through_and_must_not_meet_the_containers_own(tmp_path: Path,
                                                                                  monkeypatch: pytest.MonkeyPatch
@@ -486,3 +489,85 @@ def test_the_domain_ranges_are_passed_through_and_must_not_meet_the_containers_o
     ctx.host = Ranges((2000000, 2999999))  # not in /etc/subuid
     with pytest.raises(ValueError, match="add root:2000000:1000000"):
         LxcModePlugin()._work(ctx, spec)
+
+
+class Steps(Ranges):
+    """The plugin host answering `ctx.guest_steps` with one step and the domain's globals."""
+
+    def __init__(self, inputs: str = "v1") -> None:
+        super().__init__()
+        from smbgw_agent.platform.guests import GuestStep
+        self.ran: list[str] = []
+        self.step = GuestStep("ad:join", inputs, lambda shell, progress: self.ran.append(shell.target) or "joined",
+                              what="make it a member of SMBGW.TEST")
+
+    def guest_steps(self, ctx: Any, target: str) -> list[Any]:
+        return [self.step]
+
+    def global_parameters(self, ctx: Any, target: str) -> list[tuple[str, str]]:
+        return [("server role", "member server"), ("security", "ADS")]
+
+
+def test_a_guest_step_runs_on_create_and_again_only_when_its_inputs_change(tmp_path: Path) -> None:
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    vmlist(ctx)
+    ctx.host = Steps()
+    work, changes = LxcModePlugin()._work(ctx, spec)
+    assert work.create and [s.name for s in work.steps] == ["ad:join"] and work.step_record == {"ad:join": "v1"}
+    assert changes[0].detail.endswith("; make it a member of SMBGW.TEST")
+    # The container exists and the step ran with these inputs: nothing to do.
+    live_container(ctx, spec, 9000)
+    vmlist(ctx, v9000="pve1")
+    ctx.plugin_state(PLUGIN).set(plugin.STEPS, {"finance": {"ad:join": "v1"}})
+    work, changes = LxcModePlugin()._work(ctx, spec)
+    assert not work.steps and work.step_record is None
+    assert not any("member" in c.detail for c in changes)
+    # The password file was replaced: the step's inputs differ, so it runs again.
+    ctx.host = Steps("v2")
+    work, changes = LxcModePlugin()._work(ctx, spec)
+    assert [s.inputs for s in work.steps] == ["v2"] and work.step_record == {"ad:join": "v2"}
+    assert [c.detail for c in changes if "member" in c.detail] == ["container 9000: make it a member of SMBGW.TEST"]
+    # Stopped and left stopped (autostart = false): the step waits until it runs.
+    ctx.plugin_state(PLUGIN).set(plugin.STEPS, {})
+    stopped = share(vmid=9000, autostart=False)
+    subject = LxcModePlugin()
+    subject._observer.value = Observation(at=1e12, status={9000: plugin.STOPPED})
+    work, _ = subject._work(ctx, stopped)
+    assert not work.steps
+
+
+def test_the_domains_globals_replace_the_containers_own_in_place(tmp_path: Path) -> None:
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    ctx.host = Steps()
+    text = LxcModePlugin()._smb_conf(ctx, spec, 9000)
+    head = text.split("[finance]")[0]
+    assert head.count("server role =") == 1 and "\tserver role = member server\n" in head, head
+    assert head.index("server role") < head.index("netbios name = SMBGW-9000") < head.index("security = ADS")
+
+
+def test_the_container_shell_runs_through_pct_exec_with_the_guests_own_path() -> None:
+    from smbgw_plugins.mode_lxc.pct import Pct
+    from smbgw_plugins.mode_lxc.shell import ContainerShell
+
+    from smbgw_agent.effects.runner import Completed
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[list[str], str | None, list[str]]] = []
+
+        def run(self, argv: Any, *, timeout: Any = None, check: bool = True, stdin: str | None = None,
+                secrets: Any = (), env: Any = None) -> Completed:
+            self.calls.append((list(argv), stdin, list(secrets)))
+            return Completed(tuple(argv), 0, "", "", 0.0)
+
+    recorder = Recorder()
+    shell = ContainerShell(Pct(recorder), 9000)  # type: ignore[arg-type]
+    shell.run(["net", "ads", "join"], stdin="pw\n", secrets=["pw"], env={"PATH": "/opt/node/bin", "LANG": "C"})
+    argv, stdin, secrets = recorder.calls[0]
+    assert argv[1:4] == ["exec", "9000", "--"], argv
+    assert argv[argv.index("--") + 1:] == ["env", "LANG=C", "net", "ads", "join"], argv
+    assert "/opt/node/bin" not in " ".join(argv) and stdin == "pw\n" and secrets == ["pw"]
+    shell.run(["testparm", "-s"])
+    assert recorder.calls[1][0][-3:] == ["--", "testparm", "-s"], "no env: the argv as it is"

@@ -398,3 +398,28 @@ def test_guest_id_ranges_of_every_plugin_are_merged_and_checked() -> None:
     assert host.guest_id_ranges(None, "lxc:9000") == [IdRange(10, 30), IdRange(50, 60)]  # type: ignore[arg-type]
     with pytest.raises(PluginCallError, match="not an IdRange"):
         PluginHost({"a": Offers((1, 2))}).guest_id_ranges(None, "lxc:9000")  # type: ignore[arg-type]
+
+
+def test_guest_steps_come_in_plugin_order_and_must_carry_their_plugins_name() -> None:
+    from smbgw_agent.platform.guests import GuestStep
+    from smbgw_agent.platform.pluginhost import PluginCallError
+
+    def step(name: str) -> GuestStep:
+        return GuestStep(name, "inputs", lambda shell, progress: "done")
+
+    class Gives:
+        def __init__(self, *steps: object) -> None:
+            self.steps = list(steps)
+
+        @hookimpl
+        def smbgw_guest_steps(self, ctx: Any, target: str) -> list[object]:
+            return self.steps
+
+    host = PluginHost({"ad": Gives(step("ad:join")), "quota": Gives(step("quota:tools"), step("quota:more"))})
+    names = [s.name for s in host.guest_steps(None, "lxc:9000")]  # type: ignore[arg-type]
+    assert sorted(names) == ["ad:join", "quota:more", "quota:tools"]
+    assert names.index("quota:tools") < names.index("quota:more")
+    with pytest.raises(PluginCallError, match="must start with 'ad:'"):
+        PluginHost({"ad": Gives(step("quota:join"))}).guest_steps(None, "lxc:9000")  # type: ignore[arg-type]
+    with pytest.raises(PluginCallError, match="not a GuestStep"):
+        PluginHost({"ad": Gives("join")}).guest_steps(None, "lxc:9000")  # type: ignore[arg-type]

@@ -24,6 +24,9 @@ and smbd):
   name on every connection, and with an unreachable resolver clients time out
   (NT_STATUS_IO_TIMEOUT although port 445 accepts).
 * smbd enabled, so a started container serves as soon as systemd is up.
+* winbind and libnss-winbind installed (Debian's package adds winbind to nsswitch.conf)
+  but winbind not enabled: a container joins a domain only when the node has `[ad]`,
+  and the agent's step enables winbind then.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from tests.support import nspawn
 
 PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "samba", "smbclient", "iproute2", "procps", "libnss-myhostname",
+    "winbind", "libnss-winbind",
 )
 SUITE = "bookworm"
 DEFAULT_NAME = "smbgw-debian-12_amd64.tar.zst"
@@ -71,6 +75,9 @@ def _prepare(root: Path) -> None:
     smbd = wants / "smbd.service"
     if not (smbd.is_symlink() or smbd.exists()):
         smbd.symlink_to("/lib/systemd/system/smbd.service")
+    winbind = wants / "winbind.service"
+    if winbind.is_symlink() or winbind.exists():
+        winbind.unlink()  # a standalone server needs none; the domain's step enables it
     hostname = root / "etc/hostname"
     if hostname.is_symlink() or hostname.exists():
         hostname.unlink()

@@ -15,12 +15,14 @@ import contextlib
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess
 from tests.support.procs import private_sandbox
 
@@ -31,6 +33,8 @@ NODE = "pve-test"
 SUBNET = "10.98.{}.{}"
 BRIDGE = "vmbr0"
 FIRST_VMID = 9000
+NETNS_ETC = Path("/etc/netns")
+NO_RESOLVER = "# the test node's resolver: no name server\n"
 # agent.toml's [proxmox] for this node: ten VMIDs, the bridge, the stand-in's template.
 PROXMOX = f"""
 [proxmox]
@@ -121,9 +125,15 @@ class StandinNode:
 
 
 @contextlib.contextmanager
-def standin_node(root: Path, subids: Sequence[str] = ("root:100000:65536",)) -> Iterator[StandinNode]:
+def standin_node(root: Path, subids: Sequence[str] = ("root:100000:65536",),
+                 resolv_conf: str = NO_RESOLVER) -> Iterator[StandinNode]:
     """`root` must be traversable by everyone up to it (an unprivileged container's root,
-    uid 100000, walks to its overlay): a directory of the test's own under /var/tmp."""
+    uid 100000, walks to its overlay): a directory of the test's own under /var/tmp.
+
+    `resolv_conf` is the node's resolver, for whatever runs in its namespace (`ip netns
+    exec` shows it /etc/netns/NAME/resolv.conf): `pct start` copies it into containers as
+    Proxmox does. By default it names no server: nothing outside answers here, and smbd
+    would wait for one on every connection."""
     image.ensure_template(root)
     (root / f"etc/pve/nodes/{NODE}/lxc").mkdir(parents=True, exist_ok=True)
     for link, target in (("etc/pve/lxc", f"nodes/{NODE}/lxc"), ("etc/pve/local", f"nodes/{NODE}")):
@@ -136,6 +146,9 @@ def standin_node(root: Path, subids: Sequence[str] = ("root:100000:65536",)) -> 
     try:
         subprocess.run(["ip", "netns", "add", namespace], check=True, capture_output=True)
         created = True
+        etc = NETNS_ETC / namespace
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(resolv_conf)
         for argv in (("link", "set", "lo", "up"), ("link", "add", BRIDGE, "type", "bridge"),
                      ("addr", "add", f"{node.gateway}/24", "dev", BRIDGE), ("link", "set", BRIDGE, "up")):
             subprocess.run(["ip", "-n", namespace, *argv], check=True, capture_output=True)
@@ -147,6 +160,7 @@ def standin_node(root: Path, subids: Sequence[str] = ("root:100000:65536",)) -> 
     finally:
         if created:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, check=False)
+            shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
 
 
 def destroy_all(node: StandinNode) -> None:
@@ -167,13 +181,18 @@ def subids(user: str) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def lxc_agent() -> Iterator[tuple[StandinNode, AgentProcess]]:
-    """A sandbox node with [proxmox] in its agent.toml and the agent running in the node's
-    namespace with the stand-in in its PATH; the sandbox's passdb user may be passed
-    through into containers."""
-    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
+def lxc_agent(agent_toml: str = "", more_subids: Sequence[str] = (), resolv_conf: str = NO_RESOLVER,
+              prepare: Callable[[StandinNode, Sandbox], None] | None = None) -> Iterator[tuple[StandinNode,
+                                                                                               AgentProcess]]:
+    """A sandbox node with [proxmox] (and `agent_toml`) in its agent.toml and the agent
+    running in the node's namespace with the stand-in in its PATH; the sandbox's passdb
+    user may be passed through into containers, and so may `more_subids`. `prepare`
+    runs before the agent starts."""
+    with private_sandbox() as box, standin_node(box.root, (*subids(box.user), *more_subids), resolv_conf) as lab:
         config = box.root / "etc/smbgw/agent.toml"
-        config.write_text(config.read_text() + PROXMOX)
+        config.write_text(config.read_text() + PROXMOX + agent_toml)
+        if prepare is not None:
+            prepare(lab, box)
         agent = AgentProcess(box, env=lab.env(), wrapper=lab.wrapper())
         agent.start()
         try:

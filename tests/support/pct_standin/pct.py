@@ -1018,6 +1018,43 @@ def cmd_set(node: Node, opts: dict[str, object]) -> None:
         node.save(vmid, config)
 
 
+def host_dns(text: str) -> tuple[str, list[str]]:
+    """The host's search domains and up to three name servers, from its resolv.conf
+    (PVE::INotify's `read_etc_resolv_conf`: `search`/`domain`, then `nameserver` lines)."""
+    search, servers = "", []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] in ("search", "domain"):
+            search = " ".join(fields[1:])
+        elif len(fields) >= 2 and fields[0] == "nameserver" and len(servers) < 3:
+            servers.append(fields[1])
+    return search, servers
+
+
+def set_dns(upper: Path, config: Config, uid: int, gid: int) -> None:
+    """/etc/resolv.conf of the container, written at every start as pve-container's
+    Setup/Base.pm `set_dns` does: from the config's `searchdomain` and `nameserver`, or,
+    when it sets neither, from the host's (pct(1), Proxmox VE 8: "Create will
+    automatically use the setting from the host if you neither set searchdomain nor
+    nameserver"). The host is the namespace `pct` runs in: `ip netns exec` shows a
+    namespace its own /etc/netns/NAME/resolv.conf. Written into the overlay's upper
+    layer, owned by the container's root."""
+    search = config.options.get("searchdomain", "")
+    servers = config.options.get("nameserver", "").split()
+    if not search and not servers:
+        resolv = Path("/etc/resolv.conf")
+        search, servers = host_dns(resolv.read_text(errors="replace") if resolv.exists() else "")
+    data = (f"search {search}\n" if search else "") + "".join(f"nameserver {ns}\n" for ns in servers)
+    etc = upper / "etc"
+    if not etc.exists():
+        etc.mkdir(mode=0o755)
+        os.chown(etc, uid, gid)
+    target = etc / "resolv.conf"
+    target.unlink(missing_ok=True)  # a symlink the container made must not be followed
+    target.write_text(data)
+    os.chown(target, uid, gid)
+
+
 def cmd_start(node: Node, opts: dict[str, object]) -> None:
     vmid = int(str(opts["vmid"]))
     with node.locked(str(vmid)):
@@ -1048,6 +1085,7 @@ def cmd_start(node: Node, opts: dict[str, object]) -> None:
                 raise PctError(f"{closed[-1]} is not searchable by the container's root (uid {root_uid}): "
                                f"the overlay is mounted in its user namespace (test stand-in)\n"
                                f"startup for container '{vmid}' failed\n")
+        set_dns(ctdir / "delta0", config, root_uid or 0, root_gid or 0)
         (ctdir / "config").write_text(lxc_config(node, vmid, config, lower))
         log = ctdir / "start.log"
         log.unlink(missing_ok=True)

@@ -1,0 +1,140 @@
+"""The domain inside a guest: a share's container is a member of the domain of its own.
+
+A container serves its share with its own smbd, so domain users reach it only if that
+smbd is a member server: its own machine account (the guest's `netbios name`, which its
+mode plugin sets), its own winbindd, the same idmap configuration as the node (the
+globals `render.global_parameters` gives the node), so that a domain user owns the same
+uid inside and on the host, where the files are. The guest's mode plugin passes those
+ranges through its id map unshifted (`smbgw_guest_id_ranges`).
+
+The step (`join_step`) runs in the mode plugin's job, after the guest started with its
+smb.conf written:
+
+1. the guest must have winbindd and the winbind NSS module (`passwd:` and `group:` name
+   winbind in /etc/nsswitch.conf, as Debian's libnss-winbind writes it): without them
+   domain users cannot be resolved to uids, and a join would only leave a machine account
+   behind;
+2. /etc/krb5.conf as on the node, unless `manage_krb5_conf = false`;
+3. `net ads testjoin`: a guest whose account works is not joined again;
+4. otherwise `net ads join`, password on stdin (`tool.join`: never in argv, redacted),
+   then winbind restarted so it reads the new secrets;
+5. winbind enabled and running, smbd reloaded, and the trust checked once more.
+
+Its teardown, before the mode plugin destroys the guest, is `net ads leave`: the
+container's account would otherwise stay in the directory with nobody to use it.
+Containers share the node's kernel and so its clock: no clock check is needed inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from smbgw_agent.effects.runner import CommandError
+from smbgw_agent.effects.secretfile import SecretFileError, read_secret
+from smbgw_agent.platform.guests import GuestShell, GuestStep
+from smbgw_agent.platform.jobs import JobProgress
+
+from . import render, tool
+from .join import join_inputs
+from .table import AdSettings
+
+STEP = "ad:join"
+GUEST_SMB_CONF = Path("/etc/samba/smb.conf")
+NSSWITCH = "/etc/nsswitch.conf"
+TRUST_WAIT = 30.0  # winbindd takes a few seconds after a restart to find a DC
+
+
+class GuestJoinError(RuntimeError):
+    """The guest could not be made (or checked to be) a member."""
+
+
+def _check_tools(shell: GuestShell) -> None:
+    found = shell.run(["winbindd", "--version"], timeout=30, check=False)
+    if found.returncode != 0:
+        raise GuestJoinError(f"{shell.target} has no winbindd: install winbind and libnss-winbind in its template "
+                             "(smbd needs winbind to serve domain users)")
+    nss = shell.run(["grep", "-E", r"^(passwd|group):.*\bwinbind\b", NSSWITCH], timeout=30, check=False)
+    if len(nss.stdout.splitlines()) < 2:
+        raise GuestJoinError(f"{shell.target}'s {NSSWITCH} does not name winbind for passwd and group: install "
+                             "libnss-winbind in its template (Debian's package adds it there)")
+
+
+def _wait_trust(shell: GuestShell, progress: JobProgress) -> str:
+    """`net ads testjoin` until it says the account works (winbindd and the DC's caches
+    may take a moment after a join)."""
+    deadline = time.monotonic() + TRUST_WAIT
+    while True:
+        checked = tool.testjoin(shell, GUEST_SMB_CONF)
+        if not isinstance(checked, str) and checked.ok:
+            return checked.said
+        said = checked if isinstance(checked, str) else checked.said
+        if time.monotonic() > deadline or progress.expired:
+            raise GuestJoinError(f"{shell.target} joined, but its machine account does not work: {said}")
+        time.sleep(1.0)
+
+
+def _as_join_user(shell: GuestShell, settings: AdSettings, host: Callable[[str], Path],
+                  action: Callable[[str], str]) -> str:
+    """`action(password)` with the join password, its failures as GuestJoinError."""
+    try:
+        password = read_secret(settings.password_file, settings.credential, host, os.environ)
+    except SecretFileError as exc:
+        raise GuestJoinError(f"{shell.target}: the join password: {exc}") from None
+    try:
+        return action(password)
+    except tool.JoinError as exc:
+        raise GuestJoinError(f"{shell.target}: {exc}") from None
+
+
+def _setup(settings: AdSettings, host: Callable[[str], Path]) -> Callable[[GuestShell, JobProgress], str]:
+    def run(shell: GuestShell, progress: JobProgress) -> str:
+        _check_tools(shell)
+        if settings.manage_krb5_conf:
+            shell.write_file("/etc/krb5.conf", render.krb5_conf(settings))
+        progress.report(f"{shell.target}: checking its membership of {settings.realm}")
+        checked = tool.testjoin(shell, GUEST_SMB_CONF)
+        joined = not isinstance(checked, str) and checked.ok
+        if joined:
+            said = f"already a member of {settings.realm}"
+        else:
+            progress.report(f"{shell.target}: joining {settings.realm} as {settings.join_user}")
+            said = _as_join_user(shell, settings, host,
+                                 lambda password: tool.join(shell, GUEST_SMB_CONF, settings, password))
+        try:
+            if not joined:
+                shell.run(["systemctl", "restart", "winbind"], timeout=60)  # it reads the new secrets
+            shell.run(["systemctl", "enable", "--now", "winbind"], timeout=60)
+            shell.run(["smbcontrol", "smbd", "reload-config"], timeout=30)
+        except CommandError as exc:
+            raise GuestJoinError(f"{shell.target}: {exc}") from None
+        _wait_trust(shell, progress)
+        return f"{shell.target}: {said}"
+
+    return run
+
+
+def _teardown(settings: AdSettings, host: Callable[[str], Path]) -> Callable[[GuestShell, JobProgress], str]:
+    def run(shell: GuestShell, progress: JobProgress) -> str:
+        checked = tool.testjoin(shell, GUEST_SMB_CONF)
+        if not isinstance(checked, str) and checked.unjoined:
+            return f"{shell.target}: not a member, nothing to leave"
+        progress.report(f"{shell.target}: leaving {settings.realm}")
+        said = _as_join_user(shell, settings, host,
+                             lambda password: tool.leave(shell, GUEST_SMB_CONF, settings.join_user, password))
+        return f"{shell.target}: {said}"
+
+    return run
+
+
+def join_step(settings: AdSettings, host: Callable[[str], Path]) -> GuestStep:
+    """The guest's membership as a step: its inputs are the join's (password file's
+    identity, realm, account, ...) and the krb5.conf written, so a change of any runs it
+    again; a member guest then only checks."""
+    krb5 = render.krb5_conf(settings) if settings.manage_krb5_conf else ""
+    inputs = hashlib.sha256(f"{join_inputs(settings, host, os.environ)}\0{krb5}".encode()).hexdigest()[:32]
+    return GuestStep(STEP, inputs, _setup(settings, host), _teardown(settings, host),
+                     what=f"make it a member of {settings.realm} (net ads join as {settings.join_user})")
