@@ -474,7 +474,7 @@ class VipPlugin:
                                                                           "with no node to hold it"),),
                     options=(("timeout", "how long to wait for sessions to end (default 5m)"),
                              ("target", "the node to move addresses to (CTDB only)")), shared=True),
-            Command("undrain", "put this node back in service", self._start_undrain),
+            Command("undrain", "put this node back in service", self._start_undrain, shared=True),
         ]
 
     def _held(self, ctx: PassContext) -> Callable[[], list[str]]:

@@ -9,16 +9,22 @@ which the agent writes for a share with `[ha] proxmox_ha = true` (the share's di
 on storage every node mounts). Proxmox refuses the others, and so does the drain, up
 front, unless `--force` leaves them here. A container under Proxmox HA is moved by HA
 (`pct migrate` asks it to); the drain waits until the cluster lists it on the target.
+
+A drained node makes no container for a new share until `smbgwctl undrain` (as Proxmox
+starts no HA service on a node in maintenance): the drain is recorded in the agent's
+state directory (`DrainRecord`), so it holds across restarts of the agent.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import CommandError
 from smbgw_agent.platform.commands import CommandRefused
 from smbgw_agent.platform.jobs import Job, JobProgress
@@ -30,6 +36,56 @@ from .pct import MIGRATE_TIMEOUT, Pct
 JOB = "lxc:drain"
 ARRIVAL_POLL = 1.0
 _NODE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+
+
+class DrainRecord:
+    """Whether this node is drained, as the LXC mode keeps it: a small JSON file
+    (`{"since": EPOCH, "target": NODE or null}`). A file that cannot be read counts as
+    drained: making a container on a node an administrator is emptying is the worse
+    mistake, and the message says which file to look at."""
+
+    NAME = "lxc-drained.json"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / self.NAME
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return {"since": None, "target": None, "error": str(exc)}
+        try:
+            value = json.loads(text[:4096])
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            return {"since": None, "target": None, "error": f"{self.path} is not a drain record"}
+        return value
+
+    def set(self, target: str | None, now: float) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps({"since": now, "target": target}) + "\n", mode=0o600)
+
+    def clear(self) -> bool:
+        """True if the node was drained."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def refusal(self) -> str | None:
+        """Why a new container is not made here now, or None."""
+        record = self.read()
+        if record is None:
+            return None
+        since = record.get("since")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) \
+            else f"unknown ({record.get('error') or 'no time recorded'})"
+        return (f"this node is drained (smbgwctl drain, since {when}): containers for new shares are made after "
+                f"smbgwctl undrain (or place the share on another node); the record is {self.path}")
 
 
 def movable(config: GuestConfig) -> bool:

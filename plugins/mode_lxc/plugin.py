@@ -430,7 +430,11 @@ class LxcModePlugin:
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
 
         def create(recreate: bool) -> Work:
-            """A new container: its address probed first, under HA if the share asks."""
+            """A new container: its address probed first, under HA if the share asks;
+            none on a drained node."""
+            refusal = drain.DrainRecord(ctx.paths.state_dir).refusal()
+            if refusal:
+                raise ValueError(refusal)
             return Work(share, vmid, True, settings, options, idmap, smb_conf=smb_conf, users=entries,
                         probe=None if spec.address == DHCP else spec.address,
                         ha="add" if wants_ha(share) else None, recreate=recreate, steps=steps, step_record=step_record)
@@ -657,7 +661,20 @@ class LxcModePlugin:
                         options=(("timeout", "how long to wait for SMB sessions to end (default 5m)"),
                                  ("target", "the node to move to: a Proxmox node name for containers; with CTDB, "
                                             "the node (pnn or private address) that takes the addresses")),
-                        shared=True)]
+                        shared=True),
+                Command("undrain", "put this node back in service: containers for new shares are made here again",
+                        self._start_undrain, shared=True)]
+
+    def _start_undrain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job:
+        record = drain.DrainRecord(ctx.paths.state_dir)
+        try:
+            was = record.clear()
+        except OSError as exc:
+            raise CommandRefused(f"cannot remove the drain record {record.path}: {exc}") from exc
+        text = ("containers for new shares are made here again (a share that failed while the node was drained is "
+                "retried at its next attempt, or at once with systemctl reload smbgw-agent)") if was else \
+            "the LXC mode was not drained"
+        return Job("lxc:undrain", lambda _progress: {"text": text}, 10.0, "", PLUGIN)
 
     def _start_drain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job | None:
         """This node's share containers (the VMIDs recorded for shares, with a config on
@@ -677,10 +694,13 @@ class LxcModePlugin:
             else:
                 left[vmid] = f"share {key}: its data is a local bind mount, which pct migrate refuses"
         force, target = bool(arguments.get("force")), arguments.get("target")
+        record = drain.DrainRecord(ctx.paths.state_dir)
         if not here and not left:
+            self._record_drain(record, None)
             return None
         if not target:
             if force:
+                self._record_drain(record, None)
                 return None
             raise CommandRefused(f"this node runs the containers of {len(here) + len(left)} share(s): name the "
                                  "node to move them to with --target NODE, or drain with --force to leave them here")
@@ -689,7 +709,16 @@ class LxcModePlugin:
             raise CommandRefused("; ".join(f"container {vmid} ({why})" for vmid, why in sorted(left.items())) +
                                  ". Put such a share on storage every node mounts with [ha] proxmox_ha = true, "
                                  "or drain with --force to leave it here")
+        self._record_drain(record, str(target))
         return drain.migrate_job(Pct(ctx.runner), host(VMLIST), here, str(target), left)
+
+    @staticmethod
+    def _record_drain(record: drain.DrainRecord, target: str | None) -> None:
+        """Before anything moves: from now on no container is made here."""
+        try:
+            record.set(target, time.time())
+        except OSError as exc:
+            raise CommandRefused(f"cannot record the drain in {record.path}: {exc}") from exc
 
     # ---- status and metrics ----------------------------------------------------------
 

@@ -433,7 +433,17 @@ def test_drain_migrates_the_containers_that_can_move(node: tuple[StandinNode, Ag
     time.sleep(3)  # passes run: the moved container is not made again here
     assert not lab.config(vmids["safe"]).exists()
     assert sorted(p.name for p in lab.config(vmids["plain"]).parent.glob("*.conf")) == [f"{vmids['plain']}.conf"]
-    assert agent.ctl("undrain").returncode == 0
+
+    # A new share on the drained node: no container until the node is undrained.
+    box.share_dir("late")
+    write_share(box, "late.toml", f'path = "/srv/smb/late"\nmode = "lxc"\n\n[lxc]\naddress = "{lab.address(63)}/24"\n'
+                                  'memory = "256M"\n')
+    wait_for(lambda: "this node is drained" in share_error(agent, "late"), timeout=60, interval=0.3)
+    assert sorted(p.name for p in lab.config(vmids["plain"]).parent.glob("*.conf")) == [f"{vmids['plain']}.conf"]
+    undrained = agent.ctl("undrain")
+    assert undrained.returncode == 0 and "made here again" in undrained.stdout, undrained.stdout + undrained.stderr
+    reload(agent)  # retried at once, not at the end of its back-off
+    wait_for(lambda: share_state(agent, "late") == "served", timeout=180, interval=0.3)
 
 
 def test_a_dhcp_container_is_watched_on_the_address_it_holds(node: tuple[StandinNode, AgentProcess]) -> None:
