@@ -20,6 +20,10 @@ smb.conf written:
    then winbind restarted so it reads the new secrets;
 5. winbind enabled and running, smbd reloaded, and the trust checked once more.
 
+Its check, every `health_interval` in each running guest, finds an account the domain
+refuses (deleted, or its password reset), no account, or winbind not running: the step
+runs again (a rejoin), at most once per `rejoin_min_interval` as on the node.
+
 Its teardown, before the mode plugin destroys the guest, is `net ads leave`: the
 container's account would otherwise stay in the directory with nobody to use it.
 Containers share the node's kernel and so its clock: no clock check is needed inside.
@@ -130,6 +134,23 @@ def _teardown(settings: AdSettings, host: Callable[[str], Path]) -> Callable[[Gu
     return run
 
 
+def _check(shell: GuestShell) -> str | None:
+    """Between jobs: the guest's membership as `net ads testjoin` sees it, and winbind.
+    Only the DC's refusal of the account, or no account at all, is a reason to join again
+    (as on the node: a DC that does not answer is no evidence of a broken trust)."""
+    checked = tool.testjoin(shell, GUEST_SMB_CONF)
+    if isinstance(checked, str):
+        return None
+    if checked.refused:
+        return f"the domain no longer accepts its machine account ({checked.said})"
+    if checked.unjoined:
+        return f"it has no machine account ({checked.said})"
+    if not checked.ok:
+        return None
+    active = shell.run(["systemctl", "is-active", "winbind"], timeout=30, check=False).stdout.strip()
+    return None if active == "active" else f"winbind is {active or 'not running'}"
+
+
 def join_step(settings: AdSettings, host: Callable[[str], Path]) -> GuestStep:
     """The guest's membership as a step: its inputs are the join's (password file's
     identity, realm, account, ...) and the krb5.conf written, so a change of any runs it
@@ -137,4 +158,6 @@ def join_step(settings: AdSettings, host: Callable[[str], Path]) -> GuestStep:
     krb5 = render.krb5_conf(settings) if settings.manage_krb5_conf else ""
     inputs = hashlib.sha256(f"{join_inputs(settings, host, os.environ)}\0{krb5}".encode()).hexdigest()[:32]
     return GuestStep(STEP, inputs, _setup(settings, host), _teardown(settings, host),
-                     what=f"make it a member of {settings.realm} (net ads join as {settings.join_user})")
+                     what=f"make it a member of {settings.realm} (net ads join as {settings.join_user})",
+                     check=_check, check_interval=settings.health_interval,
+                     repair_min_interval=settings.rejoin_min_interval)

@@ -65,7 +65,8 @@ from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
 from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
 from ..sambaconf import render_share, security_globals
-from . import drain, guest, orphans
+from . import checks, drain, guest, orphans
+from .checks import GuestChecks
 from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
 from .shell import ContainerShell
@@ -78,7 +79,9 @@ MODE = PLUGIN = "mode_lxc"
 MODE_NAME = "lxc"
 VMIDS, PUSHED, USERS, ABSORBED = "vmids", "pushed", "users", "absorbed"  # plugin state keys
 STEPS = "steps"  # share -> {guest step name: its inputs when it last ran}
+REPAIRS = "repairs"  # share -> {guest step name: when a failed check last ran it again}
 OBSERVE_JOB = "lxc:observe"
+CHECKS_JOB = "lxc:guest-checks"
 HA_SECTION = "ha"
 ORPHANS_JOB = "lxc:orphans"
 ORPHANS_RETRY = 60.0
@@ -215,6 +218,7 @@ class Work:
 class LxcModePlugin:
     def __init__(self) -> None:
         self._observer = Observer()
+        self._checks = GuestChecks()
         self._orphans: list[orphans.Orphan] = []  # as the last pass's health check found them
         self._moved: dict[str, tuple[int, str]] = {}  # share -> (vmid, node): its container runs elsewhere
         self._destroy_orphans = False
@@ -282,6 +286,15 @@ class LxcModePlugin:
         schedules = [Schedule(OBSERVE_JOB, next_run,
                               lambda _progress: observer.refresh(pct, addresses, keep_running, dhcp),
                               timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
+        checked = {vmid: [step for step in ctx.guest_steps(f"lxc:{vmid}") if step.check is not None]
+                   for vmid in ours}
+        checked = {vmid: steps for vmid, steps in checked.items() if steps}
+        if checked:
+            guest_checks = self._checks
+            schedules.append(Schedule(
+                CHECKS_JOB, lambda last: 0.0 if last is None else last + checks.TICK,
+                lambda _progress: guest_checks.run(pct, checked, observer.value.status),
+                timeout=JOB_TIMEOUT, plugin=PLUGIN, wake=bool))
         if self._destroy_orphans and self._orphans:
             run = orphans.destroy_job(pct, ctx.paths.host(LXC_DIR), list(self._orphans), _wanted_tags(ctx),
                                       ctx.paths.host(ctx.config.shares_dir), self._node_name(ctx))
@@ -465,7 +478,8 @@ class LxcModePlugin:
         seen = self._observer.value
         record = ctx.jobs.record(job_id(share.key)) if ctx.jobs is not None else None
         # A reading taken before the share's last job ended says nothing about now.
-        fresh = record is None or record.finished is None or seen.at > record.finished
+        fresh_after = record.finished if record is not None and record.finished is not None else 0.0
+        fresh = seen.at > fresh_after
         state = seen.status.get(vmid) if fresh else None
         start = state == STOPPED and spec.autostart
         if start:
@@ -489,6 +503,9 @@ class LxcModePlugin:
             if state != STOPPED or start else []
         for step in due:
             changes.append(Change(resource, UPDATE, f"container {vmid}: {step.what}"))
+        for step, reason in self._repairs(ctx, share.key, vmid, [s for s in steps if s not in due], fresh_after):
+            due.append(step)
+            changes.append(Change(resource, UPDATE, f"container {vmid}: {step.what} again ({reason})"))
         ha = self._ha_change(ctx, share, vmid)
         if ha == "add":
             changes.append(Change(resource, UPDATE, f"register container {vmid} with Proxmox HA (ha-manager add "
@@ -504,6 +521,29 @@ class LxcModePlugin:
                     smb_conf if push or differences else None, users=users, probe=_new_address(config, spec), ha=ha,
                     steps=due, step_record=step_record if due or ran.keys() != step_record.keys() else None)
         return work, changes
+
+    def _broken(self, vmid: int, after: float) -> Mapping[str, str]:
+        """What the checks found wrong inside container `vmid`, if they looked after `after`
+        (the end of the share's last job, which may have repaired it)."""
+        reading = self._checks.value
+        return reading.broken.get(vmid, {}) if reading.at > after else {}
+
+    def _repairs(self, ctx: PassContext, key: str, vmid: int, steps: Sequence[GuestStep],
+                 after: float) -> list[tuple[GuestStep, str]]:
+        """Steps whose check failed, to run again now: not one that a failed check ran
+        again within its `repair_min_interval` (reported by the health check instead)."""
+        broken = self._broken(vmid, after)
+        state = ctx.plugin_state(PLUGIN)
+        repaired = dict((state.get(REPAIRS) or {}).get(key) or {})
+        now, found = time.time(), []
+        for step in steps:
+            reason = broken.get(step.name)
+            if reason and now - float(repaired.get(step.name) or 0.0) >= step.repair_min_interval:
+                found.append((step, reason))
+                repaired[step.name] = now
+        if found:
+            state.set(REPAIRS, {**(state.get(REPAIRS) or {}), key: repaired})
+        return found
 
     def _moved_to(self, ctx: PassContext, share: ShareSpec, vmid: int, guests: Mapping[int, Guest]) -> str | None:
         """The node the share's own container now runs on, when that is not this node:
@@ -645,7 +685,7 @@ class LxcModePlugin:
                 # The share is gone from the pass's record now, so nothing plans it again to
                 # read its job's outcome: forget its VMID and pushed smb.conf here. A removal
                 # that fails leaves a container with the share's tags, for an admin.
-                for entry in (VMIDS, PUSHED, USERS, ABSORBED, STEPS):
+                for entry in (VMIDS, PUSHED, USERS, ABSORBED, STEPS, REPAIRS):
                     remaining = dict(state.get(entry) or {})
                     if remaining.pop(key, None) is not None:
                         state.set(entry, remaining)
@@ -737,6 +777,15 @@ class LxcModePlugin:
         findings = [Health("lxc-orphan", False, f"container {orphan.vmid} ({orphan.named()}) was made by smbgw-agent "
                            f"for a share no file declares now: {what.format(vmid=orphan.vmid)} (the share's data "
                            "is on the host and stays)", f"lxc:{orphan.vmid}") for orphan in found]
+        vmids = self._vmids(ctx)
+        for key, vmid in sorted(vmids.items()):
+            if key not in ctx.desired:
+                continue
+            record = ctx.jobs.record(job_id(key)) if ctx.jobs is not None else None
+            for name, reason in sorted(self._broken(vmid, record.finished if record is not None and
+                                                    record.finished is not None else 0.0).items()):
+                findings.append(Health("lxc-guest", False, f"container {vmid} of share {ctx.desired[key].name}: "
+                                       f"{name}: {reason}", f"lxc:{vmid}"))
         here = _local_node(ctx) or "this node"
         for key, (vmid, node) in sorted(self._moved.items()):
             if key in ctx.desired:

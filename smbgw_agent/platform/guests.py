@@ -38,6 +38,9 @@ class GuestShell(RunsCommands, Protocol):
 
 # What a step does: returns one line for the job's result and log.
 StepAction = Callable[[GuestShell, JobProgress], str]
+# Whether a step's effect still holds in a running guest: why not (the step must run
+# again), or None. No evidence (a tool that cannot tell) is None, never a reason.
+StepCheck = Callable[[GuestShell], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class GuestStep:
     started with its smb.conf; `teardown` (optional) runs while the guest still runs,
     before its mode plugin destroys it, and must not stop the destruction by failing
     for a reason outside the guest (the mode plugin logs what it raised and goes on).
+
+    `check` (optional) is run by the mode plugin every `check_interval` seconds in each
+    running guest, off the pass; a reason it returns is reported and runs `setup` again,
+    but not again within `repair_min_interval` of the last run it caused: a repair that
+    breaks again at once has a cause the step cannot fix, and is reported, not looped.
     """
 
     name: str
@@ -56,6 +64,9 @@ class GuestStep:
     setup: StepAction
     teardown: StepAction | None = None
     what: str = ""  # for plans: "join the domain SMBGW.TEST"
+    check: StepCheck | None = None
+    check_interval: float = 60.0
+    repair_min_interval: float = 3600.0
 
 
 def check_steps(plugin: str, steps: Sequence[object]) -> list[GuestStep]:

@@ -9,7 +9,8 @@ the lab's segment, gets the DC as its name server from the node (as Proxmox copi
 host's resolv.conf into a container that sets none), joins, and serves SMBGW\\alice by
 NTLM and by Kerberos; a file she writes lands in the host directory owned by the uid the
 domain's rid range gives her, which is the uid the container's winbind gives her too.
-Removing the share file leaves the domain (the computer account is gone from the DC) and
+A computer account deleted in the domain is noticed by the container's check and the
+container joins again. Removing the share file leaves the domain (the computer account is gone from the DC) and
 destroys the container; the data stays.
 """
 
@@ -43,6 +44,7 @@ join_user = "Administrator"
 password_file = "{PASSWORD_FILE}"
 idmap = {{ backend = "rid", range = [{RID_RANGE[0]}, {RID_RANGE[1]}] }}
 idmap_default_range = [{DEFAULT_RANGE[0]}, {DEFAULT_RANGE[1]}]
+health_interval = "10s"
 """
 # The domain's ranges, granted to root for containers as an administrator adds them.
 DOMAIN_SUBIDS = (f"root:{RID_RANGE[0]}:{RID_RANGE[1] - RID_RANGE[0] + 1}",
@@ -153,6 +155,20 @@ def test_a_container_joins_the_domain_and_serves_its_users(labs: tuple[AdLab, St
     # carol is a domain user but not in valid_users.
     code, said = smbclient(ad, "carol", "ls")
     assert code != 0 and re.search(r"NT_STATUS_(ACCESS_DENIED|LOGON_FAILURE)", said), said
+    # The computer account deleted in the domain: the container's check finds the trust
+    # refused and the agent joins it again.
+    ad.samba_tool("computer", "delete", COMPUTER)
+    began = time.monotonic()
+    wait_for(lambda: "no longer accepts its machine account" in agent.log_text(), timeout=90, interval=1.0)
+    noticed = time.monotonic() - began
+    wait_for(lambda: f"{COMPUTER}$" in ad.samba_tool("computer", "list").stdout
+             and "Join is OK" in lab.pct("exec", vmid, "--", "net", "ads", "testjoin").stdout, timeout=120,
+             interval=1.0)
+    code, said = wait_for(lambda: (r := smbclient(ad, "alice", "ls"))[0] == 0 and r, timeout=60, interval=1.0)
+    assert "alice.txt" in said
+    print(f"[lxc+ad] computer account deleted -> noticed {noticed:.1f}s, rejoined and serving alice "
+          f"{time.monotonic() - began:.1f}s")
+
     # The join password is nowhere the agent writes.
     for place in (box.root / "agent.log", box.root / "run/smbgw/status.json"):
         assert ADMIN_PASSWORD not in place.read_text(errors="replace"), f"the join password is in {place}"
@@ -163,3 +179,30 @@ def test_a_container_joins_the_domain_and_serves_its_users(labs: tuple[AdLab, St
     listed = ad.samba_tool("computer", "list").stdout
     assert f"{COMPUTER}$" not in listed, listed
     assert landed.read_text() == payload.read_text()
+
+
+def test_a_join_while_the_dc_is_away_fails_the_share_until_it_is_back(
+        labs: tuple[AdLab, StandinNode, AgentProcess]) -> None:
+    """The DC stopped before the share is dropped: the container is made, the join inside
+    fails (the share fails with net's words, its data untouched) and is retried with
+    back-off; once the DC is back the next retry joins it and the share is served."""
+    ad, _lab, agent = labs
+    box = agent.box
+    data = box.share_dir("finance")
+    data.chmod(0o1777)
+    (data / "kept.txt").write_text("here before\n")
+    ad.stop_dc()
+    body = (f'path = "/srv/smb/finance"\nmode = "lxc"\nvalid_users = ["{DOMAIN}\\\\alice"]\n\n'
+            f'[lxc]\naddress = "{SUBNET}.{CONTAINER_HOST}/24"\nmemory = "256M"\n')
+    write_share(box, "finance.toml", body)
+    state, error = wait_for(lambda: (r := share_state(agent, "finance"))[0] == "failed" and r, timeout=240,
+                            interval=1.0)
+    print(f"\n[lxc+ad] DC stopped: share {state}: {error}")
+    assert "net ads join" in error or "SMBGW.TEST" in error, error
+    assert (data / "kept.txt").read_text() == "here before\n"
+    began = time.monotonic()
+    ad.start_dc()
+    wait_for(lambda: share_state(agent, "finance")[0] == "served", timeout=420, interval=1.0)
+    print(f"[lxc+ad] DC started -> container joined and share served after {time.monotonic() - began:.1f}s")
+    _code, said = wait_for(lambda: (r := smbclient(ad, "alice", "ls"))[0] == 0 and r, timeout=60, interval=1.0)
+    assert "kept.txt" in said, said

@@ -141,3 +141,18 @@ def test_the_inputs_change_with_the_password_file_and_the_realm(tmp_path: Path) 
     secret.chmod(0o600)
     os.utime(secret, (1, 1))
     assert guest.join_step(SETTINGS, where).inputs != first
+
+
+def test_the_check_asks_for_a_rejoin_only_on_the_domains_refusal_or_a_stopped_winbind(tmp_path: Path) -> None:
+    check = guest.join_step(SETTINGS, host(tmp_path)).check
+    assert check is not None
+    refused = (255, "", "Join to domain is not valid: The name provided is not a properly formed account name.\n"
+                        "NT_STATUS_LOGON_FAILURE\n")
+    reason = check(Shell(answers(net=[refused])))
+    assert reason is not None and "no longer accepts its machine account" in reason
+    assert "no machine account" in str(check(Shell(answers(net=[NOT_JOINED]))))
+    unreachable = (255, "", "Join to domain is not valid: NT_STATUS_IO_TIMEOUT\n")
+    assert check(Shell(answers(net=[unreachable]))) is None, "a DC that does not answer is no evidence"
+    assert check(Shell(answers(net=[(0, "something else\n", "")]))) is None, "garbage is no evidence"
+    assert check(Shell(answers(net=[JOINED], systemctl=(0, "active\n", "")))) is None
+    assert check(Shell(answers(net=[JOINED], systemctl=(3, "inactive\n", "")))) == "winbind is inactive"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -571,3 +572,60 @@ def test_the_container_shell_runs_through_pct_exec_with_the_guests_own_path() ->
     assert "/opt/node/bin" not in " ".join(argv) and stdin == "pw\n" and secrets == ["pw"]
     shell.run(["testparm", "-s"])
     assert recorder.calls[1][0][-3:] == ["--", "testparm", "-s"], "no env: the argv as it is"
+
+
+def checked_step(found: list[str | None], interval: float = 60.0, repair: float = 3600.0) -> Any:
+    from smbgw_agent.platform.guests import GuestStep
+
+    def check(shell: Any) -> str | None:
+        reason = found.pop(0)
+        if reason == "raise":
+            raise RuntimeError("the check itself broke")
+        return reason
+
+    return GuestStep("ad:join", "v1", lambda shell, progress: "joined", what="make it a member of SMBGW.TEST",
+                     check=check, check_interval=interval, repair_min_interval=repair)
+
+
+def test_guest_checks_run_at_their_interval_in_running_containers_only() -> None:
+    from smbgw_plugins.mode_lxc.checks import GuestChecks
+
+    checks = GuestChecks()
+    found: list[str | None] = ["trust broken", "raise"]
+    step = checked_step(found, interval=60.0)
+    running = {9000: plugin.RUNNING, 9001: plugin.STOPPED}
+    assert checks.run(None, {9000: [step], 9001: [step]}, running, clock=1000.0)  # type: ignore[arg-type]
+    assert checks.value.broken == {9000: {"ad:join": "trust broken"}} and found == ["raise"], "9001 is stopped"
+    assert not checks.run(None, {9000: [step]}, running, clock=1030.0)  # type: ignore[arg-type]
+    assert found == ["raise"], "not due yet: the last finding stands"
+    assert checks.run(None, {9000: [step]}, running, clock=1061.0)  # type: ignore[arg-type]
+    assert checks.value.broken == {}, "a check that raises is no evidence"
+
+
+def test_a_failed_check_runs_the_step_again_once_per_repair_interval(tmp_path: Path) -> None:
+    from smbgw_plugins.mode_lxc.checks import CheckReading
+
+    spec = share(vmid=9000)
+    ctx = context(tmp_path, spec)
+    live_container(ctx, spec, 9000)
+    vmlist(ctx, v9000="pve1")
+    ctx.plugin_state(PLUGIN).set(plugin.STEPS, {"finance": {"ad:join": "v1"}})
+    ctx.plugin_state(PLUGIN).set(VMIDS, {"finance": 9000})
+    host = Steps()
+    host.step = checked_step([], repair=3600.0)
+    ctx.host = host
+    subject = LxcModePlugin()
+    subject._observer.value = Observation(at=time.time(), status={9000: plugin.RUNNING}, answers={9000: True})
+    subject._checks.value = CheckReading(time.time(), {9000: {"ad:join": "the domain no longer accepts it"}})
+    work, changes = subject._work(ctx, spec)
+    assert [s.name for s in work.steps] == ["ad:join"]
+    assert "container 9000: make it a member of SMBGW.TEST again (the domain no longer accepts it)" in \
+        [c.detail for c in changes]
+    found = subject.smbgw_health(ctx)
+    assert any(f.check == "lxc-guest" and "no longer accepts" in f.detail for f in found), found
+    work, changes = subject._work(ctx, spec)
+    assert not work.steps, "repaired once within the interval: reported, not looped"
+    # A reading taken before the share's last job ended (the repair) says nothing.
+    subject._checks.value = CheckReading(100.0, {9000: {"ad:join": "old news"}})
+    assert subject._broken(9000, after=150.0) == {}, "the job that ended at 150 may have repaired it"
+    assert subject._broken(9000, after=50.0) == {"ad:join": "old news"}
