@@ -122,6 +122,7 @@ class Agent:
         self.control = ControlServer(paths.control_socket, self.requests, self.wake)
         self.next_resync = 0.0
         self.next_guard = 0.0
+        self._shown_jobs: dict[str, str] = {}  # the building jobs as status.json last showed them
         self.last_ping = 0.0
         self.exporter = Exporter(
             status=lambda: self.reconciler.snapshot,
@@ -345,7 +346,20 @@ class Agent:
         elif self.reconciler.status_missing():
             log.warning("%s was removed; writing it again", self.paths.status_file)
             self.reconciler.write_status()
+        elif self._jobs_moved():
+            self.reconciler.write_status()  # a running job's progress, for smbgwctl status
         return self.reconciler.poll_guard()
+
+    def _jobs_moved(self) -> bool:
+        """A job that builds a resource moved on since the last look (its progress text
+        changed, or it started or ended): status.json is otherwise written by passes only,
+        and a container being created shows its progress there, every GUARD_INTERVAL at
+        most, between passes."""
+        busy = self.jobs.busy_resources()
+        if busy == self._shown_jobs:
+            return False
+        self._shown_jobs = busy
+        return True
 
     def _drain_requests(self) -> list[Request]:
         items = []

@@ -505,3 +505,43 @@ def test_an_interrupted_create_is_cleaned_up_and_made_again(node: tuple[StandinN
     wait_for(lambda: "tags: share-cut;smbgw" in config_text(lab, FIRST_VMID), timeout=120, interval=0.3)
     wait_for(lambda: answers_smb(lab, lab.address(81)), timeout=120, interval=0.5)
     wait_for(lambda: share_state(agent, "cut") == "served", timeout=60, interval=0.3)
+
+
+def test_a_hanging_pct_holds_up_only_its_own_share(node: tuple[StandinNode, AgentProcess]) -> None:
+    """`pct create` hangs (the stand-in holds it): the share's job waits with its progress
+    in status and the share stays pending, while the agent goes on: a native share dropped
+    meanwhile is served, `smbgwctl status` answers. When pct comes back the share is
+    served. (A pct that never comes back is killed at the job's own timeout: at the
+    plugin's boundary, tests/reliability/test_lxc_faults.py.)"""
+    lab, agent = node
+    box = agent.box
+    held = lab.root / ".pct-standin-hold" / "create"
+    held.parent.mkdir(exist_ok=True)
+    held.write_text("")
+    try:
+        box.share_dir("slow")
+        write_share(box, "slow.toml", f'path = "/srv/smb/slow"\nmode = "lxc"\n\n[lxc]\naddress = "{lab.address(81)}/24"'
+                                      '\nmemory = "256M"\n')
+
+        def job() -> dict[str, object]:
+            return ((agent.status() or {}).get("jobs") or {}).get("lxc:slow") or {}
+
+        began = time.monotonic()
+        wait_for(lambda: "creating container" in str(job().get("progress")), timeout=60, interval=0.3)
+        print(f"\n[lxc] the job's progress in status.json {time.monotonic() - began:.1f}s after the drop")
+        box.share_dir("native")
+        began = time.monotonic()
+        write_share(box, "native.toml", 'path = "/srv/smb/native"\n')
+        wait_for(lambda: served(box, "native"), timeout=30, interval=0.2)
+        print(f"[lxc] pct create hanging: a native share served {time.monotonic() - began:.1f}s after its drop")
+        began = time.monotonic()
+        status = agent.ctl("status", "--json")
+        assert status.returncode == 0, status.stderr
+        print(f"[lxc] pct create hanging: smbgwctl status answered in {time.monotonic() - began:.2f}s")
+        shown = json.loads(status.stdout)["shares"]["slow"]
+        assert shown["state"] == "pending", shown
+        assert job().get("state") == "running" and "creating container" in str(job().get("progress"))
+        assert lab.pct("list").returncode == 0, "other pct commands are not held"
+    finally:
+        held.unlink(missing_ok=True)
+    wait_for(lambda: share_state(agent, "slow") == "served", timeout=180, interval=0.3)

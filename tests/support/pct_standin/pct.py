@@ -132,6 +132,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1313,6 +1314,18 @@ HANDLERS: dict[str, Callable[[Node, dict[str, object]], None]] = {
 }
 
 
+HOLD_DIR = ".pct-standin-hold"
+
+
+def hold(root: Path, command: str) -> None:
+    """A test plays a `pct` that hangs: while ``ROOT/.pct-standin-hold/COMMAND`` exists,
+    that subcommand waits before it does anything (and is killed by whoever times it out,
+    as a hanging pct would be)."""
+    held = root / HOLD_DIR / command
+    while held.exists():
+        time.sleep(0.1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
@@ -1324,7 +1337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         opts = parse_argv(name, rest)
-        HANDLERS[name](Node.from_env(), opts)
+        node = Node.from_env()
+        hold(node.root, name)
+        HANDLERS[name](node, opts)
     except ParamError as error:
         error.usage = usage_line(name)
         sys.stdout.flush()
