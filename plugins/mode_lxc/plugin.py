@@ -65,7 +65,7 @@ from ..proxmox.table import ProxmoxSettings
 from ..proxmox.table import parse_agent_table as parse_proxmox_table
 from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
 from ..sambaconf import render_share, security_globals
-from . import checks, drain, guest, orphans
+from . import checks, drain, guest, orphans, vfs
 from .checks import GuestChecks
 from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
@@ -905,6 +905,7 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
             progress.report(f"copying users into container {vmid}")
             copy_into(pct, vmid, work.users)
         if work.smb_conf is not None:
+            vfs.check(pct, vmid, work.smb_conf)
             _push_smb_conf(pct, vmid, work.smb_conf, progress)
         if work.restart_smbd:
             progress.report(f"restarting smbd in container {vmid}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -545,3 +546,67 @@ def test_a_hanging_pct_holds_up_only_its_own_share(node: tuple[StandinNode, Agen
     finally:
         held.unlink(missing_ok=True)
     wait_for(lambda: share_state(agent, "slow") == "served", timeout=180, interval=0.3)
+
+
+def test_quota_and_previous_versions_act_on_the_host_path(node: tuple[StandinNode, AgentProcess],
+                                                           tmp_path: Path) -> None:
+    """A share in its container on btrfs with [quota] and [backup]: the limit is set on the
+    host's subvolume and a write through the container's smbd past it is refused; a
+    snapshot taken on the host is a Previous Version inside (vfs_shadow_copy2 in the
+    container's smb.conf, the snapshots reached through the bind mount)."""
+    from tests.support.storage import btrfs_image
+
+    lab, agent = node
+    box = agent.box
+    owner = pwd.getpwnam(box.user)
+    address = lab.address(91)
+    with btrfs_image(box.root / "srv/smb/pool") as pool:
+        # `ip netns exec` gave the agent a mount namespace of its own, which does not
+        # see a file system mounted after it started: start it again.
+        agent.stop()
+        agent.start()
+        data = pool / "finance"
+        subprocess.run(["btrfs", "subvolume", "create", str(data)], check=True, capture_output=True)
+        os.chown(data, owner.pw_uid, owner.pw_gid)  # the share's owner, passed through into the container
+        (data / "report.txt").write_text("v1\n")
+        os.chown(data / "report.txt", owner.pw_uid, owner.pw_gid)
+        write_share(box, "finance.toml", f'path = "/srv/smb/pool/finance"\nmode = "lxc"\nvalid_users = '
+                                         f'["{box.user}"]\n\n[lxc]\naddress = "{address}/24"\nmemory = "256M"\n\n'
+                                         '[quota]\nsize = "8M"\n\n[backup]\nschedule = "daily"\nkeep = { last = 3 }\n')
+        try:
+            wait_for(lambda: share_state(agent, "finance") == "served", timeout=180, interval=0.3)
+            conf = lab.pct("exec", str(FIRST_VMID), "--", "cat", "/etc/samba/smb.conf").stdout
+            assert "shadow_copy2" in conf and "dfree command" not in conf, conf
+            limit = subprocess.run(["btrfs", "qgroup", "show", "-re", "--raw", str(data)], capture_output=True,
+                                   text=True, check=True).stdout
+            assert str(8 * 1024 * 1024) in limit, limit
+
+            taken = agent.ctl("snapshot", "finance")
+            assert taken.returncode == 0, taken.stdout + taken.stderr
+            changed = tmp_path / "v2.txt"
+            changed.write_text("v2\n")
+            put = finance(lab, agent, address, f"put {changed} report.txt")
+            if put.returncode != 0:
+                for argv in (("ls", "-la", "/srv/share"), ("cat", "/etc/samba/smb.conf"), ("mount",),
+                             ("tail", "-20", "/var/log/samba/log.smbd")):
+                    seen = lab.pct("exec", str(FIRST_VMID), "--", *argv)
+                    print(argv, seen.stdout[-3000:], seen.stderr[-500:])
+            assert put.returncode == 0, put.stdout
+            gmt = re.compile(r"@GMT-\d{4}\.\d{2}\.\d{2}-\d{2}\.\d{2}\.\d{2}")
+            tokens = wait_for(lambda: sorted(set(gmt.findall(finance(lab, agent, address,
+                                                                     "allinfo report.txt").stdout))),
+                              timeout=30, interval=1.0)
+            old = tmp_path / "old.txt"
+            got = finance(lab, agent, address, f"get {tokens[0]}\\report.txt {old}")
+            assert got.returncode == 0 and old.read_text() == "v1\n", got.stdout + got.stderr
+            print(f"\n[lxc] a host snapshot is a Previous Version inside the container: {tokens[0]}")
+
+            big = tmp_path / "big.bin"
+            big.write_bytes(os.urandom(12 * 1024 * 1024))
+            os.sync()
+            refused = finance(lab, agent, address, f"put {big} big.bin")
+            assert refused.returncode != 0 and "NT_STATUS_DISK_FULL" in refused.stdout + refused.stderr, \
+                refused.stdout + refused.stderr
+        finally:
+            (box.shares_dir / "finance.toml").unlink(missing_ok=True)
+            wait_for(lambda: not lab.config(FIRST_VMID).exists(), timeout=120, interval=0.5)

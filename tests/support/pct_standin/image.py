@@ -41,7 +41,7 @@ from tests.support import nspawn
 
 PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "samba", "smbclient", "iproute2", "procps", "libnss-myhostname",
-    "winbind", "libnss-winbind",
+    "winbind", "libnss-winbind", "samba-vfs-modules",
 )
 SUITE = "bookworm"
 DEFAULT_NAME = "smbgw-debian-12_amd64.tar.zst"
