@@ -30,8 +30,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, property_string
+from ..proxmox.guestnet import DHCP
 from .idmap import MapLine
-from .table import DHCP, LxcSpec
+from .table import LxcSpec
 
 SHARE_MOUNT = "/srv/share"
 TAG = "smbgw"

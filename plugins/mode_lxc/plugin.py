@@ -58,6 +58,7 @@ from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Sch
 from ..linkprobe import probe
 from ..proxmox import hamanager
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
+from ..proxmox.guestnet import DHCP
 from ..proxmox.haresources import RESOURCES, read_resources
 from ..proxmox.storage import STORAGE_CFG, StorageError, is_shared
 from ..proxmox.table import SECTION as PROXMOX
@@ -70,7 +71,7 @@ from .checks import GuestChecks
 from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
 from .shell import ContainerShell
-from .table import DHCP, SECTION, LxcSpec, parse_share_table
+from .table import SECTION, LxcSpec, parse_share_table
 from .users import PassdbEntry, copy_into, local_names, read_entries
 from .users import digest as users_digest
 

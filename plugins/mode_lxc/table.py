@@ -10,9 +10,7 @@ memory = "512M"
 autostart = true                # false: a container stopped by hand stays stopped
 ```
 
-`address` is required: clients reach the share on the container's own address, and an
-administrator should know it before the container exists ("dhcp" is allowed and then
-the address is read back from the container). `memory` is at least 128 MiB (smbd and
+`address` and `gateway`: `proxmox/guestnet.py`. `memory` is at least 128 MiB (smbd and
 systemd in a container start in about 40 MiB; a share with clients needs room) and at
 most 1 TiB; Proxmox counts it in MiB, so it must be whole MiB. `cores` is 1..8192, as
 Proxmox allows.
@@ -20,15 +18,15 @@ Proxmox allows.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from smbgw_agent.model.errors import FieldError
-from smbgw_agent.model.fields import REQUIRED, Table, address, string
+from smbgw_agent.model.fields import REQUIRED, Table, address
 from smbgw_agent.model.units import parse_size
 
+from ..proxmox.guestnet import check_gateway, interface_address
 from ..proxmox.table import vmid
 
 SECTION = "lxc"
@@ -36,22 +34,6 @@ MIB = 1 << 20
 MIN_MEMORY = 128 * MIB
 MAX_MEMORY = 1 << 40
 DEFAULT_MEMORY = 512 * MIB
-DHCP = "dhcp"
-
-
-def interface_address(value: object) -> str:
-    """`ADDRESS/PREFIX` of the container's interface, or "dhcp"."""
-    text = string(value, "address", 64)
-    if text == DHCP:
-        return text
-    parsed = ipaddress.ip_interface(address(text, network=True))
-    if parsed.ip.is_multicast or parsed.ip.is_unspecified or parsed.ip.is_loopback:
-        raise FieldError(f"{text!r} cannot be a container's address")
-    if parsed.ip == parsed.network.network_address and parsed.network.num_addresses > 2:
-        raise FieldError(f"{text!r} is the network's own address, not a host in it")
-    if parsed.version == 4 and parsed.ip == parsed.network.broadcast_address and parsed.network.num_addresses > 2:
-        raise FieldError(f"{text!r} is the network's broadcast address")
-    return str(parsed)
 
 
 def memory(value: object) -> int:
@@ -96,14 +78,6 @@ def parse_share_table(data: Mapping[str, Any]) -> dict[str, Any]:
         "memory": table.value("memory", memory, DEFAULT_MEMORY),
         "autostart": table.boolean("autostart", True),
     }
-    own, gateway = parsed["address"], parsed["gateway"]
-    if gateway is not None and isinstance(own, str):
-        if own == DHCP:
-            table.report("gateway", "a gateway comes from DHCP with address = \"dhcp\": remove it")
-        elif ipaddress.ip_address(gateway) not in ipaddress.ip_interface(own).network:
-            table.report("gateway", f"{gateway} is not in {ipaddress.ip_interface(own).network}, the network of "
-                         f"address {own}")
-        elif ipaddress.ip_address(gateway) == ipaddress.ip_interface(own).ip:
-            table.report("gateway", "is the container's own address")
+    check_gateway(table, parsed["address"], parsed["gateway"])
     table.done()
     return parsed

@@ -1034,17 +1034,17 @@ def host_dns(text: str) -> tuple[str, list[str]]:
 
 def set_dns(upper: Path, config: Config, uid: int, gid: int) -> None:
     """/etc/resolv.conf of the container, written at every start as pve-container's
-    Setup/Base.pm `set_dns` does: from the config's `searchdomain` and `nameserver`, or,
-    when it sets neither, from the host's (pct(1), Proxmox VE 8: "Create will
-    automatically use the setting from the host if you neither set searchdomain nor
-    nameserver"). The host is the namespace `pct` runs in: `ip netns exec` shows a
-    namespace its own /etc/netns/NAME/resolv.conf. Written into the overlay's upper
-    layer, owned by the container's root."""
-    search = config.options.get("searchdomain", "")
-    servers = config.options.get("nameserver", "").split()
-    if not search and not servers:
-        resolv = Path("/etc/resolv.conf")
-        search, servers = host_dns(resolv.read_text(errors="replace") if resolv.exists() else "")
+    Setup/Base.pm `set_dns` does (`lookup_dns_conf`): the config's `searchdomain` and
+    `nameserver`, each one it does not set taken from the host's resolv.conf (pct(1),
+    Proxmox VE 8: "Create will automatically use the setting from the host if you
+    neither set searchdomain nor nameserver"). The host is the namespace `pct` runs in:
+    `ip netns exec` shows a namespace its own /etc/netns/NAME/resolv.conf. Written into
+    the overlay's upper layer, owned by the container's root. (Proxmox also leaves the
+    file alone when /etc/.pve-ignore.resolv.conf exists; the templates here have none.)"""
+    resolv = Path("/etc/resolv.conf")
+    host_search, host_servers = host_dns(resolv.read_text(errors="replace") if resolv.exists() else "")
+    search = config.options.get("searchdomain", host_search)
+    servers = config.options["nameserver"].split() if "nameserver" in config.options else host_servers
     data = (f"search {search}\n" if search else "") + "".join(f"nameserver {ns}\n" for ns in servers)
     etc = upper / "etc"
     if not etc.exists():
