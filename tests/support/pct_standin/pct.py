@@ -138,9 +138,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from ..pvecli import BOOL, EXIT_ERROR, INT, NUM, STR, Cli, CliError, Command, ParamError, parse_boolean
 from . import hamanager
 
-EXIT_ERROR = 255
 PCT_PM = "/usr/share/perl5/PVE/CLI/pct.pm"  # where Perl's die without a newline points
 MAC_PREFIX = "BC:24:11"
 LXC_COMMON = "/usr/share/lxc/config/debian.common.conf"
@@ -151,27 +151,8 @@ MAX_NET = 32
 MAX_MP = 256
 
 
-class PctError(Exception):
-    """What the real pct `die`s with: printed to stderr as is, exit 255."""
-
-
-class ParamError(PctError):
-    """A PVE::Exception with code 400: the message, per-key errors, then the usage line."""
-
-    def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
-        self.errors = errors or {}
-        self.usage = ""
-        super().__init__(message)
-
-    def render(self) -> str:
-        text = f"400 {self.args[0]}"
-        text += "".join(f"{key}: {reason}\n" for key, reason in self.errors.items())
-        return text + self.usage
-
-
 # --------------------------------------------------------------------------- schemas
 
-BOOL, STR, INT, NUM = "boolean", "string", "integer", "number"
 CONFIG_OPTIONS: dict[str, str] = {
     "arch": STR, "cmode": STR, "console": BOOL, "cores": INT, "cpulimit": NUM, "cpuunits": INT,
     "debug": BOOL, "description": STR, "features": STR, "hookscript": STR, "hostname": STR,
@@ -196,13 +177,7 @@ CREATE_ONLY: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Command:
-    """One subcommand: its positional arguments (as in pct.pm's $cmddef) and options."""
-
-    args: tuple[str, ...]
-    options: dict[str, str] = field(default_factory=dict)
-    optional_args: tuple[str, ...] = ()
+PctError = CliError
 
 
 COMMANDS: dict[str, Command] = {
@@ -222,111 +197,13 @@ COMMANDS: dict[str, Command] = {
     "config": Command(("vmid",), {"current": BOOL, "snapshot": STR}),
     "list": Command(()),
 }
+CLI = Cli("pct", COMMANDS, MINIMA, ENUMS)
+usage_line = CLI.usage_line
+parse_argv = CLI.parse_argv
 
-
-def usage_line(name: str) -> str:
-    command = COMMANDS[name]
-    args = " ".join(f"[<{a}>]" if a in command.optional_args else f"<{a}>" for a in command.args)
-    return f"pct {name} {args}{' [OPTIONS]' if command.options else ''}\n"
 
 
 # --------------------------------------------------------------------------- argv
-
-def parse_boolean(value: str) -> int | None:
-    """PVE::JSONSchema::parse_boolean."""
-    if re.fullmatch(r"1|on|yes|true", value, re.IGNORECASE):
-        return 1
-    if re.fullmatch(r"0|off|no|false", value, re.IGNORECASE):
-        return 0
-    return None
-
-
-def _match_option(name: str, options: dict[str, str]) -> str | None:
-    """Getopt::Long's default: exact name, else a unique abbreviation."""
-    if name in options:
-        return name
-    candidates = [option for option in options if option.startswith(name)]
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def parse_argv(name: str, argv: Sequence[str]) -> dict[str, object]:
-    """Options and positional arguments of one subcommand, the way get_options reads them."""
-    command = COMMANDS[name]
-    opts: dict[str, object] = {}
-    rest: list[str] = []
-    args = list(argv)
-    failed = False
-    while args:
-        arg = args.pop(0)
-        if arg == "--":
-            rest.extend(args)
-            break
-        found = re.fullmatch(r"--?([A-Za-z][\w-]*)(?:=(.*))?", arg, re.DOTALL)
-        if not found:
-            rest.append(arg)  # permute: options may follow the arguments
-            continue
-        option = _match_option(found.group(1), command.options)
-        if option is None:
-            sys.stderr.write(f"Unknown option: {found.group(1).lower()}\n")
-            failed = True
-            continue
-        value = found.group(2)
-        if command.options[option] == BOOL:
-            if value is None:
-                value = args.pop(0) if args and not args[0].startswith("-") else ""
-        elif value is None:
-            if not args:
-                sys.stderr.write(f"Option {option} requires an argument\n")
-                failed = True
-                continue
-            value = args.pop(0)
-        opts[option] = value
-    if failed:
-        raise ParamError("unable to parse option\n")
-    positional = list(command.args)
-    for index, arg_name in enumerate(positional):
-        if arg_name == "extra-args":
-            opts[arg_name] = rest[index:]
-            rest = rest[:index]
-            break
-        if index >= len(rest):
-            if arg_name not in command.optional_args:
-                raise ParamError("not enough arguments\n")
-            break
-        opts[arg_name] = rest[index]
-    if len(rest) > len([a for a in positional if a != "extra-args"]):
-        raise ParamError("too many arguments\n")
-    errors: dict[str, str] = {}
-    for key, raw in list(opts.items()):
-        if key == "extra-args":
-            continue
-        kind = "vmid" if key == "vmid" else command.options.get(key, STR)
-        text = str(raw)
-        if kind == BOOL:
-            parsed = parse_boolean(text if text else "1")
-            if parsed is None:
-                raise ParamError("unable to parse boolean option\n")
-            opts[key] = parsed
-        elif kind in (INT, "vmid"):
-            if not re.fullmatch(r"[+-]?\d+", text):
-                errors[key] = f"type check ('integer') failed - got '{text}'"
-                continue
-            number = int(text)
-            minimum = 100 if kind == "vmid" else MINIMA.get(key)
-            if kind == "vmid" and number > 999999999:
-                errors[key] = "value must have a maximum value of 999999999"
-            elif minimum is not None and number < minimum:
-                errors[key] = f"value must have a minimum value of {minimum}"
-            opts[key] = number
-        elif kind == NUM:
-            if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text):
-                errors[key] = f"type check ('number') failed - got '{text}'"
-        elif key in ENUMS and text not in ENUMS[key]:
-            errors[key] = f"value '{text}' does not have a value in the enumeration '{', '.join(ENUMS[key])}'"
-    if errors:
-        raise ParamError("Parameter verification failed.\n", errors)
-    return opts
-
 
 # --------------------------------------------------------------------------- text formats
 
