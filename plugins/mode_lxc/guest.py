@@ -25,17 +25,16 @@ What the agent sets, and why:
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, property_string
 from ..proxmox.guestnet import DHCP
+from ..proxmox.identity import TAG, description, hostname, share_tag
 from .idmap import MapLine
 from .table import LxcSpec
 
 SHARE_MOUNT = "/srv/share"
-TAG = "smbgw"
 ROOTFS_GIB = 4
 # Options Proxmox applies to a running container; the rest wait for its next start.
 LIVE = frozenset({"cores", "memory", "description", "tags", "onboot"})
@@ -46,42 +45,9 @@ DEFAULT_KEYS = {"mp0": "volume"}
 PROPERTY_DEFAULTS = {"mp0": {"shared": "0"}}  # Proxmox's defaults: absent is the same as these
 
 
-def label(name: str, limit: int = 50) -> str:
-    """`name` as a lower-case DNS label / Proxmox tag: letters, digits and '-', the rest
-    folded to '-' (a share named "Finance Team" becomes "finance-team")."""
-    text = re.sub(r"[^a-z0-9]+", "-", name.casefold()).strip("-")[:limit].strip("-")
-    return text or "share"
-
-
-def hostname(share: str) -> str:
-    return f"smbgw-{label(share)}"
-
-
-def share_tag(share: str) -> str:
-    return f"share-{label(share)}"
-
-
-def description(share: str, file: str, node: str) -> str:
-    """Names the share, its file and the node whose agent manages the container (where
-    the file is): after HA or a drain moved the container, the agent of the node it
-    runs on knows it is another node's, not an orphan of its own."""
-    return (f"smbgw-agent share {share} ({file} on {node}). Managed by smbgw-agent: changes made here are "
-            "undone.")
-
-
 def mac_address(vmid: int) -> str:
     digest = hashlib.sha256(f"smbgw-lxc-{vmid}".encode()).digest()
     return "02:" + ":".join(f"{byte:02X}" for byte in digest[:5])
-
-
-def tags_of(config: GuestConfig) -> set[str]:
-    """The container's tags as Proxmox compares them: lower case."""
-    return {tag.casefold() for tag in config.tags}
-
-
-def belongs_to(config: GuestConfig, share: str) -> bool:
-    """The container carries the agent's tag and `share`'s: it is that share's."""
-    return {TAG, share_tag(share)} <= tags_of(config)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
 
 from ..linkprobe import probe
-from ..proxmox import hamanager
+from ..proxmox import hamanager, identity
+from ..proxmox import orphans as guest_orphans
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
 from ..proxmox.guestnet import DHCP
 from ..proxmox.haresources import RESOURCES, read_resources
@@ -115,7 +116,7 @@ def wants_ha(share: ShareSpec) -> bool:
 
 
 def _wanted_tags(ctx: PassContext) -> set[str]:
-    return {guest.share_tag(share.name) for share in ctx.desired.values() if share.mode == MODE_NAME}
+    return {identity.share_tag(share.name) for share in ctx.desired.values() if share.mode == MODE_NAME}
 
 
 def job_id(key: str) -> str:
@@ -220,7 +221,7 @@ class LxcModePlugin:
     def __init__(self) -> None:
         self._observer = Observer()
         self._checks = GuestChecks()
-        self._orphans: list[orphans.Orphan] = []  # as the last pass's health check found them
+        self._orphans: list[guest_orphans.Orphan] = []  # as the last pass's health check found them
         self._moved: dict[str, tuple[int, str]] = {}  # share -> (vmid, node): its container runs elsewhere
         self._destroy_orphans = False
 
@@ -562,7 +563,7 @@ class LxcModePlugin:
             return None
         if remote is None:
             return None
-        return owner.node if guest.belongs_to(remote, share.name) else None
+        return owner.node if identity.belongs_to(remote, share.name) else None
 
     @staticmethod
     def _node_name(ctx: PassContext) -> str:
@@ -599,8 +600,8 @@ class LxcModePlugin:
 
     @staticmethod
     def _check_ours(config: GuestConfig, share: ShareSpec, vmid: int) -> None:
-        if not guest.belongs_to(config, share.name):
-            tags = ";".join(sorted(guest.tags_of(config))) or "none"
+        if not identity.belongs_to(config, share.name):
+            tags = ";".join(sorted(identity.tags_of(config))) or "none"
             raise ValueError(f"container {vmid} is not this share's (its tags: {tags}): "
                              "the agent never touches a guest it did not create; give the share another vmid")
 
@@ -767,7 +768,7 @@ class LxcModePlugin:
     def smbgw_health(self, ctx: PassContext) -> Sequence[Health]:
         """Containers the agent made for shares no file declares now (orphans.py): reported
         with what to do; destroyed by a job only with `[proxmox] destroy_orphans = true`."""
-        found = orphans.find(ctx.paths.host(LXC_DIR), _wanted_tags(ctx), self._node_name(ctx))
+        found = guest_orphans.find(ctx.paths.host(LXC_DIR), _wanted_tags(ctx), self._node_name(ctx))
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
         self._orphans = found
         self._destroy_orphans = settings is not None and settings.destroy_orphans

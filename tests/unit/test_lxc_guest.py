@@ -6,6 +6,7 @@ from __future__ import annotations
 from smbgw_plugins.mode_lxc import guest
 from smbgw_plugins.mode_lxc.idmap import IdRange, build
 from smbgw_plugins.mode_lxc.table import MIB, LxcSpec
+from smbgw_plugins.proxmox import identity
 from smbgw_plugins.proxmox.guestconf import parse_guest_config
 
 SPEC = LxcSpec("192.168.10.61/24", 2100, "192.168.10.1", 1, 512 * MIB, True)
@@ -24,7 +25,7 @@ def live_config(**changes: str) -> str:
 def test_the_names_are_dns_labels_and_tags() -> None:
     assert WANTED["hostname"] == "smbgw-finance-team"
     assert WANTED["tags"] == "share-finance-team;smbgw", "sorted, as Proxmox keeps tags"
-    assert guest.label("ÄÖ!!") == "share" and len(guest.label("x" * 200)) == 50
+    assert identity.label("ÄÖ!!") == "share" and len(identity.label("x" * 200)) == 50
     assert guest.mac_address(2100) == guest.mac_address(2100) != guest.mac_address(2101)
     assert guest.mac_address(2100).startswith("02:")
 

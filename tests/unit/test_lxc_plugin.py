@@ -14,6 +14,8 @@ import pytest
 from smbgw_plugins.mode_lxc import guest, orphans, plugin
 from smbgw_plugins.mode_lxc.plugin import PLUGIN, PUSHED, VMIDS, LxcModePlugin, Observation, config_path
 from smbgw_plugins.mode_lxc.table import parse_share_table
+from smbgw_plugins.proxmox import identity
+from smbgw_plugins.proxmox import orphans as guest_orphans
 from smbgw_plugins.proxmox.table import parse_agent_table
 
 from smbgw_agent.effects.deadline import Deadline
@@ -229,13 +231,13 @@ def test_destroy_orphans_destroys_only_a_container_whose_share_file_is_gone(tmp_
         live_container(ctx, spec, vmid)
     live_container(ctx, gone, 9003, description="made by hand")  # tagged, but not the agent's words
     moved_here = share("sales", vmid=9004)
-    live_container(ctx, moved_here, 9004, description=guest.description("sales", "sales.toml", "pve2"))
+    live_container(ctx, moved_here, 9004, description=identity.description("sales", "sales.toml", "pve2"))
     shares_dir = ctx.paths.host(ctx.config.shares_dir)
     shares_dir.mkdir(parents=True)
     (shares_dir / "legal.toml").write_text("mode = \"lxc\"\npath = \n")  # being edited: does not parse
     ctx.desired = {kept.key: kept}
     folder = ctx.paths.host("/etc/pve/lxc")
-    found = orphans.find(folder, {"share-finance"}, "pve1")
+    found = guest_orphans.find(folder, {"share-finance"}, "pve1")
     assert [(o.vmid, o.shares, o.file) for o in found] == [(9001, ("share-hr",), "hr.toml"),
                                                            (9002, ("share-legal",), "legal.toml"),
                                                            (9003, ("share-hr",), None)]
