@@ -28,7 +28,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, property_string
+from ..proxmox.guestconf import GuestConfig, OwnedKeys, merged_option, property_string, same_option, tags_equal
 from ..proxmox.guestnet import DHCP
 from ..proxmox.identity import TAG, description, hostname, share_tag
 from .idmap import MapLine
@@ -39,10 +39,9 @@ ROOTFS_GIB = 4
 # Options Proxmox applies to a running container; the rest wait for its next start.
 LIVE = frozenset({"cores", "memory", "description", "tags", "onboot"})
 # Compared as property strings, key by key (hwaddr and type are Proxmox's to keep).
-PROPERTY_KEYS = {"net0": ("name", "bridge", "ip", "gw"), "mp0": ("volume", "mp", "shared"),
-                 "features": ("nesting",)}
-DEFAULT_KEYS = {"mp0": "volume"}
-PROPERTY_DEFAULTS = {"mp0": {"shared": "0"}}  # Proxmox's defaults: absent is the same as these
+OWNED = {"net0": OwnedKeys(("name", "bridge", "ip", "gw")),
+         "mp0": OwnedKeys(("volume", "mp", "shared"), "volume", {"shared": "0"}),  # Proxmox's default
+         "features": OwnedKeys(("nesting",))}
 
 
 def mac_address(vmid: int) -> str:
@@ -115,37 +114,9 @@ def set_arguments(vmid: int, differences: Sequence[Difference]) -> list[str]:
 
 
 def _same(key: str, live: str | None, wanted: str) -> bool:
-    if live is None:
-        return False
     if key == "tags":  # Proxmox lower-cases, sorts and de-duplicates them
-        return {tag.casefold() for tag in live.replace(",", ";").split(";") if tag} == set(wanted.split(";"))
-    keys = PROPERTY_KEYS.get(key)
-    if keys is None:
-        return live == wanted
-    try:
-        have = parse_property_string(live, DEFAULT_KEYS.get(key))
-        want = parse_property_string(wanted, DEFAULT_KEYS.get(key))
-    except GuestConfigError:
-        return False
-    defaults = PROPERTY_DEFAULTS.get(key, {})
-    return all(have.get(name, defaults.get(name)) == want.get(name, defaults.get(name)) for name in keys)
-
-
-def _merged(key: str, live: str | None, wanted: str) -> str:
-    """What to set `key` to: the wanted values over the live ones (so hwaddr and other
-    keys Proxmox keeps survive a change of address)."""
-    if key not in PROPERTY_KEYS or live is None:
-        return wanted
-    try:
-        have = parse_property_string(live, DEFAULT_KEYS.get(key))
-    except GuestConfigError:
-        return wanted
-    want = parse_property_string(wanted, DEFAULT_KEYS.get(key))
-    for name in PROPERTY_KEYS[key]:
-        if name not in want:
-            have.pop(name, None)  # ours to set, and not wanted now (shared=1 switched off)
-    have.update(want)
-    return property_string(have, DEFAULT_KEYS.get(key))
+        return tags_equal(live, wanted)
+    return same_option(live, wanted, OWNED.get(key))
 
 
 def differences(config: GuestConfig, wanted: Mapping[str, str], idmap: Sequence[MapLine]) -> list[Difference]:
@@ -156,7 +127,7 @@ def differences(config: GuestConfig, wanted: Mapping[str, str], idmap: Sequence[
         if key == "description" and live is not None:
             live = live.strip()
         if not _same(key, live, value):
-            found.append(Difference(key, live, _merged(key, live, value), key not in LIVE))
+            found.append(Difference(key, live, merged_option(live, value, OWNED.get(key)), key not in LIVE))
     lines = [line.config_value() for line in idmap]
     if config.raw_values("lxc.idmap") != lines:
         found.append(Difference("lxc.idmap", "; ".join(config.raw_values("lxc.idmap")) or None,

@@ -62,9 +62,7 @@ from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_st
 from ..proxmox.guestnet import DHCP
 from ..proxmox.haresources import RESOURCES, read_resources
 from ..proxmox.storage import STORAGE_CFG, StorageError, is_shared
-from ..proxmox.table import SECTION as PROXMOX
 from ..proxmox.table import ProxmoxSettings
-from ..proxmox.table import parse_agent_table as parse_proxmox_table
 from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
 from ..sambaconf import render_share, security_globals
 from . import checks, drain, guest, orphans, vfs
@@ -236,16 +234,8 @@ class LxcModePlugin:
         return [SECTION]
 
     @hookimpl
-    def smbgw_agent_sections(self) -> Sequence[str]:
-        return [PROXMOX]
-
-    @hookimpl
     def smbgw_order(self) -> int:
         return order.MODE
-
-    @hookimpl
-    def smbgw_validate_agent_section(self, section: str, data: Mapping[str, Any]) -> Any:
-        return parse_proxmox_table(data) if section == PROXMOX else None
 
     @hookimpl
     def smbgw_validate_share_section(self, section: str, data: Mapping[str, Any], config: AgentConfig) -> Any:

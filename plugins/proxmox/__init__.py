@@ -1,3 +1,3 @@
-"""What the Proxmox guest modes (lxc, vm) share: the agent.toml `[proxmox]` table, the
-cluster's guest list (`/etc/pve/.vmlist`) and VMID allocation. A library, not a plugin:
-the mode plugins import it; `mode_lxc` owns the table's validation."""
+"""What the Proxmox guest modes (lxc, vm) share: the agent.toml `[proxmox]` table (owned by
+the small `proxmox` plugin in plugin.py), the cluster's guest list (`/etc/pve/.vmlist`),
+VMID allocation, guest configs, identity tags and orphans. The mode plugins import it."""

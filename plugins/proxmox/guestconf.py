@@ -100,3 +100,56 @@ def property_string(values: Mapping[str, str], default_key: str | None = None) -
     parts = [values[default_key]] if default_key is not None and default_key in values else []
     parts += [f"{key}={value}" for key, value in values.items() if key != default_key]
     return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class OwnedKeys:
+    """The keys of a property-string option (`net0`, `mp0`) that the agent sets; the others
+    (a MAC address Proxmox generated, a firewall flag an administrator set) are Proxmox's
+    or the administrator's to keep. `defaults`: Proxmox's defaults, so absent equals them."""
+
+    keys: tuple[str, ...]
+    default_key: str | None = None
+    defaults: Mapping[str, str] = field(default_factory=dict)
+
+
+def same_option(live: str | None, wanted: str, owned: OwnedKeys | None) -> bool:
+    """The live value already says what `wanted` says (for a property string: on the
+    owned keys)."""
+    if live is None:
+        return False
+    if owned is None:
+        return live == wanted
+    try:
+        have = parse_property_string(live, owned.default_key)
+        want = parse_property_string(wanted, owned.default_key)
+    except GuestConfigError:
+        return False
+    return all(have.get(name, owned.defaults.get(name)) == want.get(name, owned.defaults.get(name))
+               for name in owned.keys)
+
+
+def merged_option(live: str | None, wanted: str, owned: OwnedKeys | None) -> str:
+    """What to set the option to: the wanted values over the live ones, so keys Proxmox
+    keeps (a MAC address) survive a change of address; an owned key no longer wanted is
+    dropped."""
+    if owned is None or live is None:
+        return wanted
+    try:
+        have = parse_property_string(live, owned.default_key)
+    except GuestConfigError:
+        return wanted
+    want = parse_property_string(wanted, owned.default_key)
+    for name in owned.keys:
+        if name not in want:
+            have.pop(name, None)
+    have.update(want)
+    return property_string(have, owned.default_key)
+
+
+def tags_equal(live: str | None, wanted: str) -> bool:
+    """Tags as Proxmox compares them: lower-cased, de-duplicated, any separator."""
+    if live is None:
+        return False
+    return {tag.casefold() for tag in live.replace(",", ";").replace(" ", ";").split(";") if tag} == \
+        {tag for tag in wanted.split(";") if tag}
