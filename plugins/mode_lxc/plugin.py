@@ -61,6 +61,8 @@ from ..proxmox import orphans as guest_orphans
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
 from ..proxmox.guestnet import DHCP
 from ..proxmox.haresources import RESOURCES, read_resources
+from ..proxmox.passdb import PassdbEntry, copy_into, local_names, read_entries
+from ..proxmox.passdb import digest as users_digest
 from ..proxmox.storage import STORAGE_CFG, StorageError, is_shared
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
@@ -71,8 +73,6 @@ from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, su
 from .pct import RUNNING, STOPPED, Pct
 from .shell import ContainerShell
 from .table import SECTION, LxcSpec, parse_share_table
-from .users import PassdbEntry, copy_into, local_names, read_entries
-from .users import digest as users_digest
 
 log = logging.getLogger(__name__)
 MODE = PLUGIN = "mode_lxc"
@@ -875,7 +875,7 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
             _create(pct, host, work, progress)
             if work.users:
                 progress.report(f"copying users into container {vmid}")
-                copy_into(pct, vmid, work.users)
+                copy_into(shell, work.users)
         else:
             at_start = [d for d in work.changes if d.at_start]
             if work.changes:
@@ -895,7 +895,7 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
                 _await_boot(pct, vmid, progress)
         if work.users and not work.create:
             progress.report(f"copying users into container {vmid}")
-            copy_into(pct, vmid, work.users)
+            copy_into(shell, work.users)
         if work.smb_conf is not None:
             vfs.check(pct, vmid, work.smb_conf)
             _push_smb_conf(pct, vmid, work.smb_conf, progress)

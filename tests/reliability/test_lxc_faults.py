@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from smbgw_plugins.mode_lxc import pct, users
+from smbgw_plugins.mode_lxc import pct
 from smbgw_plugins.mode_lxc.plugin import Observation, Observer
-from smbgw_plugins.mode_lxc.users import UserError, read_entries
 from smbgw_plugins.proxmox import hamanager
+from smbgw_plugins.proxmox import passdb as users
 from smbgw_plugins.proxmox.haresources import HaConfigError
+from smbgw_plugins.proxmox.passdb import UserError, read_entries
 
 from smbgw_agent.effects.runner import CommandError, Runner
 from tests.support.faults import FAULT_KINDS, PLUGIN_TOOLS, ToolShed

@@ -1,4 +1,4 @@
-"""The share's users copied into its container (plugins/mode_lxc/users.py): which names
+"""The share's users copied into its container (plugins/proxmox/passdb.py): which names
 are local users, pdbedit's smbpasswd-format entry read strictly, and no secret in a repr."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import contextlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from smbgw_plugins.mode_lxc.users import UserError, digest, local_names, parse_entry
+from smbgw_plugins.proxmox.passdb import UserError, digest, local_names, parse_entry
 
 LINE = "alice:1000:XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX:FB8469E6308256A9E91FC9F22950DCE4:[U          ]:LCT-6B118C75:"
 

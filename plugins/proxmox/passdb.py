@@ -1,4 +1,4 @@
-"""The share's local users inside its container, copied from the node's own Samba passdb.
+"""The share's local users inside its guest (container or VM), copied from the node's own Samba passdb.
 
 Why copy: an administrator manages a share's local users once, on the node, with
 `smbpasswd -a` (as for a native share). The container gets exactly the users of the
@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from smbgw_agent.effects.runner import CommandError, Runner
-
-from .pct import Pct
+from smbgw_agent.platform.guests import GuestShell
 
 PASSDB_IMPORT = "/root/.smbgw-passdb"
-CONTAINER_PASSDB = "tdbsam:/var/lib/samba/private/passdb.tdb"
+GUEST_PASSDB = "tdbsam:/var/lib/samba/private/passdb.tdb"
 _HASH = re.compile(r"^(?:[0-9A-F]{32}|X{32})$")
 _NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
 
@@ -85,24 +83,20 @@ def digest(entries: Sequence[PassdbEntry]) -> str:
     return hashlib.sha256("\n".join(sorted(entry.line for entry in entries)).encode()).hexdigest()
 
 
-def copy_into(pct: Pct, vmid: int, entries: Sequence[PassdbEntry]) -> None:
-    """Unix users with the node's uids, then their passdb entries, inside `vmid`."""
+def copy_into(shell: GuestShell, entries: Sequence[PassdbEntry]) -> None:
+    """Unix users with the node's uids, then their passdb entries, inside the guest."""
     for entry in entries:
-        found = pct.exec(vmid, ["id", "-u", entry.name], check=False)
+        found = shell.run(["id", "-u", entry.name], check=False)
         if found.returncode != 0:
-            pct.exec(vmid, ["useradd", "--no-create-home", "--uid", str(entry.uid), "--shell", "/usr/sbin/nologin",
-                            entry.name])
+            shell.run(["useradd", "--no-create-home", "--uid", str(entry.uid), "--shell", "/usr/sbin/nologin",
+                       entry.name])
         elif found.stdout.strip() != str(entry.uid):
-            raise UserError(f"container {vmid} has a user {entry.name} with uid {found.stdout.strip()[:12]}, the node "
-                            f"has uid {entry.uid}: remove that user inside")
+            raise UserError(f"guest {shell.target} has a user {entry.name} with uid {found.stdout.strip()[:12]}, the "
+                            f"node has uid {entry.uid}: remove that user inside")
     if not entries:
         return
-    with tempfile.TemporaryDirectory(prefix="smbgw-lxc-") as folder:
-        source = Path(folder) / "passdb"
-        source.touch(mode=0o600)
-        source.write_text("".join(f"{entry.line}\n" for entry in entries))
-        pct.push(vmid, str(source), PASSDB_IMPORT, perms="0600")
+    shell.write_file(PASSDB_IMPORT, "".join(f"{entry.line}\n" for entry in entries), mode=0o600)
     try:
-        pct.exec(vmid, ["pdbedit", "-i", f"smbpasswd:{PASSDB_IMPORT}", "-e", CONTAINER_PASSDB])
+        shell.run(["pdbedit", "-i", f"smbpasswd:{PASSDB_IMPORT}", "-e", GUEST_PASSDB])
     finally:
-        pct.exec(vmid, ["rm", "-f", PASSDB_IMPORT], check=False)
+        shell.run(["rm", "-f", PASSDB_IMPORT], check=False)
