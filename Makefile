@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := samba smbclient systemd-container debootstrap python3-venv python3-gi \
 	python3-pydbus iproute2 procps debhelper dh-python pybuild-plugin-pyproject python3-all \
 	lintian man-db prometheus prometheus-alertmanager btrfs-progs zfs-fuse \
-	qemu-system-x86 qemu-utils xfsprogs quota restic lxc uidmap
+	qemu-system-x86 qemu-utils xfsprogs quota restic lxc uidmap \
+	python3-configobj python3-jsonschema python3-jsonpatch python3-netifaces
 DEBIAN_PY_PACKAGES := python3-pluggy python3-prometheus-client python3-pyroute2 \
-	python3-watchdog python3-jinja2 python3-pytest python3-hypothesis
+	python3-watchdog python3-jinja2 python3-pytest python3-hypothesis python3-yaml
 STAMP := $(VENV)/.installed
 
 .PHONY: run test test-long unit integration lint typecheck check deps venv bench clean test-debian test-trixie

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
-import socket
 import tempfile
 import threading
 import time
@@ -40,7 +39,6 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from smbgw_agent.effects import netlink
 from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import CommandError, Runner
 from smbgw_agent.effects.samba import run_testparm
@@ -55,18 +53,25 @@ from smbgw_agent.platform.guests import GuestStep
 from smbgw_agent.platform.hookspecs import hookimpl
 from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
 
-from ..linkprobe import probe
 from ..proxmox import hamanager, identity
 from ..proxmox import orphans as guest_orphans
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
+from ..proxmox.guestmode import (
+    answers_smb,
+    check_free,
+    check_shared_storage,
+    cluster_guests,
+    guest_smb_conf,
+    ha_change,
+    recorded_vmids,
+    wants_ha,
+)
 from ..proxmox.guestnet import DHCP
-from ..proxmox.haresources import RESOURCES, read_resources
+from ..proxmox.haresources import RESOURCES
 from ..proxmox.passdb import PassdbEntry, copy_into, local_names, read_entries
 from ..proxmox.passdb import digest as users_digest
-from ..proxmox.storage import STORAGE_CFG, StorageError, is_shared
 from ..proxmox.table import ProxmoxSettings
-from ..proxmox.vmlist import Guest, allocate, local_node, read_vmlist
-from ..sambaconf import render_share, security_globals
+from ..proxmox.vmlist import Guest, allocate, local_node
 from . import checks, drain, guest, orphans, vfs
 from .checks import GuestChecks
 from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, subid_lines
@@ -105,12 +110,6 @@ def config_path(vmid: int) -> str:
 def _local_node(ctx: PassContext) -> str | None:
     """This node's name in the cluster (/etc/pve/local); None off a Proxmox node."""
     return local_node(ctx.paths.host(PVE))
-
-
-def wants_ha(share: ShareSpec) -> bool:
-    """`[ha] proxmox_ha = true` in the share file (the table is the VIP manager's; for a
-    container it holds only this switch)."""
-    return bool((share.sections.get(HA_SECTION) or {}).get("proxmox_ha"))
 
 
 def _wanted_tags(ctx: PassContext) -> set[str]:
@@ -178,17 +177,6 @@ class Observer:
             any(answer is False for answer in reading.answers.values())
         return repair or (before.status, before.answers, before.leased, before.error) != \
             (reading.status, reading.answers, reading.leased, reading.error)
-
-
-def answers_smb(address: str) -> bool:
-    """Something accepts a TCP connection on port 445 at `address` (an interface
-    address, its prefix ignored)."""
-    host = str(ipaddress.ip_interface(address).ip)
-    try:
-        with socket.create_connection((host, 445), timeout=CONNECT_TIMEOUT):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -299,8 +287,7 @@ class LxcModePlugin:
 
     @staticmethod
     def _vmids(ctx: PassContext) -> dict[str, int]:
-        found = ctx.plugin_state(PLUGIN).get(VMIDS) or {}
-        return {str(key): int(value) for key, value in found.items()} if isinstance(found, Mapping) else {}
+        return recorded_vmids(ctx, PLUGIN)
 
     def _absorb(self, ctx: PassContext, key: str) -> None:
         """The outcome of the share's last job, once: recorded when it worked, raised
@@ -334,13 +321,7 @@ class LxcModePlugin:
 
     @staticmethod
     def _guests(ctx: PassContext) -> dict[int, Guest]:
-        """The cluster's guests (/etc/pve/.vmlist), read once a pass: allocation and the
-        check that a VMID is free both ask, for every new share."""
-        scratch = ctx.plugin_scratch(PLUGIN)
-        if "guests" not in scratch:
-            scratch["guests"] = read_vmlist(ctx.paths.host(VMLIST))
-        guests: dict[int, Guest] = scratch["guests"]
-        return guests
+        return cluster_guests(ctx, PLUGIN)
 
     def _vmid_for(self, ctx: PassContext, share: ShareSpec, settings: ProxmoxSettings) -> int:
         spec = spec_of(share)
@@ -399,21 +380,8 @@ class LxcModePlugin:
         return lines
 
     def _smb_conf(self, ctx: PassContext, share: ShareSpec, vmid: int) -> str:
-        """The container's own globals, then the security profile's, then every plugin's
-        for `lxc:VMID` (the domain's make it a member server): a later one of the same
-        name replaces an earlier one in place, so each parameter is written once.
-
-        `netbios name` is the container's name in a domain (its machine account, its DNS
-        name): made of the VMID, which the cluster keeps unique and which always fits
-        NetBIOS' 15 characters, where a share's name may not."""
-        target = f"lxc:{vmid}"
-        parameters = dict([("server role", "standalone server"), ("netbios name", netbios_name(vmid)),
-                           ("disable netbios", "yes"), ("smb ports", "445")])
-        parameters.update(security_globals(ctx.config))
-        parameters.update(ctx.global_parameters(target))
-        head = f"# Generated by smbgw-agent for share {share.name} in container {vmid}; edits are overwritten.\n"
-        head += "[global]\n" + "".join(f"\t{name} = {value}\n" for name, value in parameters.items())
-        return head + render_share(share, Path(guest.SHARE_MOUNT), ctx.share_parameters(share, target))
+        return guest_smb_conf(ctx, share, f"lxc:{vmid}", netbios_name(vmid), f"container {vmid}",
+                              Path(guest.SHARE_MOUNT))
 
     def _work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
@@ -423,7 +391,7 @@ class LxcModePlugin:
         vmid = self._vmid_for(ctx, share, settings)
         host_path = str(ctx.paths.host(share.path))
         if wants_ha(share):
-            self._check_shared_storage(ctx, settings)
+            check_shared_storage(ctx, settings, "container")
         options = guest.wanted_options(share.name, share.file, spec, settings.bridge, host_path, wants_ha(share),
                                        self._node_name(ctx))
         entries = read_entries(ctx.runner, ctx.paths.smb_conf, local_names(share.valid_users))
@@ -498,7 +466,7 @@ class LxcModePlugin:
         for step, reason in self._repairs(ctx, share.key, vmid, [s for s in steps if s not in due], fresh_after):
             due.append(step)
             changes.append(Change(resource, UPDATE, f"container {vmid}: {step.what} again ({reason})"))
-        ha = self._ha_change(ctx, share, vmid)
+        ha = ha_change(ctx, PLUGIN, share, f"ct:{vmid}")
         if ha == "add":
             changes.append(Change(resource, UPDATE, f"register container {vmid} with Proxmox HA (ha-manager add "
                                   f"ct:{vmid} --state started)"))
@@ -559,34 +527,6 @@ class LxcModePlugin:
     def _node_name(ctx: PassContext) -> str:
         """This node as the cluster names it (/etc/pve/local), else the agent's node name."""
         return _local_node(ctx) or ctx.config.node
-
-    @staticmethod
-    def _check_shared_storage(ctx: PassContext, settings: ProxmoxSettings) -> None:
-        """Proxmox HA starts a container on another node from its config alone: its root
-        disk must be on storage that node reaches, or the container is stranded there."""
-        try:
-            shared = is_shared(ctx.paths.host(STORAGE_CFG), settings.storage)
-        except StorageError as exc:
-            raise ValueError(f"[ha] proxmox_ha: cannot tell whether [proxmox] storage is shared: {exc}") from None
-        if not shared:
-            raise ValueError(f"[ha] proxmox_ha needs the container's root disk on storage every node reaches: "
-                             f"[proxmox] storage {settings.storage!r} is this node's ({STORAGE_CFG}); Proxmox HA "
-                             "would move the container's config to another node but not its disk")
-
-    @staticmethod
-    def _ha_change(ctx: PassContext, share: ShareSpec, vmid: int) -> str | None:
-        """"add" when the share asks for Proxmox HA and the container is not registered;
-        "remove" when it no longer asks and the agent registered it (a registration made
-        by hand, without the agent's comment, is the administrator's)."""
-        scratch = ctx.plugin_scratch(PLUGIN)
-        if "ha" not in scratch:
-            scratch["ha"] = read_resources(ctx.paths.host(RESOURCES))
-        registered = scratch["ha"].get(f"ct:{vmid}")
-        if wants_ha(share):
-            return None if registered is not None else "add"
-        if registered is not None and registered.properties.get("comment", "").startswith(hamanager.comment("")):
-            return "remove"
-        return None
 
     @staticmethod
     def _check_ours(config: GuestConfig, share: ShareSpec, vmid: int) -> None:
@@ -844,21 +784,6 @@ def _new_address(config: GuestConfig, spec: LxcSpec) -> str | None:
     return spec.address
 
 
-def _check_free(bridge: str, address: str, progress: JobProgress) -> None:
-    """Nobody holds `address` on the bridge (an RFC 5227 ARP probe, IPv6 duplicate address
-    detection), before a container takes it: two hosts answering for one address split
-    the share's clients between them."""
-    progress.report(f"checking that {address} is free on {bridge}")
-    ip = ipaddress.ip_interface(address).ip
-    try:
-        other = probe.holder(bridge, ip, netlink.links(), window=PROBE_WINDOW)
-    except (probe.ProbeError, netlink.NetlinkError) as exc:
-        raise RuntimeError(f"cannot check that {address} is free on {bridge}: {exc}") from exc
-    if other is not None:
-        raise ValueError(f"address {address} is in use on {bridge} by {other}: the container does not take it; "
-                         "give the share another address in its [lxc] table")
-
-
 def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
     pct, host, runner = Pct(ctx.runner), ctx.paths.host, ctx.runner
     shell = ContainerShell(pct, work.vmid)
@@ -866,7 +791,7 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
     def run(progress: JobProgress) -> dict[str, Any]:
         vmid = work.vmid
         if work.probe is not None:
-            _check_free(work.settings.bridge, work.probe, progress)
+            check_free(work.settings.bridge, work.probe, progress, "container", "lxc")
         if work.recreate:
             progress.report(f"destroying the half-made container {vmid}")
             pct.unlock(vmid)

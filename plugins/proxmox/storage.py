@@ -42,3 +42,36 @@ def is_shared(path: Path, storage: str) -> bool:
     if storage not in storages:
         raise StorageError(f"storage {storage!r} is not defined in {STORAGE_CFG}")
     return storages[storage]
+
+
+FILE_TYPES = frozenset({"dir", "nfs", "cifs", "cephfs", "glusterfs", "btrfs"})  # storages with a path on the node
+DEFAULT_PATHS = {"nfs": "/mnt/pve/{id}", "cifs": "/mnt/pve/{id}", "cephfs": "/mnt/pve/{id}",
+                 "glusterfs": "/mnt/pve/{id}"}
+
+
+def snippets_dir(path: Path, storage: str) -> str:
+    """The directory on this node where `storage` keeps snippets (cloud-init user-data):
+    its `path` plus `/snippets`. Raises StorageError, saying what to change, when the
+    storage does not exist, has no directory on the node, or does not allow snippets
+    (Proxmox refuses `--cicustom` on a storage without the `snippets` content type)."""
+    text = read_pve_file(path, MAX_SIZE, StorageError)
+    if text is None:
+        raise StorageError(f"{STORAGE_CFG} does not exist: is this a Proxmox VE node?")
+    try:
+        sections = {s.id: s for s in parse_sections(text, STORAGE_CFG)}
+    except SectionConfigError as exc:
+        raise StorageError(str(exc)) from None
+    section = sections.get(storage)
+    if section is None:
+        raise StorageError(f"storage {storage!r} is not defined in {STORAGE_CFG}")
+    if section.type not in FILE_TYPES:
+        raise StorageError(f"storage {storage!r} is of type {section.type}, which holds no files: [proxmox] "
+                           "snippets_storage must be a directory storage (dir, nfs, cifs, cephfs)")
+    content = {item.strip() for item in section.properties.get("content", "").split(",")}
+    if "snippets" not in content:
+        raise StorageError(f"storage {storage!r} does not allow snippets: add them (pvesm set {storage} --content "
+                           f"{','.join(sorted((content - {''}) | {'snippets'}))})")
+    base = section.properties.get("path") or DEFAULT_PATHS.get(section.type, "").format(id=storage)
+    if not base.startswith("/") or ".." in base.split("/"):
+        raise StorageError(f"storage {storage!r} has no usable path ({base!r})")
+    return base.rstrip("/") + "/snippets"

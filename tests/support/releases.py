@@ -34,7 +34,7 @@ HOST_RELEASE = "bookworm"
 # The .deb's dependencies plus what the tests use: one image per release serves both the
 # release pass and the .deb end-to-end test.
 TEST_PACKAGES: tuple[str, ...] = (
-    *CONTAINER_PACKAGES, "python3-pytest", "python3-hypothesis", "openssl", "prometheus",
+    *CONTAINER_PACKAGES, "python3-pytest", "python3-hypothesis", "python3-yaml", "openssl", "prometheus",
     "prometheus-alertmanager", "passwd", "restic",
 )
 # The release's lintian, for checking the .deb there (installed by apt after debootstrap).

@@ -1,0 +1,652 @@
+"""VM mode: each share served by smbd in a VM of its own, cloned from a template and made
+the share's file server by cloud-init at its first boot.
+
+Per share, the plan compares the VM (its config in /etc/pve/qemu-server, its state as the
+last observation saw it, the smb.conf and user-data the agent last gave it) with what the
+share file asks for. The work is a job per share (`vm:<share>`), outside the pass:
+
+- create: the node must have virtiofs (Proxmox VE 8.4), the address must be free on the
+  bridge, cloud-init must accept the user-data; then the snippet is written, the
+  directory mapping made, `qm clone` and `qm set`, `qm start`, and the job waits for the
+  guest agent, for cloud-init to finish and for TCP 445 on the VM's address. Only then
+  is the share up. A create that fails half way stops and destroys the VM (the data is a
+  host directory and is never touched).
+- change: smb.conf goes in through the guest agent and smbd reloads it, without a
+  reboot; options that take effect only at a boot (cores, memory, the address) are set
+  and the VM is shut down and started, which the plan says.
+- remove: `qm stop`, `qm destroy --purge`, the snippet and the mapping removed.
+
+The agent never touches a VM it did not make (`proxmox/identity.py`). VMIDs come from
+`[proxmox] vmid_range` counting down from its top, where the LXC mode counts up, so the
+two modes do not hand out the same free id in one pass; a VMID in use by any guest of
+the cluster is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from smbgw_agent.effects.fileio import atomic_write
+from smbgw_agent.effects.runner import CommandError
+from smbgw_agent.effects.samba import run_testparm
+from smbgw_agent.model.config import AgentConfig
+from smbgw_agent.model.shares import ShareSpec
+from smbgw_agent.platform import order
+from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, Health, share_resource
+from smbgw_agent.platform.context import CollectContext, PassContext
+from smbgw_agent.platform.guests import GuestStep
+from smbgw_agent.platform.hookspecs import hookimpl
+from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
+
+from ..proxmox import hamanager, identity
+from ..proxmox import orphans as guest_orphans
+from ..proxmox.guestconf import read_guest_config
+from ..proxmox.guestmode import (
+    answers_smb,
+    check_free,
+    check_shared_storage,
+    cluster_guests,
+    guest_smb_conf,
+    ha_change,
+    recorded_vmids,
+    wants_ha,
+)
+from ..proxmox.guestnet import DHCP
+from ..proxmox.haresources import RESOURCES
+from ..proxmox.passdb import PassdbEntry, copy_into, local_names, read_entries
+from ..proxmox.passdb import digest as users_digest
+from ..proxmox.storage import STORAGE_CFG, StorageError, snippets_dir
+from ..proxmox.table import ProxmoxSettings
+from ..proxmox.vmlist import Guest, local_node
+from . import template, userdata, vmconf
+from .pvesh import Pvesh, virtiofs_refusal
+from .qm import RUNNING, STOPPED, GuestExecError, Qm
+from .shell import VmShell
+from .table import SECTION, VmSpec, parse_share_table
+
+log = logging.getLogger(__name__)
+PLUGIN = "mode_vm"
+MODE_NAME = "vm"
+VMIDS, PUSHED, USERS, ABSORBED, STEPS, USERDATA = "vmids", "pushed", "users", "absorbed", "steps", "userdata"
+OBSERVE_JOB = "vm:observe"
+HA_SECTION = "ha"
+PVE = "/etc/pve"
+QEMU_DIR = f"{PVE}/qemu-server"
+VMLIST = f"{PVE}/.vmlist"
+OBSERVE_INTERVAL = 10.0
+JOB_TIMEOUT = 1800.0
+BOOT_TIMEOUT = 600.0  # a first boot runs cloud-init; under emulation (no KVM) minutes
+CONNECT_TIMEOUT = 1.0
+PROBE_WINDOW = 0.6
+SMB_CONF = "/etc/samba/smb.conf"
+
+
+def config_path(vmid: int) -> str:
+    return f"{QEMU_DIR}/{vmid}.conf"
+
+
+def job_id(key: str) -> str:
+    return f"vm:{key}"
+
+
+def spec_of(share: ShareSpec) -> VmSpec:
+    return VmSpec.of(share.sections[SECTION])
+
+
+def netbios_name(vmid: int) -> str:
+    return f"SMBGW-{vmid}"
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Observation:
+    """The last background reading: VMs' states, their guest agents, smbd on 445."""
+
+    at: float = 0.0
+    status: dict[int, str] = field(default_factory=dict)
+    agent: dict[int, bool] = field(default_factory=dict)
+    answers: dict[int, bool] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.value = Observation()
+        self._lock = threading.Lock()
+
+    def refresh(self, qm: Qm, vmids: Sequence[int], addresses: Mapping[int, str]) -> bool:
+        """A new reading; True when it differs from the last (a pass should look)."""
+        try:
+            listed = qm.list()
+            status = {vmid: row.status for vmid, row in listed.items() if vmid in vmids}
+            running = [vmid for vmid in vmids if status.get(vmid) == RUNNING]
+            agent = {vmid: qm.ping(vmid, timeout=15.0) for vmid in running}
+            answers = {vmid: answers_smb(addresses[vmid]) for vmid in running if vmid in addresses}
+            reading = Observation(time.time(), status, agent, answers)
+        except (CommandError, ValueError) as exc:
+            before = self.value
+            reading = Observation(time.time(), dict(before.status), dict(before.agent), dict(before.answers), str(exc))
+        with self._lock:
+            before, self.value = self.value, reading
+        return (before.status, before.agent, before.answers, before.error) != \
+            (reading.status, reading.agent, reading.answers, reading.error)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a share's job does, decided in the pass."""
+
+    share: ShareSpec
+    vmid: int
+    settings: ProxmoxSettings
+    node: str
+    create: bool = False
+    template: int | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    changes: Sequence[vmconf.Difference] = ()
+    start: bool = False
+    smb_conf: str | None = None  # to push into a running VM
+    user_data: str | None = None  # to write as the snippet
+    host_path: str = ""
+    users: Sequence[PassdbEntry] | None = None
+    probe: str | None = None
+    ha: str | None = None
+    steps: Sequence[GuestStep] = ()
+    step_record: Mapping[str, str] | None = None
+    remove: bool = False
+    teardown: Sequence[GuestStep] = ()
+
+
+class VmModePlugin:
+    def __init__(self) -> None:
+        self._observer = Observer()
+        self._orphans: list[guest_orphans.Orphan] = []
+
+    # ---- tables ----------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_modes(self) -> Sequence[str]:
+        return [MODE_NAME]
+
+    @hookimpl
+    def smbgw_share_sections(self) -> Sequence[str]:
+        return [SECTION]
+
+    @hookimpl
+    def smbgw_order(self) -> int:
+        return order.MODE
+
+    @hookimpl
+    def smbgw_validate_share_section(self, section: str, data: Mapping[str, Any], config: AgentConfig) -> Any:
+        return parse_share_table(data) if section == SECTION else None
+
+    @hookimpl
+    def smbgw_validate_share(self, share: ShareSpec, config: AgentConfig) -> Sequence[str]:
+        has_table = SECTION in share.sections
+        if share.mode != MODE_NAME:
+            return ["[vm] is for mode = \"vm\" only"] if has_table else []
+        problems = []
+        if not has_table:
+            problems.append("mode = \"vm\" needs a [vm] table with the VM's address")
+        if ProxmoxSettings.from_config(config.plugin_sections) is None:
+            problems.append("mode = \"vm\" needs [proxmox] in agent.toml (vmid_range, bridge, storage, "
+                            "snippets_storage, vm_template)")
+        return problems
+
+    # ---- observing -------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_schedules(self, ctx: PassContext) -> Sequence[Schedule]:
+        vmids = self._vmids(ctx)
+        if not vmids:
+            return []
+        qm, observer = Qm(ctx.runner), self._observer
+        addresses = {vmids[key]: spec_of(share).address for key, share in ctx.desired.items()
+                     if key in vmids and share.mode == MODE_NAME and SECTION in share.sections
+                     and spec_of(share).address != DHCP}
+        watched = sorted(vmids.values())
+
+        def next_run(last: float | None) -> float:
+            return 0.0 if last is None else last + OBSERVE_INTERVAL
+
+        return [Schedule(OBSERVE_JOB, next_run, lambda _progress: observer.refresh(qm, watched, addresses),
+                         timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
+
+    # ---- planning --------------------------------------------------------------------
+
+    @staticmethod
+    def _vmids(ctx: PassContext) -> dict[str, int]:
+        return recorded_vmids(ctx, PLUGIN)
+
+    def _absorb(self, ctx: PassContext, key: str) -> None:
+        """The outcome of the share's last job, once: recorded when it worked, raised
+        (the share fails and is retried with back-off) when it did not."""
+        record = ctx.jobs.record(job_id(key)) if ctx.jobs is not None else None
+        state = ctx.plugin_state(PLUGIN)
+        absorbed = dict(state.get(ABSORBED) or {})
+        if record is None or record.state not in FINISHED or absorbed.get(key) == record.finished:
+            return
+        absorbed[key] = record.finished
+        state.set(ABSORBED, absorbed)
+        if record.state != SUCCEEDED:
+            raise RuntimeError(f"VM job failed: {record.error or record.state}")
+        result = record.result if isinstance(record.result, Mapping) else {}
+        vmids = self._vmids(ctx)
+        if result.get("removed"):
+            vmids.pop(key, None)
+            for name in (PUSHED, USERS, STEPS, USERDATA):
+                kept = dict(state.get(name) or {})
+                kept.pop(key, None)
+                state.set(name, kept)
+        else:
+            for name in (PUSHED, USERS, USERDATA, STEPS):
+                if result.get(name) is not None:
+                    state.set(name, {**(state.get(name) or {}), key: result[name]})
+        state.set(VMIDS, vmids)
+
+    @staticmethod
+    def _guests(ctx: PassContext) -> dict[int, Guest]:
+        return cluster_guests(ctx, PLUGIN)
+
+    def _vmid_for(self, ctx: PassContext, share: ShareSpec, settings: ProxmoxSettings) -> int:
+        spec = spec_of(share)
+        known = self._vmids(ctx).get(share.key)
+        if spec.vmid is not None or known is not None:
+            return int(spec.vmid if spec.vmid is not None else known or 0)
+        planned: dict[str, int] = ctx.plugin_scratch(PLUGIN).setdefault("allocated", {})
+        taken = set(self._guests(ctx)) | set(self._vmids(ctx).values()) | \
+            {v for k, v in planned.items() if k != share.key} | \
+            {int(spec_of(s).vmid or 0) for s in ctx.desired.values() if s.mode == MODE_NAME and SECTION in s.sections}
+        low, high = settings.vmid_range
+        for vmid in range(high, low - 1, -1):
+            if vmid not in taken:
+                planned[share.key] = vmid
+                return vmid
+        raise ValueError(f"no free VMID left in [proxmox] vmid_range {low}-{high}: widen it or remove shares")
+
+    def _smb_conf(self, ctx: PassContext, share: ShareSpec, vmid: int) -> str:
+        """As a container's; the share at its own path, where the guest mounts its data."""
+        return guest_smb_conf(ctx, share, f"vm:{vmid}", netbios_name(vmid), f"VM {vmid}", Path(share.path))
+
+    @staticmethod
+    def _node_name(ctx: PassContext) -> str:
+        return local_node(ctx.paths.host(PVE)) or ctx.config.node
+
+    def _work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
+        settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
+        if settings is None:
+            raise ValueError("mode = \"vm\" needs [proxmox] in agent.toml")
+        spec = spec_of(share)
+        vmid = self._vmid_for(ctx, share, settings)
+        node = self._node_name(ctx)
+        if wants_ha(share):
+            check_shared_storage(ctx, settings, "VM")
+        options = vmconf.wanted_options(share.name, share.file, spec, settings.bridge, settings.snippets_storage,
+                                        node)
+        entries = read_entries(ctx.runner, ctx.paths.smb_conf, local_names(share.valid_users))
+        smb_conf = self._smb_conf(ctx, share, vmid)
+        text = userdata.UserData(share.name, share.file, node, identity.hostname(share.name),
+                                 vmconf.mapping_id(share.name), share.path, smb_conf).render()
+        steps = ctx.guest_steps(f"vm:{vmid}")
+        step_record = {step.name: step.inputs for step in steps}
+        resource = share_resource(share.name)
+        state = ctx.plugin_state(PLUGIN)
+        host_path = str(ctx.paths.host(share.path))
+        base = Work(share, vmid, settings, node, options=options, host_path=host_path, user_data=text,
+                    step_record=step_record)
+        config = read_guest_config(ctx.paths.host(config_path(vmid)))
+        if config is None:
+            guests = self._guests(ctx)
+            if vmid in guests:
+                raise ValueError(f"VMID {vmid} is in use by a {guests[vmid].type} guest on node {guests[vmid].node}: "
+                                 "the agent never touches a guest it did not create")
+            found = template.find(ctx.paths.host(PVE), spec.template if spec.template is not None
+                                  else settings.vm_template)
+            work = Work(**{**base.__dict__, "create": True, "template": found.vmid, "smb_conf": smb_conf,
+                           "users": entries, "probe": None if spec.address == DHCP else spec.address,
+                           "ha": "add" if wants_ha(share) else None, "steps": steps})
+            return work, [Change(resource, CREATE, f"clone VM {vmid} ({options['name']}) from template {found.vmid} "
+                                 f"({'full' if spec.full_clone else 'linked'} clone), boot it with cloud-init and "
+                                 f"serve [{share.name}] at {spec.address} from {share.path} (virtiofs mapping "
+                                 f"{vmconf.mapping_id(share.name)})" + (" under Proxmox HA" if wants_ha(share) else "")
+                                 + "".join(f"; {step.what}" for step in steps))]
+        if not identity.belongs_to(config, share.name):
+            tags = ";".join(sorted(identity.tags_of(config))) or "none"
+            raise ValueError(f"VM {vmid} is not this share's (its tags: {tags}): the agent never touches a guest it "
+                             "did not create; give the share another vmid")
+        changes_found = vmconf.differences(config, options)
+        changes = [Change(resource, UPDATE, f"VM {vmid}: {d.detail()}") for d in changes_found]
+        seen = self._observer.value
+        record = ctx.jobs.record(job_id(share.key)) if ctx.jobs is not None else None
+        fresh_after = record.finished if record is not None and record.finished is not None else 0.0
+        live = seen.status.get(vmid) if seen.at > fresh_after else None
+        start = live == STOPPED
+        if start:
+            changes.append(Change(resource, UPDATE, f"start VM {vmid} (found stopped)"))
+        push = (state.get(PUSHED) or {}).get(share.key) != digest(smb_conf)
+        if push:
+            changes.append(Change(resource, UPDATE, f"write smb.conf in VM {vmid} through the guest agent and reload "
+                                  "smbd (no reboot)"))
+        rewrite = (state.get(USERDATA) or {}).get(share.key) != digest(text)
+        if rewrite and not push:
+            changes.append(Change(resource, UPDATE, f"rewrite VM {vmid}'s cloud-init user-data snippet"))
+        users = entries if (state.get(USERS) or {}).get(share.key) != users_digest(entries) else None
+        if users:
+            changes.append(Change(resource, UPDATE, f"copy users {', '.join(e.name for e in users)} from this "
+                                  f"node's passdb into VM {vmid}"))
+        ran = (state.get(STEPS) or {}).get(share.key) or {}
+        due = [step for step in steps if ran.get(step.name) != step.inputs]
+        changes += [Change(resource, UPDATE, f"VM {vmid}: {step.what}") for step in due]
+        ha = ha_change(ctx, PLUGIN, share, f"vm:{vmid}")
+        if ha is not None:
+            changes.append(Change(resource, UPDATE, f"{'register VM with' if ha == 'add' else 'take VM out of'} "
+                                  f"Proxmox HA (ha-manager {ha} vm:{vmid})"))
+        lock = config.get("lock")
+        if lock and changes:
+            raise ValueError(f"VM {vmid} is locked ({lock}) by Proxmox (a backup, a snapshot, a migration): its "
+                             "changes wait until it is unlocked")
+        probe_address = None if spec.address == DHCP else spec.address
+        probe_address = probe_address if any(d.key == "ipconfig0" for d in changes_found) else None
+        work = Work(**{**base.__dict__, "changes": changes_found, "start": start,
+                       "smb_conf": smb_conf if push else None, "user_data": text if rewrite or push else None,
+                       "users": users, "probe": probe_address, "ha": ha, "steps": due,
+                       "step_record": step_record if due or ran.keys() != step_record.keys() else None})
+        return work, changes
+
+    @hookimpl
+    def smbgw_plan_share(
+        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
+    ) -> Sequence[Change]:
+        mine = desired is not None and desired.mode == MODE_NAME
+        was = applied is not None and applied.mode == MODE_NAME
+        key = name.casefold()
+        if not (mine or was or key in self._vmids(ctx)):
+            return []
+        self._absorb(ctx, key)
+        if mine:
+            assert desired is not None
+            work, changes = self._work(ctx, desired)
+            ctx.plugin_scratch(PLUGIN).setdefault("planned", {})[key] = work
+            return changes
+        vmid = self._vmids(ctx).get(key)
+        if vmid is None:
+            return []
+        return [Change(share_resource(name), DELETE, f"stop and destroy VM {vmid} (qm destroy --purge), remove its "
+                       f"snippet and directory mapping; the data in "
+                       f"{applied.path if applied else 'the share directory'} stays")]
+
+    # ---- applying --------------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
+        key = name.casefold()
+        work = ctx.plugin_scratch(PLUGIN).get("planned", {}).get(key)
+        if not isinstance(work, Work):
+            raise RuntimeError(f"share {name}: nothing planned to apply")
+        if work.smb_conf is not None:
+            with tempfile.TemporaryDirectory(prefix="smbgw-vm-") as folder:
+                (Path(folder) / "smb.conf").write_text(work.smb_conf)
+                result = run_testparm(ctx.runner, Path(folder) / "smb.conf")
+            if not result.ok:
+                raise ValueError(f"testparm refuses the VM's smb.conf: {'; '.join(result.errors)[:500]}")
+        state = ctx.plugin_state(PLUGIN)
+        vmids = self._vmids(ctx)
+        vmids[key] = work.vmid
+        state.set(VMIDS, vmids)
+        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = work
+
+    @hookimpl
+    def smbgw_remove_share(
+        self, ctx: PassContext, name: str, applied: ShareSpec | None, changes: Sequence[Change]
+    ) -> None:
+        key = name.casefold()
+        vmid = self._vmids(ctx).get(key)
+        if vmid is None:
+            return
+        settings = ProxmoxSettings.from_config(ctx.config.plugin_sections) or ProxmoxSettings((0, 0), "", "")
+        share = applied or ShareSpec(name=name, file="", path="/")
+        teardown = [step for step in ctx.guest_steps(f"vm:{vmid}") if step.teardown is not None]
+        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = Work(share, vmid, settings, self._node_name(ctx),
+                                                                        remove=True, teardown=teardown)
+
+    @hookimpl
+    def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
+        ctx.plugin_scratch(PLUGIN).get("submit", {}).pop(name.casefold(), None)
+
+    @hookimpl
+    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
+        staged: dict[str, Work] = ctx.plugin_scratch(PLUGIN).pop("submit", {})
+        if ctx.jobs is None:
+            return {share_resource(key): "this agent runs no jobs" for key in staged}
+        for key, work in staged.items():
+            run = _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
+            ctx.jobs.submit(Job(job_id(key), run, JOB_TIMEOUT, share_resource(work.share.name), PLUGIN))
+        return {}
+
+    # ---- status and metrics ----------------------------------------------------------
+
+    @hookimpl
+    def smbgw_health(self, ctx: PassContext) -> Sequence[Health]:
+        """VMs the agent made for shares no file declares now: reported with the command
+        that removes them, never destroyed on a guess."""
+        wanted = {identity.share_tag(s.name) for s in ctx.desired.values() if s.mode == MODE_NAME}
+        self._orphans = guest_orphans.find(ctx.paths.host(QEMU_DIR), wanted, self._node_name(ctx))
+        return [Health("vm-orphan", False, f"VM {orphan.vmid} ({orphan.named()}) was made by smbgw-agent for a share "
+                       f"no file declares now: remove it with qm stop {orphan.vmid} && qm destroy {orphan.vmid} "
+                       "--purge (the share's data is on the host and stays)", f"vm:{orphan.vmid}")
+                for orphan in self._orphans]
+
+    @hookimpl
+    def smbgw_observe(self, ctx: PassContext) -> Mapping[str, Any]:
+        seen = self._observer.value
+        vmids = self._vmids(ctx)
+        if not vmids and not seen.at:
+            return {}
+        return {"vms": {key: {"vmid": vmid, "status": seen.status.get(vmid), "guest_agent": seen.agent.get(vmid),
+                              "smbd_answers": seen.answers.get(vmid)} for key, vmid in sorted(vmids.items())},
+                "observed": seen.at or None, "error": seen.error}
+
+    @hookimpl
+    def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
+        shares = ctx.status.get("plugins", {}).get(PLUGIN, {}).get("vms", {})
+        if not shares:
+            return []
+        running = GaugeMetricFamily("smbgw_vm_running", "1 if the share's VM is running", labels=["share", "vmid"])
+        agent = GaugeMetricFamily("smbgw_vm_guest_agent_up", "1 if the QEMU guest agent in the share's VM answers",
+                                  labels=["share", "vmid"])
+        seen = self._observer.value
+        for key, info in sorted(shares.items()):
+            vmid = int(info.get("vmid") or 0)
+            running.add_metric([key, str(vmid)], 1.0 if seen.status.get(vmid) == RUNNING else 0.0)
+            agent.add_metric([key, str(vmid)], 1.0 if seen.agent.get(vmid) else 0.0)
+        return [running, agent]
+
+
+# ---- the jobs (worker threads) --------------------------------------------------------
+
+
+def _write_snippet(ctx: PassContext, work: Work, progress: JobProgress) -> None:
+    assert work.user_data is not None
+    checked = userdata.check(ctx.runner, work.user_data)
+    if checked:
+        progress.report(f"user-data {checked}")
+        log.warning("vm: share %s: user-data %s", work.share.name, checked)
+    try:
+        folder = snippets_dir(ctx.paths.host(STORAGE_CFG), work.settings.snippets_storage)
+    except StorageError as exc:
+        raise ValueError(f"[proxmox] snippets_storage: {exc}") from None
+    target = ctx.paths.host(folder) / vmconf.snippet_name(work.share.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, work.user_data, mode=0o600)
+
+
+def _ensure_mapping(pvesh: Pvesh, work: Work, progress: JobProgress) -> None:
+    mapping = vmconf.mapping_id(work.share.name)
+    found = pvesh.mappings().get(mapping)
+    if found is not None and not found.ours:
+        raise ValueError(f"directory mapping {mapping} exists and is not smbgw-agent's: rename it or give the share "
+                         "another name")
+    if found is not None and found.paths.get(work.node) == work.host_path:
+        return
+    if found is not None:
+        pvesh.delete_mapping(mapping)
+    progress.report(f"mapping {work.host_path} as {mapping} for node {work.node}")
+    pvesh.create_mapping(mapping, work.node, work.host_path, work.share.name)
+
+
+def _await_ready(qm: Qm, work: Work, progress: JobProgress) -> None:
+    """The guest agent answers, cloud-init has finished, and smbd accepts connections on
+    the VM's address (a static one; with DHCP the guest's own view is asked)."""
+    vmid, deadline = work.vmid, time.monotonic() + BOOT_TIMEOUT
+    started = time.monotonic()
+    while not qm.ping(vmid, timeout=20.0):
+        if time.monotonic() > deadline or progress.expired:
+            raise TimeoutError(f"the QEMU guest agent in VM {vmid} did not answer within {BOOT_TIMEOUT:g}s: is "
+                               "qemu-guest-agent installed and enabled in the template?")
+        progress.report(f"VM {vmid}: waiting for the guest agent ({time.monotonic() - started:.0f}s)")
+        time.sleep(2.0)
+    while True:
+        result = qm.guest_exec(vmid, ["cloud-init", "status", "--wait"], timeout=60, check=False)
+        said = result.out.strip().splitlines()[-1:] or ["?"]
+        if "done" in said[0]:
+            break
+        if "error" in said[0] or "degraded" in said[0]:
+            raise RuntimeError(f"cloud-init in VM {vmid} ended with {said[0]!r}: see /var/log/cloud-init.log in the "
+                               "VM")
+        if time.monotonic() > deadline or progress.expired:
+            raise TimeoutError(f"cloud-init in VM {vmid} did not finish within {BOOT_TIMEOUT:g}s ({said[0]})")
+        progress.report(f"VM {vmid}: cloud-init {said[0]}")
+    spec = spec_of(work.share)
+    if spec.address == DHCP:
+        return
+    while not answers_smb(spec.address):
+        if time.monotonic() > deadline or progress.expired:
+            raise TimeoutError(f"smbd in VM {vmid} does not answer on {spec.address} port 445")
+        progress.report(f"VM {vmid}: waiting for smbd on {spec.address}")
+        time.sleep(1.0)
+    progress.report(f"VM {vmid} serves {work.share.name} ({time.monotonic() - started:.0f}s after start)")
+
+
+def _push_smb_conf(shell: VmShell, text: str, progress: JobProgress) -> None:
+    progress.report(f"writing smb.conf in VM {shell.vmid}")
+    shell.write_file(SMB_CONF, text)
+    shell.run(["smbcontrol", "smbd", "reload-config"], timeout=30)
+
+
+def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
+    qm, pvesh, runner = Qm(ctx.runner), Pvesh(ctx.runner), ctx.runner
+    shell = VmShell(qm, work.vmid)
+
+    def run(progress: JobProgress) -> dict[str, Any]:
+        vmid = work.vmid
+        if work.create:
+            refusal = virtiofs_refusal(pvesh.version())
+            if refusal:
+                raise ValueError(refusal)
+        if work.probe is not None:
+            check_free(work.settings.bridge, work.probe, progress, "VM", "vm")
+        if work.user_data is not None:
+            _write_snippet(ctx, work, progress)
+        if work.create:
+            _ensure_mapping(pvesh, work, progress)
+            _create(qm, work, progress)
+        else:
+            if work.changes:
+                progress.report(f"changing VM {vmid}")
+                qm.set(vmconf.set_arguments(vmid, work.changes))
+            if vmconf.needs_boot(work.changes) and not work.start:
+                progress.report(f"restarting VM {vmid} ({', '.join(d.key for d in work.changes if d.at_boot)})")
+                if qm.status(vmid) == RUNNING:
+                    qm.shutdown(vmid)
+                qm.start(vmid)
+                _await_ready(qm, work, progress)
+            elif work.start and qm.status(vmid) != RUNNING:
+                progress.report(f"starting VM {vmid}")
+                qm.start(vmid)
+                _await_ready(qm, work, progress)
+            if work.smb_conf is not None:
+                _push_smb_conf(shell, work.smb_conf, progress)
+        if work.users:
+            progress.report(f"copying users into VM {vmid}")
+            copy_into(shell, work.users)
+        done = [f"{step.name}: {step.setup(shell, progress)}" for step in work.steps]
+        for line in done:
+            log.info("vm: %s", line)
+        if work.ha == "add":
+            hamanager.add(runner, f"vm:{vmid}", work.share.name, ctx.paths.host(RESOURCES))
+        elif work.ha == "remove":
+            hamanager.remove(runner, f"vm:{vmid}", ctx.paths.host(RESOURCES))
+        return {"vmid": vmid, PUSHED: digest(work.smb_conf) if work.smb_conf is not None else None,
+                USERDATA: digest(work.user_data) if work.user_data is not None else None,
+                USERS: users_digest(work.users) if work.users is not None else None,
+                STEPS: dict(work.step_record) if work.step_record is not None else None, "done": done}
+
+    return run
+
+
+def _create(qm: Qm, work: Work, progress: JobProgress) -> None:
+    vmid, spec = work.vmid, spec_of(work.share)
+    assert work.template is not None
+    progress.report(f"cloning VM {vmid} from template {work.template}")
+    qm.clone(work.template, vmid, work.options["name"], spec.full_clone, work.settings.storage)
+    try:
+        qm.set(vmconf.set_arguments(vmid, work.options))
+        progress.report(f"starting VM {vmid}")
+        qm.start(vmid)
+        _await_ready(qm, work, progress)
+    except Exception:
+        # Half made: take it away again (the share's data is a host directory, untouched).
+        progress.report(f"VM {vmid} did not come up: destroying it")
+        with contextlib.suppress(CommandError, ValueError):
+            if qm.status(vmid) == RUNNING:
+                qm.stop(vmid)
+        with contextlib.suppress(CommandError):
+            qm.destroy(vmid)
+        raise
+
+
+def _remove_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
+    qm, pvesh, host = Qm(ctx.runner), Pvesh(ctx.runner), ctx.paths.host
+
+    def run(progress: JobProgress) -> dict[str, Any]:
+        vmid = work.vmid
+        config = read_guest_config(host(config_path(vmid)))
+        if config is not None:
+            if not identity.belongs_to(config, work.share.name):
+                raise ValueError(f"VM {vmid} is not share {work.share.name}'s any more: left alone")
+            if qm.status(vmid) == RUNNING:
+                for step in work.teardown:
+                    assert step.teardown is not None
+                    try:
+                        log.info("vm: %s: %s", step.name, step.teardown(VmShell(qm, vmid), progress))
+                    except (CommandError, GuestExecError, ValueError, RuntimeError) as exc:
+                        log.warning("vm: VM %s: %s failed before its removal: %s", vmid, step.name, exc)
+                progress.report(f"stopping VM {vmid}")
+                qm.stop(vmid)
+            progress.report(f"destroying VM {vmid}")
+            qm.destroy(vmid)
+        mapping = vmconf.mapping_id(work.share.name)
+        with contextlib.suppress(CommandError, ValueError):
+            found = pvesh.mappings().get(mapping)
+            if found is not None and found.ours:
+                pvesh.delete_mapping(mapping)
+        with contextlib.suppress(StorageError, OSError):
+            folder = snippets_dir(host(STORAGE_CFG), work.settings.snippets_storage or "local")
+            (host(folder) / vmconf.snippet_name(work.share.name)).unlink(missing_ok=True)
+        return {"vmid": vmid, "removed": True}
+
+    return run
