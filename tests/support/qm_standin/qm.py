@@ -530,6 +530,12 @@ def cmd_clone(node: Node, opts: dict[str, object]) -> None:
         raise QmError("parameter 'storage' not allowed for linked clones\n")
     if opts.get("format") is not None and not full:
         raise QmError("parameter 'format' not allowed for linked clones\n")
+    for key, drive in drives(source):  # $load_and_check: before the task, so no "clone failed:"
+        if not full and not is_cdrom(drive) and not is_cloudinit(vmid, drive):
+            storage_id, _, volname = drive["file"].partition(":")
+            if storage_config(node, storage_id).get("type") != "dir" or \
+                    not volname.split("/")[-1].startswith("base-"):
+                raise QmError(f"Linked clone feature is not supported for '{drive['file']}' ({key})\n")
     if node.conf_path(newid).exists():
         raise QmError(f"unable to create VM {newid}: config file already exists\n")
     with node.locked(str(newid)):
