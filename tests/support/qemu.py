@@ -48,7 +48,7 @@ from tests.support import nspawn
 SUITE = "bookworm"
 IMAGES_DIR = Path("/var/lib/smbgw-test/qemu")
 # Bump whenever the image preparation below changes in a way the hash cannot see.
-_RECIPE_VERSION = "1"
+_RECIPE_VERSION = "2"
 _MARKER = "image.json"
 # debootstrap's --include: what any bootable, udev-populated minimal root needs.
 BOOTSTRAP_PACKAGES: tuple[str, ...] = ("systemd-sysv", "udev", "kmod", "dbus")
@@ -59,6 +59,10 @@ GUEST_PACKAGES: tuple[str, ...] = (
     # The agent's Debian runtime dependencies, so the agent itself can run in the guest.
     "python3-pluggy", "python3-prometheus-client", "python3-jinja2", "python3-watchdog",
     "python3-pyroute2", "python3-pydbus", "python3-gi",
+    # The VM mode's guest (booted with systemd by the qm stand-in, tests/support/qm_standin):
+    # configured by cloud-init (NoCloud) and driven through the QEMU guest agent.
+    "cloud-init", "qemu-guest-agent", "ifupdown", "isc-dhcp-client", "samba-vfs-modules", "winbind",
+    "libnss-winbind",
 )
 # The initrd only has to find an ext4 root on virtio: 6 MB instead of 36 MB, ~3 s less a boot.
 # (crc32c_generic: ext4 metadata checksums.) test-init loads 9p and virtio_net from the root fs.
@@ -66,6 +70,54 @@ INITRAMFS_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4", "crc32
 GUEST_HOSTNAME = "smbgw-guest"
 ROOT_MIN_BYTES = 3 << 30
 TEST_INIT = "/usr/local/sbin/test-init"
+
+# Test-image settings for the guests that boot systemd (the qm stand-in's VMs), each a file
+# no package owns (path in the root -> content, mode):
+# * cloud-init 22.4 looks for NoCloud (the stand-in's seed drive) and nothing else: no
+#   network data sources to time out on; its locale module fails on a minimal root without
+#   `locale: C.UTF-8` (and `cloud-init status` then says error).
+# * /sbin/mount.virtiofs: the stand-in maps a VM's virtiofs0 to virtio-9p (virtiofsd is not
+#   packaged for Debian 12), so a guest's fstab line `TAG /path virtiofs defaults,nofail 0 0`
+#   or `mount -t virtiofs TAG /path` mounts the 9p share with the same tag instead.
+GUEST_FILES: dict[str, tuple[str, int]] = {
+    "etc/cloud/cloud.cfg.d/90-smbgw-test.cfg": (
+        "# smbgw test image (tests/support/qemu.py): the qm stand-in's NoCloud seed only\n"
+        "datasource_list: [ NoCloud, None ]\nlocale: C.UTF-8\n", 0o644),
+    "sbin/mount.virtiofs": ("""#!/bin/sh
+# smbgw test image (tests/support/qemu.py): virtiofs is virtio-9p under the qm test stand-in
+# (virtiofsd is not packaged for Debian 12), with the same tag. mount(8) calls this as
+# mount.virtiofs TAG DIR [-sfnvr] [-o OPTIONS]; options 9p does not know are dropped.
+tag=$1 dir=$2
+shift 2
+given=
+while [ $# -gt 0 ]; do
+    case $1 in
+        -o) given=$2; shift 2 ;;
+        -o*) given=${1#-o}; shift ;;
+        *) shift ;;
+    esac
+done
+opts=trans=virtio,version=9p2000.L,access=client,msize=262144
+old_ifs=$IFS IFS=,
+for o in $given; do
+    case $o in
+        ro|rw|noexec|nosuid|nodev|sync|dirsync|noatime|relatime) opts=$opts,$o ;;
+    esac
+done
+IFS=$old_ifs
+modprobe -q -a 9pnet_virtio 9p
+exec mount -i -t 9p -o "$opts" "$tag" "$dir"
+""", 0o755),
+}
+# Units a test VM never needs, masked so a systemd boot under TCG is shorter (not cloud-init,
+# qemu-guest-agent, smbd, nmbd or winbind: the VM mode uses them).
+MASKED_UNITS: tuple[str, ...] = (
+    "apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service",
+    "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "man-db.timer", "dpkg-db-backup.timer",
+    "samba-ad-dc.service", "xfs_scrub_all.timer", "systemd-networkd-wait-online.service",
+    "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
+    "getty@tty1.service", "systemd-pstore.service", "modprobe@drm.service", "logrotate.timer",
+)
 
 # PID 1 of every guest. Output goes to the serial console (console.log on the host).
 TEST_INIT_SCRIPT = f"""#!/bin/sh
@@ -183,6 +235,8 @@ def image_key(extra_packages: Sequence[str] = (), suite: str = SUITE) -> str:
         "packages": list(guest_packages(extra_packages)),
         "initramfs": list(INITRAMFS_MODULES),
         "init": TEST_INIT_SCRIPT,
+        "files": GUEST_FILES,
+        "masked": sorted(MASKED_UNITS),
         "recipe": _RECIPE_VERSION,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -316,6 +370,17 @@ def _finish_root(root: Path) -> None:
     (root / "etc/resolv.conf").write_text("")
     (root / "etc/fstab").write_text("")
     (root / "etc/machine-id").write_text("")  # a systemd boot generates its own
+    for rel, (content, mode) in GUEST_FILES.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(mode)
+    systemd_dir = root / "etc/systemd/system"
+    for unit in MASKED_UNITS:
+        link = systemd_dir / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
 
 
 def _copy_boot_files(root: Path, out: Path) -> str:

@@ -4,7 +4,8 @@ Proxmox HA does not exist off Proxmox. This keeps its resource list the way
 pve-ha-manager does, `/etc/pve/ha/resources.cfg` under SMBGW_PCT_ROOT (a pve-common
 SectionConfig: `ct: 9000` then tab-indented `key value` lines, a blank line between
 resources), for the subcommands the LXC mode and its tests use: `add`, `remove`, `set`,
-`config`. The cluster resource manager that acts on it (starting a resource on another
+`config`, for containers (`ct:VMID`, the pct stand-in) and VMs (`vm:VMID`, the qm stand-in,
+tests/support/qm_standin). The cluster resource manager that acts on it (starting a resource on another
 node after a fence) is not simulated; `pct start` and `pct stop` of an HA-managed
 container go through `set --state`, as Proxmox's do (pct.py).
 
@@ -103,14 +104,15 @@ def parse_sid(top: Path, text: str) -> str:
     return f"{kind}:{vmid}"
 
 
-def is_managed(top: Path, vmid: int) -> dict[str, str] | None:
-    return read(top).get(f"ct:{vmid}")
+def is_managed(top: Path, vmid: int, kind: str = "ct") -> dict[str, str] | None:
+    """The HA resource `KIND:VMID` (kind `ct` for pct, `vm` for qm), or None."""
+    return read(top).get(f"{kind}:{vmid}")
 
 
-def set_state(top: Path, vmid: int, state: str) -> None:
+def set_state(top: Path, vmid: int, state: str, kind: str = "ct") -> None:
     with locked(top):
         resources = read(top)
-        resources[f"ct:{vmid}"]["state"] = state
+        resources[f"{kind}:{vmid}"]["state"] = state
         write(top, resources)
 
 

@@ -29,6 +29,8 @@ from tests.support.procs import private_sandbox
 from . import image
 
 BIN_DIR = Path(__file__).with_name("bin")
+# The qm and pvesh stand-ins (tests/support/qm_standin) work on the same node.
+QM_BIN_DIR = Path(__file__).parent.parent / "qm_standin" / "bin"
 NODE = "pve-test"
 SUBNET = "10.98.{}.{}"
 BRIDGE = "vmbr0"
@@ -45,7 +47,8 @@ lxc_template = "local:vztmpl/{image.DEFAULT_NAME}"
 """
 
 
-# A fresh Proxmox VE 8 node's /etc/pve/storage.cfg (the installer's two storages), and
+# A fresh Proxmox VE 8 node's /etc/pve/storage.cfg (the installer's two storages, with
+# `snippets` added to local's content as an admin does for cloud-init snippets), and
 # a Ceph RBD pool as a cluster with shared storage adds it.
 STORAGE_CFG = """dir: local
 \tpath /var/lib/vz
@@ -95,6 +98,7 @@ class StandinNode:
     root: Path
     namespace: str
     octet: int
+    qm_image_dir: Path | None = None  # the guest image the qm stand-in boots (qm_standin/node.py)
 
     def address(self, host: int) -> str:
         return SUBNET.format(self.octet, host)
@@ -105,8 +109,11 @@ class StandinNode:
 
     def env(self) -> dict[str, str]:
         """What the agent (or a test) needs to find and run the stand-in."""
-        return {"SMBGW_PCT_ROOT": str(self.root), "SMBGW_PCT_NODE": NODE, "SMBGW_PCT_PYTHON": sys.executable,
-                "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        env = {"SMBGW_PCT_ROOT": str(self.root), "SMBGW_PCT_NODE": NODE, "SMBGW_PCT_PYTHON": sys.executable,
+               "PATH": f"{BIN_DIR}:{QM_BIN_DIR}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        if self.qm_image_dir is not None:
+            env["SMBGW_QM_IMAGE_DIR"] = str(self.qm_image_dir)
+        return env
 
     def wrapper(self) -> list[str]:
         return ["ip", "netns", "exec", self.namespace]
@@ -122,6 +129,12 @@ class StandinNode:
 
     def config(self, vmid: int) -> Path:
         return self.root / f"etc/pve/nodes/{NODE}/lxc/{vmid}.conf"
+
+    def qm(self, *argv: str, stdin: str | None = None, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+        return self.run(str(QM_BIN_DIR / "qm"), *argv, stdin=stdin, timeout=timeout)
+
+    def pvesh(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return self.run(str(QM_BIN_DIR / "pvesh"), *argv, timeout=timeout)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,126 @@
+"""TEST FIXTURE (TEST STAND-IN, never shipped): a Proxmox node for the VM mode: the pct
+stand-in's StandinNode (root with /etc/pve, network namespace with the bridge vmbr0)
+plus the qm and pvesh stand-ins and a VM template whose disk is the shared QEMU guest
+image (tests/support/qemu.py).
+
+The template (VMID 8000, outside the tests' vmid_range 9000-9009) is what `qm template`
+leaves behind on Proxmox: `template: 1`, its disk a base volume `local:8000/
+base-8000-disk-0.raw` (here a symbolic link to the cached, read-only base.raw), and
+`ide2: local:8000/vm-8000-cloudinit.qcow2,media=cdrom`, the cloud-init drive as `qm set
+--ide2 local:cloudinit` records it. Other shapes for bad-input tests: a template without
+a cloud-init drive, and a VM that is not a template.
+
+Teardown: every VM under the root is stopped (only the QEMU whose pid file and
+/proc/PID/cmdline match it, see qm.py) and destroyed, and its taps removed, however the
+test ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support.pct_standin.node import NODE, StandinNode, standin_node
+from tests.support.qemu import GuestImage
+
+from . import qm as qmmod
+
+TEMPLATE_VMID = 8000
+TEMPLATE_NAME = "smbgw-template"
+TEMPLATE_TAG = "smbgw-template"
+
+
+def _conf_dir(node: StandinNode) -> Path:
+    path = node.root / f"etc/pve/nodes/{NODE}/qemu-server"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _register(node: StandinNode, vmid: int) -> None:
+    qmmod.Node(node.root, NODE).register(vmid, NODE)
+
+
+def _link_base_disk(node: StandinNode, vmid: int, image: GuestImage, name: str) -> str:
+    images = node.root / "var/lib/vz/images" / str(vmid)
+    images.mkdir(parents=True, exist_ok=True)
+    link = images / name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(image.base)
+    return f"local:{vmid}/{name}"
+
+
+def make_template(node: StandinNode, image: GuestImage, vmid: int = TEMPLATE_VMID, *, name: str = TEMPLATE_NAME,
+                  cloudinit: bool = True, tags: str = TEMPLATE_TAG) -> int:
+    """A template as `qm create` + `qm set --ide2 local:cloudinit` + `qm template` leave it."""
+    disk = _link_base_disk(node, vmid, image, f"base-{vmid}-disk-0.raw")
+    size = image.base.stat().st_size >> 30
+    lines = [
+        "agent: 1", "boot: order=scsi0", "cores: 2", "memory: 1024", "meta: creation-qemu=7.2.0,ctime=1700000000",
+        f"name: {name}", "net0: virtio=BC:24:11:00:80:00,bridge=vmbr0", "ostype: l26",
+        f"scsi0: {disk},size={size}G", "scsihw: virtio-scsi-single", "serial0: socket", f"tags: {tags}",
+        "template: 1", "vga: serial0",
+    ]
+    if cloudinit:
+        lines.append(f"ide2: local:{vmid}/vm-{vmid}-cloudinit.qcow2,media=cdrom")
+    (_conf_dir(node) / f"{vmid}.conf").write_text("".join(f"{line}\n" for line in sorted(lines)))
+    _register(node, vmid)
+    return vmid
+
+
+def make_vm(node: StandinNode, image: GuestImage, vmid: int, *, name: str = "plain-vm") -> int:
+    """A VM that is not a template (its own qcow2 disk over the image): `qm clone
+    --full 0` from it must fail as Proxmox's does."""
+    images = node.root / "var/lib/vz/images" / str(vmid)
+    images.mkdir(parents=True, exist_ok=True)
+    disk = images / f"vm-{vmid}-disk-0.qcow2"
+    qmmod._qemu_img("create", "-q", "-f", "qcow2", "-b", str(image.base), "-F", "raw", str(disk))
+    lines = ["boot: order=scsi0", "cores: 1", "memory: 512", f"name: {name}",
+             "net0: virtio=BC:24:11:00:00:01,bridge=vmbr0", f"scsi0: local:{vmid}/vm-{vmid}-disk-0.qcow2,size=3G"]
+    (_conf_dir(node) / f"{vmid}.conf").write_text("".join(f"{line}\n" for line in sorted(lines)))
+    _register(node, vmid)
+    return vmid
+
+
+def write_snippet(node: StandinNode, name: str, content: str) -> str:
+    """ROOT/var/lib/vz/snippets/NAME; returns its volume id `local:snippets/NAME`."""
+    path = node.root / "var/lib/vz/snippets" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    return f"local:snippets/{name}"
+
+
+def destroy_all_vms(node: StandinNode) -> None:
+    """Every VM under the node's root stopped (by its verified pid) and destroyed."""
+    qnode = qmmod.Node(node.root, NODE)
+    for conf in sorted(qnode.conf_dir.glob("*.conf")) if qnode.conf_dir.is_dir() else []:
+        if not conf.stem.isdigit():
+            continue
+        vmid = int(conf.stem)
+        config = qmmod._load_quiet(qnode, vmid)
+        if config is not None:
+            if qmmod.running(qnode, vmid, config):
+                node.qm("stop", str(vmid), timeout=120)
+            if qmmod.running(qnode, vmid, config):
+                qmmod.kill_vm(qnode, vmid, config)
+        node.run(*_tap_cleanup(vmid))
+        if node.qm("destroy", str(vmid), "--purge", "1").returncode != 0:
+            conf.unlink(missing_ok=True)
+
+
+def _tap_cleanup(vmid: int) -> list[str]:
+    return ["sh", "-c", f"for t in /sys/class/net/tap{vmid}i*; do [ -e \"$t\" ] && ip link del \"${{t##*/}}\"; "
+            "done; true"]
+
+
+@contextlib.contextmanager
+def qm_node(root: Path, image: GuestImage) -> Iterator[StandinNode]:
+    """A StandinNode with the qm stand-in able to boot `image`, and the template 8000."""
+    with standin_node(root) as node:
+        node.qm_image_dir = image.path
+        try:
+            make_template(node, image)
+            yield node
+        finally:
+            destroy_all_vms(node)
