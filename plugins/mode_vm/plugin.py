@@ -86,7 +86,6 @@ QEMU_DIR = f"{PVE}/qemu-server"
 VMLIST = f"{PVE}/.vmlist"
 OBSERVE_INTERVAL = 10.0
 JOB_TIMEOUT = 1800.0
-BOOT_TIMEOUT = 600.0  # a first boot runs cloud-init; under emulation (no KVM) minutes
 CONNECT_TIMEOUT = 1.0
 PROBE_WINDOW = 0.6
 SMB_CONF = "/etc/samba/smb.conf"
@@ -162,6 +161,7 @@ class Work:
     smb_conf: str | None = None  # to push into a running VM
     user_data: str | None = None  # to write as the snippet
     host_path: str = ""
+    snippets: str = ""  # the snippets directory of [proxmox] snippets_storage on this node
     users: Sequence[PassdbEntry] | None = None
     probe: str | None = None
     ha: str | None = None
@@ -306,8 +306,12 @@ class VmModePlugin:
         resource = share_resource(share.name)
         state = ctx.plugin_state(PLUGIN)
         host_path = str(ctx.paths.host(share.path))
+        try:
+            snippets = snippets_dir(ctx.paths.host(STORAGE_CFG), settings.snippets_storage)
+        except StorageError as exc:
+            raise ValueError(f"[proxmox] snippets_storage: {exc}") from None
         base = Work(share, vmid, settings, node, options=options, host_path=host_path, user_data=text,
-                    step_record=step_record)
+                    step_record=step_record, snippets=snippets)
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
         if config is None:
             guests = self._guests(ctx)
@@ -485,11 +489,7 @@ def _write_snippet(ctx: PassContext, work: Work, progress: JobProgress) -> None:
     if checked:
         progress.report(f"user-data {checked}")
         log.warning("vm: share %s: user-data %s", work.share.name, checked)
-    try:
-        folder = snippets_dir(ctx.paths.host(STORAGE_CFG), work.settings.snippets_storage)
-    except StorageError as exc:
-        raise ValueError(f"[proxmox] snippets_storage: {exc}") from None
-    target = ctx.paths.host(folder) / vmconf.snippet_name(work.share.name)
+    target = ctx.paths.host(work.snippets) / vmconf.snippet_name(work.share.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, work.user_data, mode=0o600)
 
@@ -511,26 +511,30 @@ def _ensure_mapping(pvesh: Pvesh, work: Work, progress: JobProgress) -> None:
 def _await_ready(qm: Qm, work: Work, progress: JobProgress) -> None:
     """The guest agent answers, cloud-init has finished, and smbd accepts connections on
     the VM's address (a static one; with DHCP the guest's own view is asked)."""
-    vmid, deadline = work.vmid, time.monotonic() + BOOT_TIMEOUT
+    spec = spec_of(work.share)
+    vmid, limit = work.vmid, spec.boot_timeout
+    deadline = time.monotonic() + limit
     started = time.monotonic()
     while not qm.ping(vmid, timeout=20.0):
         if time.monotonic() > deadline or progress.expired:
-            raise TimeoutError(f"the QEMU guest agent in VM {vmid} did not answer within {BOOT_TIMEOUT:g}s: is "
+            raise TimeoutError(f"the QEMU guest agent in VM {vmid} did not answer within {limit:g}s: is "
                                "qemu-guest-agent installed and enabled in the template?")
         progress.report(f"VM {vmid}: waiting for the guest agent ({time.monotonic() - started:.0f}s)")
         time.sleep(2.0)
     while True:
-        result = qm.guest_exec(vmid, ["cloud-init", "status", "--wait"], timeout=60, check=False)
-        said = result.out.strip().splitlines()[-1:] or ["?"]
-        if "done" in said[0]:
+        try:
+            result = qm.guest_exec(vmid, ["cloud-init", "status"], timeout=30, check=False)
+            said = (result.out.strip().splitlines() or ["status: ?"])[-1]
+        except GuestExecError as exc:  # the guest is busy booting: ask again
+            said = f"not answering ({exc})"
+        if said == "status: done":
             break
-        if "error" in said[0] or "degraded" in said[0]:
-            raise RuntimeError(f"cloud-init in VM {vmid} ended with {said[0]!r}: see /var/log/cloud-init.log in the "
-                               "VM")
+        if said in ("status: error", "status: degraded"):
+            raise RuntimeError(f"cloud-init in VM {vmid} ended with {said!r}: see /var/log/cloud-init.log in the VM")
         if time.monotonic() > deadline or progress.expired:
-            raise TimeoutError(f"cloud-init in VM {vmid} did not finish within {BOOT_TIMEOUT:g}s ({said[0]})")
-        progress.report(f"VM {vmid}: cloud-init {said[0]}")
-    spec = spec_of(work.share)
+            raise TimeoutError(f"cloud-init in VM {vmid} did not finish within {limit:g}s ({said})")
+        progress.report(f"VM {vmid}: cloud-init {said.removeprefix('status: ')}")
+        time.sleep(2.0)
     if spec.address == DHCP:
         return
     while not answers_smb(spec.address):

@@ -50,6 +50,7 @@ _BUILTIN_FALLBACK = {
     "ctdb": "smbgw_plugins.ha.ctdb.plugin:CtdbPlugin",
     "ad": "smbgw_plugins.ad.plugin:AdPlugin",
     "mode_lxc": "smbgw_plugins.mode_lxc.plugin:LxcModePlugin",
+    "mode_vm": "smbgw_plugins.mode_vm.plugin:VmModePlugin",
     "proxmox": "smbgw_plugins.proxmox.plugin:ProxmoxPlugin",
 }
 CORE_AGENT_TABLES = frozenset({"agent", "samba", "metrics"})

@@ -100,7 +100,7 @@ def test_builtin_plugin_is_found_without_installed_metadata(monkeypatch: pytest.
     """Running from a source tree (no entry points): the built-ins still load."""
     monkeypatch.setattr(pluginhost, "entry_points", lambda **_kw: [])
     host = PluginHost.load()
-    assert host.names == ["ctdb", "ad", "quota", "mode_lxc", "mode_native", "proxmox", "backup", "vip"]
+    assert host.names == ["ctdb", "ad", "quota", "mode_lxc", "mode_native", "mode_vm", "proxmox", "backup", "vip"]
     assert host.modes() == ["lxc", "native"]
 
 

@@ -29,6 +29,7 @@ from smbgw_agent.platform.changes import CREATE, UPDATE
 from smbgw_agent.platform.context import PassContext
 
 PROXMOX = {"vmid_range": [9000, 9009], "bridge": "vmbr0", "storage": "local-lvm", "snippets_storage": "local"}
+STORAGE_CFG = "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,snippets\n"
 CLOUDINIT_TEMPLATE = """name: smbgw-template
 template: 1
 tags: smbgw-template
@@ -48,6 +49,9 @@ def context(tmp_path: Path, *shares: ShareSpec, proxmox: dict[str, Any] | None =
         paths.host(spec.path).mkdir(parents=True, exist_ok=True)
     sections = {"proxmox": parse_agent_table(proxmox or PROXMOX)}
     config = AgentConfig(node="pve1", allowed_roots=("/srv",), plugin_sections=sections)
+    storage = paths.host("/etc/pve/storage.cfg")
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    storage.write_text(STORAGE_CFG)
     return PassContext(paths=paths, config=config, runner=Runner(), services=None,  # type: ignore[arg-type]
                        desired={s.key: s for s in shares}, applied={})
 
@@ -244,3 +248,13 @@ def test_a_removed_share_plans_the_vm_destroyed_and_its_data_kept(tmp_path: Path
 
 def test_config_path_is_this_nodes() -> None:
     assert config_path(9000) == "/etc/pve/qemu-server/9000.conf"
+
+
+def test_a_snippets_storage_without_snippets_is_refused_in_the_plan(tmp_path: Path) -> None:
+    spec = share()
+    ctx = context(tmp_path, spec)
+    vm_config(ctx, 8000, CLOUDINIT_TEMPLATE)
+    ctx.paths.host("/etc/pve/storage.cfg").write_text("dir: local\n\tpath /var/lib/vz\n\tcontent iso\n")
+    with pytest.raises(ValueError, match=r"snippets_storage: storage 'local' does not allow snippets: add them "
+                                         r"\(pvesm set local --content iso,snippets\)"):
+        plan(VmModePlugin(), ctx, spec)

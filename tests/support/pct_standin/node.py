@@ -52,7 +52,7 @@ lxc_template = "local:vztmpl/{image.DEFAULT_NAME}"
 # a Ceph RBD pool as a cluster with shared storage adds it.
 STORAGE_CFG = """dir: local
 \tpath /var/lib/vz
-\tcontent iso,vztmpl,backup
+\tcontent iso,vztmpl,backup,snippets
 
 lvmthin: local-lvm
 \tthinpool data

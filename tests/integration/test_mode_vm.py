@@ -1,0 +1,173 @@
+"""VM mode through the whole agent, with real VMs: the agent (in the node's network
+namespace) reads a share file with `mode = "vm"` and, through the `qm`/`pvesh` test
+stand-ins over QEMU (TCG; tests/support/qm_standin), clones the template, writes the
+cloud-init user-data snippet (checked by Debian's real `cloud-init schema`), maps the
+share's directory (virtiofs, which the stand-in carries as 9p), boots the VM and waits
+for its guest agent, cloud-init and smbd. A client in the namespace reads and writes the
+share on the VM's own address and the files are in the host directory with the owner's
+uid; an edit reaches smbd inside without a reboot; removing the file destroys the VM and
+keeps the data. A VM whose guest agent never answers is destroyed again, the data kept.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import AgentProcess, wait_for, write_share
+from tests.support.cloudinit_tool import ensure_cloud_init
+from tests.support.pct_standin.node import FIRST_VMID, NODE, PROXMOX, StandinNode, smbclient, standin_node, subids
+from tests.support.procs import private_sandbox
+from tests.support.qemu import GuestImage
+from tests.support.qm_standin import node as qmnode
+
+pytestmark = pytest.mark.integration
+LAST_VMID = FIRST_VMID + 9  # the VM mode counts down from the top of vmid_range
+
+
+def _requirements() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (QEMU taps, network namespaces)")  # conftest.py: a failure under CI
+    for tool in ("qemu-system-x86_64", "qemu-img", "cloud-localds", "ip", "smbclient"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found (apt-get install qemu-system-x86 qemu-utils cloud-image-utils "
+                        "iproute2 smbclient)")
+
+
+@pytest.fixture
+def node(qemu_guest_image: GuestImage) -> Iterator[tuple[StandinNode, AgentProcess]]:
+    _requirements()
+    cloud_init = ensure_cloud_init()
+    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
+        lab.qm_image_dir = qemu_guest_image.path
+        qmnode.make_template(lab, qemu_guest_image)
+        config = box.root / "etc/smbgw/agent.toml"
+        config.write_text(config.read_text() + PROXMOX)
+        env = lab.env()
+        env["PATH"] = f"{env['PATH']}:{cloud_init}"
+        agent = AgentProcess(box, env=env, wrapper=lab.wrapper())
+        agent.start()
+        try:
+            yield lab, agent
+        finally:
+            agent.stop()
+            print("\n".join(line for line in agent.log_text().splitlines() if " DEBUG " not in line)[-8000:])
+            qmnode.destroy_all_vms(lab)
+
+
+def share_state(agent: AgentProcess, name: str) -> str | None:
+    share = ((agent.status() or {}).get("shares") or {}).get(name) or {}
+    state = share.get("state")
+    return str(state) if state is not None else None
+
+
+def vm_conf(lab: StandinNode, vmid: int) -> Path:
+    return lab.root / f"etc/pve/nodes/{NODE}/qemu-server/{vmid}.conf"
+
+
+def guest(lab: StandinNode, vmid: int, *argv: str) -> str:
+    done = lab.qm("guest", "exec", str(vmid), "--", *argv)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_share_in_its_own_vm(node: tuple[StandinNode, AgentProcess], tmp_path: Path) -> None:
+    lab, agent = node
+    box = agent.box
+    data = box.share_dir("finance")
+    owner = pwd.getpwnam(box.user).pw_uid
+    (data / "kept.txt").write_text("the data stays on the host\n")
+    address = lab.address(71)
+    body = (f'path = "/srv/smb/finance"\nmode = "vm"\nvalid_users = ["{box.user}"]\n\n'
+            f'[vm]\naddress = "{address}/24"\ngateway = "{lab.gateway}"\nmemory = "1G"\n')
+    began = time.monotonic()
+    write_share(box, "finance.toml", body)
+    try:
+        wait_for(lambda: share_state(agent, "finance") == "served", timeout=420, interval=0.5)
+    except AssertionError:
+        print((agent.status() or {}).get("shares"), (agent.status() or {}).get("jobs"))
+        raise
+    created = time.monotonic() - began
+    conf = vm_conf(lab, LAST_VMID).read_text()
+    assert "tags: share-finance;smbgw" in conf and "agent: enabled=1" in conf, conf
+    assert "virtiofs0: smbgw-finance" in conf and "cicustom: user=local:snippets/smbgw-finance.yaml" in conf
+    snippet = lab.root / "var/lib/vz/snippets/smbgw-finance.yaml"
+    assert snippet.read_text().startswith("#cloud-config\n") and snippet.stat().st_mode & 0o077 == 0
+    nt_hash = subprocess.run(["pdbedit", "-s", str(box.smb_conf), "-L", "-w", "-u", box.user], capture_output=True,
+                             text=True, check=True).stdout.split(":")[3]
+    for place in (snippet, box.root / "agent.log", box.root / "run/smbgw/status.json"):
+        assert nt_hash not in place.read_text(errors="replace"), f"the user's NT hash is in {place}"
+    assert guest(lab, LAST_VMID, "id", "-u", box.user).count(str(owner)), "the user inside has the node's uid"
+
+    payload = tmp_path / "payload.txt"
+    payload.write_text("written into the VM's share\n")
+    put = wait_for(lambda: (r := smbclient(lab, agent, address, "finance", f"put {payload} new.txt")).returncode == 0
+                   and r, timeout=60, interval=0.5)
+    assert put
+    served_after = time.monotonic() - began
+    landed = data / "new.txt"
+    assert landed.read_text() == payload.read_text()
+    assert landed.stat().st_uid == owner, "written as the share's user, through virtiofs (9p here) to the host"
+    assert "kept.txt" in smbclient(lab, agent, address, "finance", "ls").stdout
+    metrics = f'smbgw_vm_guest_agent_up{{share="finance",vmid="{LAST_VMID}"}} 1.0'
+    wait_for(lambda: metrics in lab.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                                        "'http://127.0.0.1:9945/metrics', timeout=10).read().decode())").stdout,
+             timeout=60, interval=1.0)
+    print(f"\n[vm] share file dropped -> served (VM cloned, booted, cloud-init done, smbd on 445) {created:.1f}s; "
+          f"-> file written over SMB {served_after:.1f}s")
+
+    # An edit: comment and read only, applied inside without a reboot.
+    booted = guest(lab, LAST_VMID, "cat", "/proc/sys/kernel/random/boot_id")
+    began = time.monotonic()
+    write_share(box, "finance.toml", body.replace('valid_users', 'comment = "Finance team"\nread_only = true\n'
+                                                  'valid_users'))
+    wait_for(lambda: smbclient(lab, agent, address, "finance", f"put {payload} probe.txt").returncode != 0,
+             timeout=120, interval=0.5)
+    print(f"[vm] read_only = true -> refused over SMB after {time.monotonic() - began:.1f}s")
+    (data / "probe.txt").unlink(missing_ok=True)
+    refused = smbclient(lab, agent, address, "finance", f"put {payload} refused.txt")
+    assert refused.returncode != 0 and "ACCESS_DENIED" in refused.stdout + refused.stderr, refused.stdout
+    assert not (data / "refused.txt").exists()
+    assert "Finance team" in guest(lab, LAST_VMID, "testparm", "-s", "--section-name", "finance")
+    assert guest(lab, LAST_VMID, "cat", "/proc/sys/kernel/random/boot_id") == booted, "no reboot"
+
+    # Removed: the VM, its snippet and mapping go; the data stays.
+    (box.root / "etc/smbgw/shares.d/finance.toml").unlink()
+    wait_for(lambda: not vm_conf(lab, LAST_VMID).exists() and share_state(agent, "finance") is None, timeout=180,
+             interval=0.5)
+    assert not snippet.exists()
+    assert "smbgw-finance" not in lab.pvesh("get", "/cluster/mapping/dir", "--output-format", "json").stdout
+    assert (data / "kept.txt").read_text() == "the data stays on the host\n" and landed.exists()
+
+
+def test_a_vm_whose_guest_agent_never_answers_is_taken_away_again(node: tuple[StandinNode, AgentProcess]) -> None:
+    lab, agent = node
+    box = agent.box
+    data = box.share_dir("silent")
+    (data / "kept.txt").write_text("kept\n")
+    faults = lab.root / ".qm-standin-faults"
+    faults.mkdir(exist_ok=True)
+    (faults / "noagent").touch()
+    write_share(box, "silent.toml", f'path = "/srv/smb/silent"\nmode = "vm"\n\n[vm]\naddress = "{lab.address(72)}/24"'
+                                    '\nboot_timeout = "40s"\n')
+
+    def failed() -> str | None:
+        share = ((agent.status() or {}).get("shares") or {}).get("silent") or {}
+        error = str(share.get("error") or "")
+        return error if "did not answer within 40s" in error else None
+
+    try:
+        error = wait_for(failed, timeout=240, interval=0.5)
+    except AssertionError:
+        print((agent.status() or {}).get("shares"), (agent.status() or {}).get("jobs"))
+        raise
+    assert "QEMU guest agent in VM" in error
+    assert not vm_conf(lab, LAST_VMID).exists(), "the half-made VM is destroyed"
+    assert (data / "kept.txt").read_text() == "kept\n"
