@@ -101,7 +101,7 @@ def test_builtin_plugin_is_found_without_installed_metadata(monkeypatch: pytest.
     monkeypatch.setattr(pluginhost, "entry_points", lambda **_kw: [])
     host = PluginHost.load()
     assert host.names == ["ctdb", "ad", "quota", "mode_lxc", "mode_native", "mode_vm", "proxmox", "backup", "vip"]
-    assert host.modes() == ["lxc", "native"]
+    assert host.modes() == ["lxc", "native", "vm"]
 
 
 def test_a_hook_implementation_without_a_spec_is_refused() -> None:
