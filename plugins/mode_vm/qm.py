@@ -82,12 +82,13 @@ class Qm:
         return parse_list(self._run(["list"], QUICK_TIMEOUT).stdout)
 
     def ping(self, vmid: int, timeout: float = 30.0) -> bool:
-        """The guest agent answers (`qm guest cmd VMID ping`)."""
+        """The guest agent answers (`qm guest cmd VMID ping`: exit 0 and nothing printed,
+        as qm.pm prints an agent's empty answer; anything else is no answer)."""
         try:
-            self._run(["guest", "cmd", str(vmid), "ping"], timeout)
+            result = self._run(["guest", "cmd", str(vmid), "ping"], timeout)
         except CommandError:
             return False
-        return True
+        return not result.stdout.strip()
 
     def guest_exec(self, vmid: int, argv: Sequence[str], *, stdin: str | None = None, timeout: int = EXEC_TIMEOUT,
                    check: bool = True, secrets: Iterable[str] = ()) -> ExecResult:

@@ -37,6 +37,8 @@ from smbgw_agent.effects.runner import CommandError, Runner
 
 CLOUD_INIT = "cloud-init"
 SCHEMA_TIMEOUT = 60.0
+# What `cloud-init schema --config-file` prints for a valid file: 22.4 (Debian 12) and later.
+VALID = ("Valid cloud-config", "Valid schema")
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("smbgw_plugins", "templates"),
     autoescape=False,  # noqa: S701 - YAML, not HTML: every value goes through tojson
@@ -83,4 +85,7 @@ def check(runner: Runner, text: str) -> str | None:
     if result.returncode != 0:
         said = " ".join((result.stderr or result.stdout).replace(str(candidate), "user-data").split())
         raise UserDataError(f"cloud-init schema refuses the user-data: {said[-600:] or 'no reason given'}")
+    if not any(verdict in result.stdout for verdict in VALID):
+        raise UserDataError(f"cloud-init schema gave no verdict on the user-data (it printed "
+                            f"{' '.join(result.stdout.split())[:120]!r})")
     return None

@@ -243,7 +243,7 @@ def test_values_say_what_the_agent_did(scraped: Scraped) -> None:
     assert abs((value(port, "smbgw_last_reconcile_success_timestamp_seconds") or 0) - time.time()) < 600
     collectors = {s.labels["collector"]: s.value for s in by_name(port)["smbgw_collector_success"]}
     assert collectors == {"core": 1, "usage": 1, "mode_native": 1, "smbstatus": 1, "quota": 1, "backup": 1, "vip": 1,
-                          "ctdb": 1, "ad": 1, "mode_lxc": 1}
+                          "ctdb": 1, "ad": 1, "mode_lxc": 1, "mode_vm": 1}
 
 
 def test_sessions_count_a_connected_client(scraped: Scraped) -> None:

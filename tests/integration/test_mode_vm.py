@@ -171,3 +171,57 @@ def test_a_vm_whose_guest_agent_never_answers_is_taken_away_again(node: tuple[St
     assert "QEMU guest agent in VM" in error
     assert not vm_conf(lab, LAST_VMID).exists(), "the half-made VM is destroyed"
     assert (data / "kept.txt").read_text() == "kept\n"
+
+
+def test_bad_input_is_refused_and_nothing_is_made(node: tuple[StandinNode, AgentProcess],
+                                                   qemu_guest_image: GuestImage) -> None:
+    """Each share's error through the whole agent, without a VM booting: nothing is cloned
+    (no new VM config), the VM that is someone else's is untouched, and the file that asks
+    for too little memory is invalid with its line."""
+    lab, agent = node
+    box = agent.box
+    qmnode.make_template(lab, qemu_guest_image, 8001, name="no-cloudinit", cloudinit=False, tags="other")
+    qmnode.make_vm(lab, qemu_guest_image, 8002, name="plain-vm")
+    qmnode.make_vm(lab, qemu_guest_image, 9004, name="someone-elses")
+    before = sorted(p.name for p in vm_conf(lab, 8000).parent.glob("*.conf"))
+    someone = vm_conf(lab, 9004).read_text()
+    cases = {
+        "missing": ("template = 7999", "VM template 7999 does not exist"),
+        "notatemplate": ("template = 8002", "VM 8002 is not a template"),
+        "nocloudinit": ("template = 8001", "VM template 8001 has no cloud-init drive"),
+        "taken": ("vmid = 9004", "VM 9004 is not this share's"),
+    }
+    for index, (name, (line, _said)) in enumerate(cases.items()):
+        box.share_dir(name)
+        write_share(box, f"{name}.toml", f'path = "/srv/smb/{name}"\nmode = "vm"\n\n[vm]\n'
+                                         f'address = "{lab.address(80 + index)}/24"\n{line}\n')
+    box.share_dir("tiny")
+    write_share(box, "tiny.toml", 'path = "/srv/smb/tiny"\nmode = "vm"\n\n[vm]\naddress = "10.98.0.9/24"\n'
+                                  'memory = "256M"\n')
+
+    def errors() -> dict[str, str]:
+        shares = (agent.status() or {}).get("shares") or {}
+        return {name: str((shares.get(name) or {}).get("error") or "") for name in cases}
+
+    try:
+        wait_for(lambda: all(said in errors()[name] for name, (_line, said) in cases.items()), timeout=60,
+                 interval=0.5)
+    except AssertionError:
+        print(errors())
+        raise
+    files = (agent.status() or {}).get("files") or {}
+    tiny = str(files.get("tiny.toml"))
+    assert "less than 512M" in tiny and "'line': 6" in tiny, tiny
+    assert sorted(p.name for p in vm_conf(lab, 8000).parent.glob("*.conf")) == before, "nothing was cloned"
+    assert vm_conf(lab, 9004).read_text() == someone, "someone else's VM is untouched"
+
+    # A node without virtiofs (Proxmox VE 8.3): refused with the version it needs.
+    for name in cases:
+        (box.root / f"etc/smbgw/shares.d/{name}.toml").unlink()
+    (lab.root / ".qm-standin-version").write_text("8.3.5\n")
+    box.share_dir("old")
+    write_share(box, "old.toml", f'path = "/srv/smb/old"\nmode = "vm"\n\n[vm]\naddress = "{lab.address(90)}/24"\n')
+    old = lambda: str((((agent.status() or {}).get("shares") or {}).get("old") or {}).get("error"))  # noqa: E731
+    wait_for(lambda: "this node runs Proxmox VE 8.3" in old() and "need Proxmox VE 8.4 or later" in old(), timeout=60,
+             interval=0.5)
+    assert sorted(p.name for p in vm_conf(lab, 8000).parent.glob("*.conf")) == before, "nothing was cloned"

@@ -42,6 +42,10 @@ PLUGIN_TOOLS: dict[str, tuple[str, ...]] = {
     # stand-in the whole mode runs in test_mode_lxc. pdbedit reads the node's passdb;
     # ha-manager registers a container with Proxmox HA.
     "mode_lxc": ("pct", "pdbedit", "ha-manager"),
+    # At the plugin's boundary (test_vm_faults): qm and pvesh are Proxmox's; through their
+    # test stand-ins the whole mode runs in test_mode_vm. Its pdbedit and ha-manager calls
+    # are the shared code of mode_lxc's case.
+    "mode_vm": ("qm", "pvesh", "cloud-init"),
 }
 
 _SCRIPTS = {

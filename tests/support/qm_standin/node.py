@@ -34,6 +34,9 @@ TEMPLATE_TAG = "smbgw-template"
 def _conf_dir(node: StandinNode) -> Path:
     path = node.root / f"etc/pve/nodes/{NODE}/qemu-server"
     path.mkdir(parents=True, exist_ok=True)
+    link = node.root / "etc/pve/qemu-server"  # pmxcfs's link to this node's directory
+    if not link.is_symlink():
+        link.symlink_to(f"nodes/{NODE}/qemu-server")
     return path
 
 
