@@ -78,6 +78,11 @@ def guest(lab: StandinNode, vmid: int, *argv: str) -> str:
     return done.stdout
 
 
+def guest_boot(lab: StandinNode) -> str:
+    done = lab.qm("guest", "exec", str(LAST_VMID), "--", "cat", "/proc/sys/kernel/random/boot_id")
+    return done.stdout if done.returncode == 0 else ""
+
+
 def test_a_share_in_its_own_vm(node: tuple[StandinNode, AgentProcess], tmp_path: Path) -> None:
     lab, agent = node
     box = agent.box
@@ -137,6 +142,17 @@ def test_a_share_in_its_own_vm(node: tuple[StandinNode, AgentProcess], tmp_path:
     assert not (data / "refused.txt").exists()
     assert "Finance team" in guest(lab, LAST_VMID, "testparm", "-s", "--section-name", "finance")
     assert guest(lab, LAST_VMID, "cat", "/proc/sys/kernel/random/boot_id") == booted, "no reboot"
+
+    # More memory: set, and the VM shut down and started (the plan said it needs a reboot).
+    began = time.monotonic()
+    edited = body.replace('memory = "1G"', 'memory = "1536M"')
+    write_share(box, "finance.toml", edited.replace('valid_users', 'comment = "Finance team"\nread_only = true\n'
+                                                    'valid_users'))
+    wait_for(lambda: "memory: 1536" in vm_conf(lab, LAST_VMID).read_text(), timeout=60, interval=0.5)
+    wait_for(lambda: share_state(agent, "finance") == "served" and guest_boot(lab) not in ("", booted), timeout=420,
+             interval=1.0)
+    assert "kept.txt" in smbclient(lab, agent, address, "finance", "ls").stdout
+    print(f"[vm] memory 1G -> 1536M: VM rebooted and serving again after {time.monotonic() - began:.1f}s")
 
     # Removed: the VM, its snippet and mapping go; the data stays.
     (box.root / "etc/smbgw/shares.d/finance.toml").unlink()
