@@ -121,10 +121,11 @@ def test_a_share_in_its_own_vm(node: tuple[StandinNode, AgentProcess], tmp_path:
     assert landed.read_text() == payload.read_text()
     assert landed.stat().st_uid == owner, "written as the share's user, through virtiofs (9p here) to the host"
     assert "kept.txt" in smbclient(lab, agent, address, "finance", "ls").stdout
-    metrics = f'smbgw_vm_guest_agent_up{{share="finance",vmid="{LAST_VMID}"}} 1.0'
-    wait_for(lambda: metrics in lab.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
-                                        "'http://127.0.0.1:9945/metrics', timeout=10).read().decode())").stdout,
-             timeout=60, interval=1.0)
+    wanted = [f'{name}{{share="finance",vmid="{LAST_VMID}"}} 1.0' for name in ("smbgw_vm_running",
+                                                                               "smbgw_vm_guest_agent_up")]
+    wait_for(lambda: all(metric in lab.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                                        "'http://127.0.0.1:9945/metrics', timeout=10).read().decode())").stdout
+                         for metric in wanted), timeout=60, interval=1.0)
     print(f"\n[vm] share file dropped -> served (VM cloned, booted, cloud-init done, smbd on 445) {created:.1f}s; "
           f"-> file written over SMB {served_after:.1f}s")
 
