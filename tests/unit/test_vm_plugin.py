@@ -258,3 +258,21 @@ def test_a_snippets_storage_without_snippets_is_refused_in_the_plan(tmp_path: Pa
     with pytest.raises(ValueError, match=r"snippets_storage: storage 'local' does not allow snippets: add them "
                                          r"\(pvesm set local --content iso,snippets\)"):
         plan(VmModePlugin(), ctx, spec)
+
+
+def test_a_vm_made_for_a_share_no_file_declares_is_reported_never_destroyed(tmp_path: Path) -> None:
+    spec = share("old")
+    ctx = context(tmp_path)
+    live_vm(ctx, spec, 9007)
+    visitor = share("visitor")  # made by node pve2's agent, moved here: not this node's orphan
+    options = vmconf.wanted_options(visitor.name, visitor.file, spec_of(visitor), "vmbr0", "local", "pve2")
+    lines = [f"#{options.pop('description').replace(':', '%3A')}", *(f"{k}: {v}" for k, v in sorted(options.items()))]
+    vm_config(ctx, 9006, "\n".join(lines) + "\n")
+    [finding] = VmModePlugin().smbgw_health(ctx)
+    assert finding.check == "vm-orphan" and not finding.ok
+    assert "VM 9007 (share-old)" in finding.detail and "qm destroy 9007 --purge" in finding.detail
+    assert vm_conf_exists(ctx, 9007)
+
+
+def vm_conf_exists(ctx: Any, vmid: int) -> bool:
+    return bool(ctx.paths.host(f"/etc/pve/nodes/pve1/qemu-server/{vmid}.conf").exists())
