@@ -40,30 +40,30 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from smbgw_agent.effects.fileio import atomic_write
-from smbgw_agent.effects.runner import CommandError, Runner
-from smbgw_agent.effects.samba import run_testparm
+from smbgw_agent.effects.runner import CommandError
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.idranges import IdRange
 from smbgw_agent.model.shares import ShareSpec
-from smbgw_agent.platform import order
 from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, Health, share_resource
 from smbgw_agent.platform.commands import Command, CommandRefused
 from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.guests import GuestStep
 from smbgw_agent.platform.hookspecs import hookimpl
-from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
+from smbgw_agent.platform.jobs import Job, JobProgress, Schedule
 
 from ..proxmox import hamanager, identity
 from ..proxmox import orphans as guest_orphans
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string, read_guest_config
 from ..proxmox.guestmode import (
+    PUSHED,
+    STEPS,
+    USERS,
+    GuestModePlugin,
     answers_smb,
     check_free,
     check_shared_storage,
-    cluster_guests,
     guest_smb_conf,
     ha_change,
-    recorded_vmids,
     wants_ha,
 )
 from ..proxmox.guestnet import DHCP
@@ -82,8 +82,6 @@ from .table import SECTION, LxcSpec, parse_share_table
 log = logging.getLogger(__name__)
 MODE = PLUGIN = "mode_lxc"
 MODE_NAME = "lxc"
-VMIDS, PUSHED, USERS, ABSORBED = "vmids", "pushed", "users", "absorbed"  # plugin state keys
-STEPS = "steps"  # share -> {guest step name: its inputs when it last ran}
 REPAIRS = "repairs"  # share -> {guest step name: when a failed check last ran it again}
 OBSERVE_JOB = "lxc:observe"
 CHECKS_JOB = "lxc:guest-checks"
@@ -114,10 +112,6 @@ def _local_node(ctx: PassContext) -> str | None:
 
 def _wanted_tags(ctx: PassContext) -> set[str]:
     return {identity.share_tag(share.name) for share in ctx.desired.values() if share.mode == MODE_NAME}
-
-
-def job_id(key: str) -> str:
-    return f"lxc:{key}"
 
 
 def spec_of(share: ShareSpec) -> LxcSpec:
@@ -203,7 +197,11 @@ class Work:
     teardown: Sequence[GuestStep] = ()  # before a removal destroys the container
 
 
-class LxcModePlugin:
+class LxcModePlugin(GuestModePlugin):
+    PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT = PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT
+    JOB_PREFIX, GUEST = "lxc", "container"
+    FORGOTTEN = (*GuestModePlugin.FORGOTTEN, REPAIRS)
+
     def __init__(self) -> None:
         self._observer = Observer()
         self._checks = GuestChecks()
@@ -212,22 +210,6 @@ class LxcModePlugin:
         self._destroy_orphans = False
 
     # ---- tables ----------------------------------------------------------------------
-
-    @hookimpl
-    def smbgw_modes(self) -> Sequence[str]:
-        return [MODE_NAME]
-
-    @hookimpl
-    def smbgw_share_sections(self) -> Sequence[str]:
-        return [SECTION]
-
-    @hookimpl
-    def smbgw_order(self) -> int:
-        return order.MODE
-
-    @hookimpl
-    def smbgw_validate_share_section(self, section: str, data: Mapping[str, Any], config: AgentConfig) -> Any:
-        return parse_share_table(data) if section == SECTION else None
 
     @hookimpl
     def smbgw_validate_share(self, share: ShareSpec, config: AgentConfig) -> Sequence[str]:
@@ -284,44 +266,6 @@ class LxcModePlugin:
         return schedules
 
     # ---- planning --------------------------------------------------------------------
-
-    @staticmethod
-    def _vmids(ctx: PassContext) -> dict[str, int]:
-        return recorded_vmids(ctx, PLUGIN)
-
-    def _absorb(self, ctx: PassContext, key: str) -> None:
-        """The outcome of the share's last job, once: recorded when it worked, raised
-        (the share fails and is retried with back-off) when it did not."""
-        record = ctx.jobs.record(job_id(key)) if ctx.jobs is not None else None
-        state = ctx.plugin_state(PLUGIN)
-        absorbed = dict(state.get(ABSORBED) or {})
-        if record is None or record.state not in FINISHED or absorbed.get(key) == record.finished:
-            return
-        absorbed[key] = record.finished
-        state.set(ABSORBED, absorbed)
-        result = record.result if isinstance(record.result, Mapping) else {}
-        if record.state == SUCCEEDED:
-            pushed = dict(state.get(PUSHED) or {})
-            vmids = self._vmids(ctx)
-            if result.get("removed"):
-                pushed.pop(key, None)
-                vmids.pop(key, None)
-            else:
-                if result.get("smb_conf"):
-                    pushed[key] = str(result["smb_conf"])
-                if result.get("users"):
-                    state.set(USERS, {**(state.get(USERS) or {}), key: str(result["users"])})
-                if isinstance(result.get("steps"), Mapping):
-                    state.set(STEPS, {**(state.get(STEPS) or {}), key: {str(name): str(inputs) for name, inputs
-                                                                         in result["steps"].items()}})
-            state.set(PUSHED, pushed)
-            state.set(VMIDS, vmids)
-            return
-        raise RuntimeError(f"container job failed: {record.error or record.state}")
-
-    @staticmethod
-    def _guests(ctx: PassContext) -> dict[int, Guest]:
-        return cluster_guests(ctx, PLUGIN)
 
     def _vmid_for(self, ctx: PassContext, share: ShareSpec, settings: ProxmoxSettings) -> int:
         spec = spec_of(share)
@@ -383,7 +327,7 @@ class LxcModePlugin:
         return guest_smb_conf(ctx, share, f"lxc:{vmid}", netbios_name(vmid), f"container {vmid}",
                               Path(guest.SHARE_MOUNT))
 
-    def _work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
+    def plan_work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
         if settings is None or settings.lxc_template is None:
             raise ValueError("mode = \"lxc\" needs [proxmox] with lxc_template in agent.toml")
@@ -436,7 +380,7 @@ class LxcModePlugin:
         differences = guest.differences(config, options, idmap)
         changes = [Change(resource, UPDATE, f"container {vmid}: {d.detail()}") for d in differences]
         seen = self._observer.value
-        record = ctx.jobs.record(job_id(share.key)) if ctx.jobs is not None else None
+        record = ctx.jobs.record(self.job_id(share.key)) if ctx.jobs is not None else None
         # A reading taken before the share's last job ended says nothing about now.
         fresh_after = record.finished if record is not None and record.finished is not None else 0.0
         fresh = seen.at > fresh_after
@@ -535,93 +479,21 @@ class LxcModePlugin:
             raise ValueError(f"container {vmid} is not this share's (its tags: {tags}): "
                              "the agent never touches a guest it did not create; give the share another vmid")
 
-    @hookimpl
-    def smbgw_plan_share(
-        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
-    ) -> Sequence[Change]:
-        mine = desired is not None and desired.mode == MODE_NAME
-        was = applied is not None and applied.mode == MODE_NAME
-        key = name.casefold()
-        if not (mine or was or key in self._vmids(ctx)):
-            return []
-        self._absorb(ctx, key)
-        if mine:
-            assert desired is not None
-            work, changes = self._work(ctx, desired)
-            # By share, under a key of its own: a share may be named "submit" or "guests".
-            ctx.plugin_scratch(PLUGIN).setdefault("planned", {})[key] = work
-            return changes
-        vmid = self._vmids(ctx).get(key)
-        if vmid is None or read_guest_config(ctx.paths.host(config_path(vmid))) is None:
+    def parse_table(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        return parse_share_table(data)
+
+    def removal_changes(self, ctx: PassContext, name: str, vmid: int, applied: ShareSpec | None) -> list[Change]:
+        if read_guest_config(ctx.paths.host(config_path(vmid))) is None:
             return []
         return [Change(share_resource(name), DELETE, f"stop and destroy container {vmid} (pct destroy --purge); "
                        f"the data in {applied.path if applied else 'the share directory'} stays")]
 
-    # ---- applying --------------------------------------------------------------------
-
-    @hookimpl
-    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
-        key = name.casefold()
-        work = ctx.plugin_scratch(PLUGIN).get("planned", {}).get(key)
-        if not isinstance(work, Work):
-            raise RuntimeError(f"share {name}: nothing planned to apply")
-        if work.smb_conf is not None:
-            checked = self._testparm(ctx.runner, work.smb_conf)
-            if checked:
-                raise ValueError(f"testparm refuses the container's smb.conf: {checked}")
-        state = ctx.plugin_state(PLUGIN)
-        vmids = self._vmids(ctx)
-        vmids[key] = work.vmid  # reserved now: no other share gets it, even before the job runs
-        state.set(VMIDS, vmids)
-        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = work
-
-    @staticmethod
-    def _testparm(runner: Runner, text: str) -> str | None:
-        with tempfile.TemporaryDirectory(prefix="smbgw-lxc-") as folder:
-            candidate = Path(folder) / "smb.conf"
-            candidate.write_text(text)
-            result = run_testparm(runner, candidate)
-        return None if result.ok else "; ".join(result.errors)[:500]
-
-    @hookimpl
-    def smbgw_remove_share(
-        self, ctx: PassContext, name: str, applied: ShareSpec | None, changes: Sequence[Change]
-    ) -> None:
-        key = name.casefold()
-        vmid = self._vmids(ctx).get(key)
-        if vmid is None:
-            return
+    def removal_work(self, ctx: PassContext, share: ShareSpec, vmid: int, teardown: Sequence[GuestStep]) -> Work:
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections) or ProxmoxSettings((0, 0), "", "")
-        share = applied or ShareSpec(name=name, file="", path="/")
-        # The guest's steps as they are now (the domain it would leave): none when the
-        # plugin behind them is gone too.
-        teardown = [step for step in ctx.guest_steps(f"lxc:{vmid}") if step.teardown is not None]
-        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = Work(share, vmid, False, settings, {}, (),
-                                                                        remove=True, teardown=teardown)
+        return Work(share, vmid, False, settings, {}, (), remove=True, teardown=teardown)
 
-    @hookimpl
-    def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
-        ctx.plugin_scratch(PLUGIN).get("submit", {}).pop(name.casefold(), None)
-
-    @hookimpl
-    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
-        """The jobs start only now, for the shares the pass kept."""
-        staged: dict[str, Work] = ctx.plugin_scratch(PLUGIN).pop("submit", {})
-        if ctx.jobs is None:
-            return {share_resource(key): "this agent runs no jobs" for key in staged}
-        state = ctx.plugin_state(PLUGIN)
-        for key, work in staged.items():
-            run = _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
-            ctx.jobs.submit(Job(job_id(key), run, JOB_TIMEOUT, share_resource(work.share.name), PLUGIN))
-            if work.remove:
-                # The share is gone from the pass's record now, so nothing plans it again to
-                # read its job's outcome: forget its VMID and pushed smb.conf here. A removal
-                # that fails leaves a container with the share's tags, for an admin.
-                for entry in (VMIDS, PUSHED, USERS, ABSORBED, STEPS, REPAIRS):
-                    remaining = dict(state.get(entry) or {})
-                    if remaining.pop(key, None) is not None:
-                        state.set(entry, remaining)
-        return {}
+    def job_for(self, ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
+        return _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
 
     # ---- smbgwctl drain ----------------------------------------------------------------
 
@@ -713,7 +585,7 @@ class LxcModePlugin:
         for key, vmid in sorted(vmids.items()):
             if key not in ctx.desired:
                 continue
-            record = ctx.jobs.record(job_id(key)) if ctx.jobs is not None else None
+            record = ctx.jobs.record(self.job_id(key)) if ctx.jobs is not None else None
             for name, reason in sorted(self._broken(vmid, record.finished if record is not None and
                                                     record.finished is not None else 0.0).items()):
                 findings.append(Health("lxc-guest", False, f"container {vmid} of share {ctx.desired[key].name}: "
@@ -836,9 +708,9 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
         elif work.ha == "remove":
             progress.report(f"taking container {vmid} out of Proxmox HA")
             hamanager.remove(runner, f"ct:{vmid}", host(RESOURCES))
-        return {"vmid": vmid, "smb_conf": digest(work.smb_conf) if work.smb_conf is not None else None,
-                "users": users_digest(work.users) if work.users is not None else None,
-                "steps": dict(work.step_record) if work.step_record is not None else None, "done": done}
+        return {"vmid": vmid, PUSHED: digest(work.smb_conf) if work.smb_conf is not None else None,
+                USERS: users_digest(work.users) if work.users is not None else None,
+                STEPS: dict(work.step_record) if work.step_record is not None else None, "done": done}
 
     return run
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,27 +38,27 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import CommandError
-from smbgw_agent.effects.samba import run_testparm
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.shares import ShareSpec
-from smbgw_agent.platform import order
 from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, Health, share_resource
 from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.guests import GuestStep
 from smbgw_agent.platform.hookspecs import hookimpl
-from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
+from smbgw_agent.platform.jobs import JobProgress, Schedule
 
 from ..proxmox import hamanager, identity
 from ..proxmox import orphans as guest_orphans
 from ..proxmox.guestconf import read_guest_config
 from ..proxmox.guestmode import (
+    PUSHED,
+    STEPS,
+    USERS,
+    GuestModePlugin,
     answers_smb,
     check_free,
     check_shared_storage,
-    cluster_guests,
     guest_smb_conf,
     ha_change,
-    recorded_vmids,
     wants_ha,
 )
 from ..proxmox.guestnet import DHCP
@@ -68,7 +67,7 @@ from ..proxmox.passdb import PassdbEntry, copy_into, local_names, read_entries
 from ..proxmox.passdb import digest as users_digest
 from ..proxmox.storage import STORAGE_CFG, StorageError, snippets_dir
 from ..proxmox.table import ProxmoxSettings
-from ..proxmox.vmlist import Guest, local_node
+from ..proxmox.vmlist import local_node
 from . import template, userdata, vmconf
 from .pvesh import Pvesh, virtiofs_refusal
 from .qm import RUNNING, STOPPED, GuestExecError, Qm
@@ -78,7 +77,7 @@ from .table import SECTION, VmSpec, parse_share_table
 log = logging.getLogger(__name__)
 PLUGIN = "mode_vm"
 MODE_NAME = "vm"
-VMIDS, PUSHED, USERS, ABSORBED, STEPS, USERDATA = "vmids", "pushed", "users", "absorbed", "steps", "userdata"
+USERDATA = "userdata"  # plugin state key: share -> digest of the user-data snippet last written
 OBSERVE_JOB = "vm:observe"
 HA_SECTION = "ha"
 PVE = "/etc/pve"
@@ -93,10 +92,6 @@ SMB_CONF = "/etc/samba/smb.conf"
 
 def config_path(vmid: int) -> str:
     return f"{QEMU_DIR}/{vmid}.conf"
-
-
-def job_id(key: str) -> str:
-    return f"vm:{key}"
 
 
 def spec_of(share: ShareSpec) -> VmSpec:
@@ -171,28 +166,17 @@ class Work:
     teardown: Sequence[GuestStep] = ()
 
 
-class VmModePlugin:
+class VmModePlugin(GuestModePlugin):
+    PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT = PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT
+    JOB_PREFIX, GUEST = "vm", "VM"
+    RECORDED = (PUSHED, USERS, STEPS, USERDATA)
+    FORGOTTEN = (*GuestModePlugin.FORGOTTEN, USERDATA)
+
     def __init__(self) -> None:
         self._observer = Observer()
         self._orphans: list[guest_orphans.Orphan] = []
 
     # ---- tables ----------------------------------------------------------------------
-
-    @hookimpl
-    def smbgw_modes(self) -> Sequence[str]:
-        return [MODE_NAME]
-
-    @hookimpl
-    def smbgw_share_sections(self) -> Sequence[str]:
-        return [SECTION]
-
-    @hookimpl
-    def smbgw_order(self) -> int:
-        return order.MODE
-
-    @hookimpl
-    def smbgw_validate_share_section(self, section: str, data: Mapping[str, Any], config: AgentConfig) -> Any:
-        return parse_share_table(data) if section == SECTION else None
 
     @hookimpl
     def smbgw_validate_share(self, share: ShareSpec, config: AgentConfig) -> Sequence[str]:
@@ -228,40 +212,6 @@ class VmModePlugin:
 
     # ---- planning --------------------------------------------------------------------
 
-    @staticmethod
-    def _vmids(ctx: PassContext) -> dict[str, int]:
-        return recorded_vmids(ctx, PLUGIN)
-
-    def _absorb(self, ctx: PassContext, key: str) -> None:
-        """The outcome of the share's last job, once: recorded when it worked, raised
-        (the share fails and is retried with back-off) when it did not."""
-        record = ctx.jobs.record(job_id(key)) if ctx.jobs is not None else None
-        state = ctx.plugin_state(PLUGIN)
-        absorbed = dict(state.get(ABSORBED) or {})
-        if record is None or record.state not in FINISHED or absorbed.get(key) == record.finished:
-            return
-        absorbed[key] = record.finished
-        state.set(ABSORBED, absorbed)
-        if record.state != SUCCEEDED:
-            raise RuntimeError(f"VM job failed: {record.error or record.state}")
-        result = record.result if isinstance(record.result, Mapping) else {}
-        vmids = self._vmids(ctx)
-        if result.get("removed"):
-            vmids.pop(key, None)
-            for name in (PUSHED, USERS, STEPS, USERDATA):
-                kept = dict(state.get(name) or {})
-                kept.pop(key, None)
-                state.set(name, kept)
-        else:
-            for name in (PUSHED, USERS, USERDATA, STEPS):
-                if result.get(name) is not None:
-                    state.set(name, {**(state.get(name) or {}), key: result[name]})
-        state.set(VMIDS, vmids)
-
-    @staticmethod
-    def _guests(ctx: PassContext) -> dict[int, Guest]:
-        return cluster_guests(ctx, PLUGIN)
-
     def _vmid_for(self, ctx: PassContext, share: ShareSpec, settings: ProxmoxSettings) -> int:
         spec = spec_of(share)
         known = self._vmids(ctx).get(share.key)
@@ -286,7 +236,7 @@ class VmModePlugin:
     def _node_name(ctx: PassContext) -> str:
         return local_node(ctx.paths.host(PVE)) or ctx.config.node
 
-    def _work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
+    def plan_work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
         if settings is None:
             raise ValueError("mode = \"vm\" needs [proxmox] in agent.toml")
@@ -335,7 +285,7 @@ class VmModePlugin:
         changes_found = vmconf.differences(config, options)
         changes = [Change(resource, UPDATE, f"VM {vmid}: {d.detail()}") for d in changes_found]
         seen = self._observer.value
-        record = ctx.jobs.record(job_id(share.key)) if ctx.jobs is not None else None
+        record = ctx.jobs.record(self.job_id(share.key)) if ctx.jobs is not None else None
         fresh_after = record.finished if record is not None and record.finished is not None else 0.0
         live = seen.status.get(vmid) if seen.at > fresh_after else None
         start = live == STOPPED
@@ -371,75 +321,24 @@ class VmModePlugin:
                        "step_record": step_record if due or ran.keys() != step_record.keys() else None})
         return work, changes
 
-    @hookimpl
-    def smbgw_plan_share(
-        self, ctx: PassContext, name: str, desired: ShareSpec | None, applied: ShareSpec | None
-    ) -> Sequence[Change]:
-        mine = desired is not None and desired.mode == MODE_NAME
-        was = applied is not None and applied.mode == MODE_NAME
-        key = name.casefold()
-        if not (mine or was or key in self._vmids(ctx)):
-            return []
-        self._absorb(ctx, key)
-        if mine:
-            assert desired is not None
-            work, changes = self._work(ctx, desired)
-            ctx.plugin_scratch(PLUGIN).setdefault("planned", {})[key] = work
-            return changes
-        vmid = self._vmids(ctx).get(key)
-        if vmid is None:
-            return []
+    def parse_table(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        return parse_share_table(data)
+
+    def removal_changes(self, ctx: PassContext, name: str, vmid: int, applied: ShareSpec | None) -> list[Change]:
         return [Change(share_resource(name), DELETE, f"stop and destroy VM {vmid} (qm destroy --purge), remove its "
                        f"snippet and directory mapping; the data in "
                        f"{applied.path if applied else 'the share directory'} stays")]
 
-    # ---- applying --------------------------------------------------------------------
-
-    @hookimpl
-    def smbgw_apply_share(self, ctx: PassContext, name: str, desired: ShareSpec, changes: Sequence[Change]) -> None:
-        key = name.casefold()
-        work = ctx.plugin_scratch(PLUGIN).get("planned", {}).get(key)
-        if not isinstance(work, Work):
-            raise RuntimeError(f"share {name}: nothing planned to apply")
-        if work.smb_conf is not None:
-            with tempfile.TemporaryDirectory(prefix="smbgw-vm-") as folder:
-                (Path(folder) / "smb.conf").write_text(work.smb_conf)
-                result = run_testparm(ctx.runner, Path(folder) / "smb.conf")
-            if not result.ok:
-                raise ValueError(f"testparm refuses the VM's smb.conf: {'; '.join(result.errors)[:500]}")
-        state = ctx.plugin_state(PLUGIN)
-        vmids = self._vmids(ctx)
-        vmids[key] = work.vmid
-        state.set(VMIDS, vmids)
-        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = work
-
-    @hookimpl
-    def smbgw_remove_share(
-        self, ctx: PassContext, name: str, applied: ShareSpec | None, changes: Sequence[Change]
-    ) -> None:
-        key = name.casefold()
-        vmid = self._vmids(ctx).get(key)
-        if vmid is None:
-            return
+    def removal_work(self, ctx: PassContext, share: ShareSpec, vmid: int, teardown: Sequence[GuestStep]) -> Work:
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections) or ProxmoxSettings((0, 0), "", "")
-        share = applied or ShareSpec(name=name, file="", path="/")
-        teardown = [step for step in ctx.guest_steps(f"vm:{vmid}") if step.teardown is not None]
-        ctx.plugin_scratch(PLUGIN).setdefault("submit", {})[key] = Work(share, vmid, settings, self._node_name(ctx),
-                                                                        remove=True, teardown=teardown)
+        try:
+            snippets = snippets_dir(ctx.paths.host(STORAGE_CFG), settings.snippets_storage)
+        except StorageError:
+            snippets = ""  # nothing of the share's can be there
+        return Work(share, vmid, settings, self._node_name(ctx), remove=True, teardown=teardown, snippets=snippets)
 
-    @hookimpl
-    def smbgw_rollback_share(self, ctx: PassContext, name: str, applied: ShareSpec | None) -> None:
-        ctx.plugin_scratch(PLUGIN).get("submit", {}).pop(name.casefold(), None)
-
-    @hookimpl
-    def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
-        staged: dict[str, Work] = ctx.plugin_scratch(PLUGIN).pop("submit", {})
-        if ctx.jobs is None:
-            return {share_resource(key): "this agent runs no jobs" for key in staged}
-        for key, work in staged.items():
-            run = _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
-            ctx.jobs.submit(Job(job_id(key), run, JOB_TIMEOUT, share_resource(work.share.name), PLUGIN))
-        return {}
+    def job_for(self, ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
+        return _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
 
     # ---- status and metrics ----------------------------------------------------------
 
@@ -648,9 +547,9 @@ def _remove_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[st
             found = pvesh.mappings().get(mapping)
             if found is not None and found.ours:
                 pvesh.delete_mapping(mapping)
-        with contextlib.suppress(StorageError, OSError):
-            folder = snippets_dir(host(STORAGE_CFG), work.settings.snippets_storage or "local")
-            (host(folder) / vmconf.snippet_name(work.share.name)).unlink(missing_ok=True)
+        if work.snippets:
+            with contextlib.suppress(OSError):
+                (host(work.snippets) / vmconf.snippet_name(work.share.name)).unlink(missing_ok=True)
         return {"vmid": vmid, "removed": True}
 
     return run

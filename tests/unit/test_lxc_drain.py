@@ -47,11 +47,11 @@ def test_a_drained_node_makes_no_container_until_undrained(tmp_path: Path, monke
     record = drain.DrainRecord(ctx.paths.state_dir)
     assert record.read() is not None and record.read()["target"] is None  # type: ignore[index]
     with pytest.raises(ValueError, match=r"this node is drained \(smbgwctl drain, since \d{4}-.*smbgwctl undrain"):
-        subject._work(ctx, spec)
+        subject.plan_work(ctx, spec)
     job = subject._start_undrain(ctx, {})
     assert "made here again" in job.run(None)["text"]  # type: ignore[arg-type]
     assert record.read() is None
-    work, _ = subject._work(ctx, spec)
+    work, _ = subject.plan_work(ctx, spec)
     assert work.create
     assert "was not drained" in subject._start_undrain(ctx, {}).run(None)["text"]  # type: ignore[arg-type]
 

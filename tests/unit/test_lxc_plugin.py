@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from smbgw_plugins.mode_lxc import guest, orphans, plugin
-from smbgw_plugins.mode_lxc.plugin import PLUGIN, PUSHED, VMIDS, LxcModePlugin, Observation, config_path
+from smbgw_plugins.mode_lxc.plugin import PLUGIN, LxcModePlugin, Observation, config_path
 from smbgw_plugins.mode_lxc.table import parse_share_table
 from smbgw_plugins.proxmox import identity
 from smbgw_plugins.proxmox import orphans as guest_orphans
+from smbgw_plugins.proxmox.guestmode import PUSHED, STEPS, VMIDS
 from smbgw_plugins.proxmox.table import parse_agent_table
 
 from smbgw_agent.effects.deadline import Deadline
@@ -279,7 +280,7 @@ def test_only_an_address_the_container_does_not_have_yet_is_probed(tmp_path: Pat
     wider = share("finance", vmid=9000, address="10.0.0.21/16")
     assert plugin._new_address(config, plugin.spec_of(wider)) is None, "same address, another prefix"
     vmlist(ctx)
-    work = subject._work(ctx, share("new", vmid=9001))[0]
+    work = subject.plan_work(ctx, share("new", vmid=9001))[0]
     assert work.create and work.probe == "10.0.0.21/24"
 
 
@@ -328,7 +329,7 @@ def test_proxmox_ha_registers_the_container_and_takes_out_only_what_the_agent_pu
     ctx = context(tmp_path, spec)
     vmlist(ctx)
     on_shared_storage(ctx)
-    work, changes = LxcModePlugin()._work(ctx, spec)
+    work, changes = LxcModePlugin().plan_work(ctx, spec)
     assert work.options["mp0"].endswith(",shared=1"), "Proxmox migrates a bind mount only when it says so"
     assert work.create and work.ha == "add" and changes[0].detail.endswith("under Proxmox HA")
     live_container(ctx, spec, 9000)
@@ -388,11 +389,11 @@ def test_proxmox_ha_on_a_local_root_disk_storage_is_refused(tmp_path: Path) -> N
     ctx = context(tmp_path, spec)
     vmlist(ctx)
     with pytest.raises(ValueError, match="is this a Proxmox VE node"):
-        LxcModePlugin()._work(ctx, spec)
+        LxcModePlugin().plan_work(ctx, spec)
     on_shared_storage(ctx)
     ctx.config = context(tmp_path, spec).config  # back to local-lvm
     with pytest.raises(ValueError, match="storage 'local-lvm' is this node's"):
-        LxcModePlugin()._work(ctx, spec)
+        LxcModePlugin().plan_work(ctx, spec)
 
 
 def test_switching_proxmox_ha_changes_the_mount_at_the_next_restart(tmp_path: Path) -> None:
@@ -481,17 +482,17 @@ def test_the_domain_ranges_are_passed_through_and_must_not_meet_the_containers_o
     for name in ("subuid", "subgid"):
         (tmp_path / name).write_text("root:100000:65536\nroot:200000:800000\nroot:70000:10000\n")
     ctx.host = Ranges((200000, 999999), (70000, 79999))
-    work, _ = LxcModePlugin()._work(ctx, spec)
+    work, _ = LxcModePlugin().plan_work(ctx, spec)
     lines = [line.config_value() for line in work.idmap]
     for kind in "ug":
         assert f"{kind} 70000 70000 10000" in lines and f"{kind} 200000 200000 800000" in lines, lines
     assert ctx.host.targets == ["lxc:9000"]
     ctx.host = Ranges((100000, 999999))  # overlaps root's 100000-165535
     with pytest.raises(ValueError, match="overlap 100000-165535"):
-        LxcModePlugin()._work(ctx, spec)
+        LxcModePlugin().plan_work(ctx, spec)
     ctx.host = Ranges((2000000, 2999999))  # not in /etc/subuid
     with pytest.raises(ValueError, match="add root:2000000:1000000"):
-        LxcModePlugin()._work(ctx, spec)
+        LxcModePlugin().plan_work(ctx, spec)
 
 
 class Steps(Ranges):
@@ -516,27 +517,27 @@ def test_a_guest_step_runs_on_create_and_again_only_when_its_inputs_change(tmp_p
     ctx = context(tmp_path, spec)
     vmlist(ctx)
     ctx.host = Steps()
-    work, changes = LxcModePlugin()._work(ctx, spec)
+    work, changes = LxcModePlugin().plan_work(ctx, spec)
     assert work.create and [s.name for s in work.steps] == ["ad:join"] and work.step_record == {"ad:join": "v1"}
     assert changes[0].detail.endswith("; make it a member of SMBGW.TEST")
     # The container exists and the step ran with these inputs: nothing to do.
     live_container(ctx, spec, 9000)
     vmlist(ctx, v9000="pve1")
-    ctx.plugin_state(PLUGIN).set(plugin.STEPS, {"finance": {"ad:join": "v1"}})
-    work, changes = LxcModePlugin()._work(ctx, spec)
+    ctx.plugin_state(PLUGIN).set(STEPS, {"finance": {"ad:join": "v1"}})
+    work, changes = LxcModePlugin().plan_work(ctx, spec)
     assert not work.steps and work.step_record is None
     assert not any("member" in c.detail for c in changes)
     # The password file was replaced: the step's inputs differ, so it runs again.
     ctx.host = Steps("v2")
-    work, changes = LxcModePlugin()._work(ctx, spec)
+    work, changes = LxcModePlugin().plan_work(ctx, spec)
     assert [s.inputs for s in work.steps] == ["v2"] and work.step_record == {"ad:join": "v2"}
     assert [c.detail for c in changes if "member" in c.detail] == ["container 9000: make it a member of SMBGW.TEST"]
     # Stopped and left stopped (autostart = false): the step waits until it runs.
-    ctx.plugin_state(PLUGIN).set(plugin.STEPS, {})
+    ctx.plugin_state(PLUGIN).set(STEPS, {})
     stopped = share(vmid=9000, autostart=False)
     subject = LxcModePlugin()
     subject._observer.value = Observation(at=1e12, status={9000: plugin.STOPPED})
-    work, _ = subject._work(ctx, stopped)
+    work, _ = subject.plan_work(ctx, stopped)
     assert not work.steps
 
 
@@ -611,7 +612,7 @@ def test_a_failed_check_runs_the_step_again_once_per_repair_interval(tmp_path: P
     ctx = context(tmp_path, spec)
     live_container(ctx, spec, 9000)
     vmlist(ctx, v9000="pve1")
-    ctx.plugin_state(PLUGIN).set(plugin.STEPS, {"finance": {"ad:join": "v1"}})
+    ctx.plugin_state(PLUGIN).set(STEPS, {"finance": {"ad:join": "v1"}})
     ctx.plugin_state(PLUGIN).set(VMIDS, {"finance": 9000})
     host = Steps()
     host.step = checked_step([], repair=3600.0)
@@ -619,13 +620,13 @@ def test_a_failed_check_runs_the_step_again_once_per_repair_interval(tmp_path: P
     subject = LxcModePlugin()
     subject._observer.value = Observation(at=time.time(), status={9000: plugin.RUNNING}, answers={9000: True})
     subject._checks.value = CheckReading(time.time(), {9000: {"ad:join": "the domain no longer accepts it"}})
-    work, changes = subject._work(ctx, spec)
+    work, changes = subject.plan_work(ctx, spec)
     assert [s.name for s in work.steps] == ["ad:join"]
     assert "container 9000: make it a member of SMBGW.TEST again (the domain no longer accepts it)" in \
         [c.detail for c in changes]
     found = subject.smbgw_health(ctx)
     assert any(f.check == "lxc-guest" and "no longer accepts" in f.detail for f in found), found
-    work, changes = subject._work(ctx, spec)
+    work, changes = subject.plan_work(ctx, spec)
     assert not work.steps, "repaired once within the interval: reported, not looped"
     # A reading taken before the share's last job ended (the repair) says nothing.
     subject._checks.value = CheckReading(100.0, {9000: {"ad:join": "old news"}})

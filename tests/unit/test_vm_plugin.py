@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import yaml
 from smbgw_plugins.mode_vm import pvesh, template, userdata, vmconf
-from smbgw_plugins.mode_vm.plugin import PLUGIN, PUSHED, USERDATA, VMIDS, VmModePlugin, config_path, digest, spec_of
+from smbgw_plugins.mode_vm.plugin import PLUGIN, USERDATA, VmModePlugin, config_path, digest, spec_of
 from smbgw_plugins.mode_vm.table import parse_share_table
 from smbgw_plugins.proxmox.guestconf import parse_guest_config
+from smbgw_plugins.proxmox.guestmode import PUSHED, VMIDS
 from smbgw_plugins.proxmox.passdb import digest as users_digest
 from smbgw_plugins.proxmox.storage import StorageError, snippets_dir
 from smbgw_plugins.proxmox.table import parse_agent_table
@@ -137,7 +138,7 @@ def settled(ctx: Any, spec: ShareSpec, vmid: int) -> VmModePlugin:
     subject = VmModePlugin()
     state = ctx.plugin_state(PLUGIN)
     state.set(VMIDS, {spec.key: vmid})
-    subject._work(ctx, spec)
+    subject.plan_work(ctx, spec)
     work = ctx.plugin_scratch(PLUGIN)
     work.clear()
     smb_conf = subject._smb_conf(ctx, spec, vmid)
