@@ -17,75 +17,24 @@ state directory (`DrainRecord`), so it holds across restarts of the agent.
 
 from __future__ import annotations
 
-import json
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import CommandError
-from smbgw_agent.platform.commands import CommandRefused
 from smbgw_agent.platform.jobs import Job, JobProgress
 
+from ..proxmox.drain import DrainRecord, await_arrival, check_target
 from ..proxmox.guestconf import GuestConfig, GuestConfigError, parse_property_string
-from ..proxmox.vmlist import VmlistError, read_vmlist
+from ..proxmox.vmlist import VmlistError
 from .pct import MIGRATE_TIMEOUT, Pct
+
+__all__ = ["JOB", "DrainRecord", "check_target", "migrate_job", "movable"]
 
 JOB = "lxc:drain"
 ARRIVAL_POLL = 1.0
 _NODE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
-
-
-class DrainRecord:
-    """Whether this node is drained, as the LXC mode keeps it: a small JSON file
-    (`{"since": EPOCH, "target": NODE or null}`). A file that cannot be read counts as
-    drained: making a container on a node an administrator is emptying is the worse
-    mistake, and the message says which file to look at."""
-
-    NAME = "lxc-drained.json"
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / self.NAME
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return {"since": None, "target": None, "error": str(exc)}
-        try:
-            value = json.loads(text[:4096])
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            return {"since": None, "target": None, "error": f"{self.path} is not a drain record"}
-        return value
-
-    def set(self, target: str | None, now: float) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, json.dumps({"since": now, "target": target}) + "\n", mode=0o600)
-
-    def clear(self) -> bool:
-        """True if the node was drained."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    def refusal(self) -> str | None:
-        """Why a new container is not made here now, or None."""
-        record = self.read()
-        if record is None:
-            return None
-        since = record.get("since")
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) \
-            else f"unknown ({record.get('error') or 'no time recorded'})"
-        return (f"this node is drained (smbgwctl drain, since {when}): containers for new shares are made after "
-                f"smbgwctl undrain (or place the share on another node); the record is {self.path}")
 
 
 def movable(config: GuestConfig) -> bool:
@@ -95,15 +44,6 @@ def movable(config: GuestConfig) -> bool:
     except GuestConfigError:
         return False
     return not mount.get("volume", "").startswith("/") or mount.get("shared") == "1"
-
-
-def check_target(target: str, here: str | None, pve: Path) -> None:
-    if not _NODE_NAME.fullmatch(target):
-        raise CommandRefused(f"--target {target[:80]!r} is not a Proxmox node name")
-    if target == here:
-        raise CommandRefused(f"--target {target} is this node")
-    if not (pve / "nodes" / target).is_dir():
-        raise CommandRefused(f"--target {target}: no such node in the cluster (/etc/pve/nodes)")
 
 
 def migrate_job(pct: Pct, vmlist: Path, containers: Mapping[int, str], target: str,
@@ -116,7 +56,7 @@ def migrate_job(pct: Pct, vmlist: Path, containers: Mapping[int, str], target: s
             progress.report(f"migrating container {vmid} (share {share}) to {target}")
             try:
                 pct.migrate(vmid, target)
-                _await_arrival(vmlist, vmid, target, progress)
+                await_arrival(vmlist, vmid, target, progress, "container", MIGRATE_TIMEOUT)
                 moved.append(vmid)
             except (CommandError, TimeoutError, VmlistError) as exc:
                 failed[vmid] = str(exc)
@@ -131,14 +71,3 @@ def migrate_job(pct: Pct, vmlist: Path, containers: Mapping[int, str], target: s
     return Job(JOB, run, MIGRATE_TIMEOUT * max(1, len(containers)) + 60.0)
 
 
-def _await_arrival(vmlist: Path, vmid: int, target: str, progress: JobProgress,
-                   clock: Callable[[], float] = time.monotonic) -> None:
-    """Until the cluster lists the container on `target` (at once after a plain migration;
-    an HA migration returns when HA has been asked, and HA does it seconds later)."""
-    deadline = clock() + MIGRATE_TIMEOUT
-    while clock() < deadline and not progress.expired:
-        guest = read_vmlist(vmlist).get(vmid)
-        if guest is not None and guest.node == target:
-            return
-        time.sleep(ARRIVAL_POLL)
-    raise TimeoutError(f"container {vmid} is not on {target} after {MIGRATE_TIMEOUT:g}s")

@@ -505,20 +505,7 @@ class LxcModePlugin(GuestModePlugin):
                         options=(("timeout", "how long to wait for SMB sessions to end (default 5m)"),
                                  ("target", "the node to move to: a Proxmox node name for containers; with CTDB, "
                                             "the node (pnn or private address) that takes the addresses")),
-                        shared=True),
-                Command("undrain", "put this node back in service: containers for new shares are made here again",
-                        self._start_undrain, shared=True)]
-
-    def _start_undrain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job:
-        record = drain.DrainRecord(ctx.paths.state_dir)
-        try:
-            was = record.clear()
-        except OSError as exc:
-            raise CommandRefused(f"cannot remove the drain record {record.path}: {exc}") from exc
-        text = ("containers for new shares are made here again (a share that failed while the node was drained is "
-                "retried at its next attempt, or at once with systemctl reload smbgw-agent)") if was else \
-            "the LXC mode was not drained"
-        return Job("lxc:undrain", lambda _progress: {"text": text}, 10.0, "", PLUGIN)
+                        shared=True)]
 
     def _start_drain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job | None:
         """This node's share containers (the VMIDs recorded for shares, with a config on

@@ -32,6 +32,7 @@ def test_a_target_must_be_another_node_of_the_cluster(tmp_path: Path) -> None:
 def test_a_drained_node_makes_no_container_until_undrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from smbgw_plugins.mode_lxc import plugin
     from smbgw_plugins.mode_lxc.plugin import LxcModePlugin
+    from smbgw_plugins.proxmox.plugin import ProxmoxPlugin
 
     from tests.unit.test_lxc_plugin import context, share, vmlist
 
@@ -48,12 +49,12 @@ def test_a_drained_node_makes_no_container_until_undrained(tmp_path: Path, monke
     assert record.read() is not None and record.read()["target"] is None  # type: ignore[index]
     with pytest.raises(ValueError, match=r"this node is drained \(smbgwctl drain, since \d{4}-.*smbgwctl undrain"):
         subject.plan_work(ctx, spec)
-    job = subject._start_undrain(ctx, {})
+    job = ProxmoxPlugin()._start_undrain(ctx, {})
     assert "made here again" in job.run(None)["text"]  # type: ignore[arg-type]
     assert record.read() is None
     work, _ = subject.plan_work(ctx, spec)
     assert work.create
-    assert "was not drained" in subject._start_undrain(ctx, {}).run(None)["text"]  # type: ignore[arg-type]
+    assert "no guest mode was drained" in ProxmoxPlugin()._start_undrain(ctx, {}).run(None)["text"]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("content", ["", "{", "[]", "\x00" * 10, '{"since": "yesterday"}'])
