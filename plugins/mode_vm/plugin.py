@@ -41,13 +41,15 @@ from smbgw_agent.effects.runner import CommandError
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform.changes import CREATE, DELETE, UPDATE, Change, Health, share_resource
+from smbgw_agent.platform.commands import Command, CommandRefused
 from smbgw_agent.platform.context import CollectContext, PassContext
 from smbgw_agent.platform.guests import GuestStep
 from smbgw_agent.platform.hookspecs import hookimpl
-from smbgw_agent.platform.jobs import JobProgress, Schedule
+from smbgw_agent.platform.jobs import Job, JobProgress, Schedule
 
 from ..proxmox import hamanager, identity
 from ..proxmox import orphans as guest_orphans
+from ..proxmox.drain import DrainRecord, check_target
 from ..proxmox.guestconf import read_guest_config
 from ..proxmox.guestmode import (
     PUSHED,
@@ -56,7 +58,6 @@ from ..proxmox.guestmode import (
     GuestModePlugin,
     answers_smb,
     check_free,
-    check_shared_storage,
     guest_smb_conf,
     ha_change,
     wants_ha,
@@ -65,10 +66,10 @@ from ..proxmox.guestnet import DHCP
 from ..proxmox.haresources import RESOURCES
 from ..proxmox.passdb import PassdbEntry, copy_into, local_names, read_entries
 from ..proxmox.passdb import digest as users_digest
-from ..proxmox.storage import STORAGE_CFG, StorageError, snippets_dir
+from ..proxmox.storage import STORAGE_CFG, StorageError, is_shared, snippets_dir
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.vmlist import local_node
-from . import template, userdata, vmconf
+from . import drain, template, userdata, vmconf
 from .pvesh import Pvesh, virtiofs_refusal
 from .qm import RUNNING, STOPPED, GuestExecError, Qm
 from .shell import VmShell
@@ -156,6 +157,7 @@ class Work:
     smb_conf: str | None = None  # to push into a running VM
     user_data: str | None = None  # to write as the snippet
     host_path: str = ""
+    mapping_paths: Mapping[str, str] = field(default_factory=dict)  # node -> the share's directory there
     snippets: str = ""  # the snippets directory of [proxmox] snippets_storage on this node
     users: Sequence[PassdbEntry] | None = None
     probe: str | None = None
@@ -243,8 +245,6 @@ class VmModePlugin(GuestModePlugin):
         spec = spec_of(share)
         vmid = self._vmid_for(ctx, share, settings)
         node = self._node_name(ctx)
-        if wants_ha(share):
-            check_shared_storage(ctx, settings, "VM")
         options = vmconf.wanted_options(share.name, share.file, spec, settings.bridge, settings.snippets_storage,
                                         node)
         entries = read_entries(ctx.runner, ctx.paths.smb_conf, local_names(share.valid_users))
@@ -260,8 +260,10 @@ class VmModePlugin(GuestModePlugin):
             snippets = snippets_dir(ctx.paths.host(STORAGE_CFG), settings.snippets_storage)
         except StorageError as exc:
             raise ValueError(f"[proxmox] snippets_storage: {exc}") from None
+        nodes = _cluster_nodes(ctx) if wants_ha(share) else []
+        paths = {name: host_path for name in {node, *nodes}}
         base = Work(share, vmid, settings, node, options=options, host_path=host_path, user_data=text,
-                    step_record=step_record, snippets=snippets)
+                    step_record=step_record, snippets=snippets, mapping_paths=paths)
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
         if config is None:
             guests = self._guests(ctx)
@@ -270,6 +272,12 @@ class VmModePlugin(GuestModePlugin):
                                  "the agent never touches a guest it did not create")
             found = template.find(ctx.paths.host(PVE), spec.template if spec.template is not None
                                   else settings.vm_template)
+            refusal = DrainRecord(ctx.paths.state_dir).refusal()
+            if refusal:
+                raise ValueError(refusal)
+            if wants_ha(share):
+                _check_shared_disks(ctx, {settings.storage} if spec.full_clone else
+                                    template.disk_storages(found.config))
             work = Work(**{**base.__dict__, "create": True, "template": found.vmid, "smb_conf": smb_conf,
                            "users": entries, "probe": None if spec.address == DHCP else spec.address,
                            "ha": "add" if wants_ha(share) else None, "steps": steps})
@@ -282,6 +290,8 @@ class VmModePlugin(GuestModePlugin):
             tags = ";".join(sorted(identity.tags_of(config))) or "none"
             raise ValueError(f"VM {vmid} is not this share's (its tags: {tags}): the agent never touches a guest it "
                              "did not create; give the share another vmid")
+        if wants_ha(share):
+            _check_shared_disks(ctx, template.disk_storages(config))
         changes_found = vmconf.differences(config, options)
         changes = [Change(resource, UPDATE, f"VM {vmid}: {d.detail()}") for d in changes_found]
         seen = self._observer.value
@@ -340,6 +350,52 @@ class VmModePlugin(GuestModePlugin):
     def job_for(self, ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str, Any]]:
         return _remove_job(ctx, work) if work.remove else _apply_job(ctx, work)
 
+    # ---- smbgwctl drain --------------------------------------------------------------
+
+    @hookimpl
+    def smbgw_commands(self) -> Sequence[Command]:
+        return [Command("drain", "relocate its VM-mode shares' VMs to --target with Proxmox HA",
+                        self._start_drain, flags=(("force", "drain even if something cannot be moved (it is left "
+                                                                "here)"),),
+                        options=(("timeout", "how long to wait for SMB sessions to end (default 5m)"),
+                                 ("target", "the node to move to: a Proxmox node name for containers and VMs; with "
+                                            "CTDB, the node (pnn or private address) that takes the addresses")),
+                        shared=True)]
+
+    def _start_drain(self, ctx: PassContext, arguments: Mapping[str, Any]) -> Job | None:
+        """This node's share VMs (the VMIDs recorded for shares, with a config on this
+        node), checked before anything moves; from then on no VM is made here."""
+        host = ctx.paths.host
+        here: dict[int, tuple[str, str, str]] = {}
+        left: dict[int, str] = {}
+        for key, vmid in sorted(self._vmids(ctx).items()):
+            if read_guest_config(host(config_path(vmid))) is None:
+                continue
+            share = ctx.desired.get(key)
+            if share is not None and wants_ha(share):
+                here[vmid] = (share.name, vmconf.mapping_id(share.name), str(host(share.path)))
+            else:
+                left[vmid] = f"share {key}: not under Proxmox HA ([ha] proxmox_ha = true), so its data and disks " \
+                             "are not known to be on storage the target reaches"
+        force, target = bool(arguments.get("force")), arguments.get("target")
+        record = DrainRecord(ctx.paths.state_dir)
+        if (here or left) and not target and not force:
+            raise CommandRefused(f"this node runs the VMs of {len(here) + len(left)} share(s): name the node to "
+                                 "move them to with --target NODE, or drain with --force to leave them here")
+        if target and (here or left):
+            check_target(str(target), local_node(host(PVE)), host(PVE))
+        if left and not force:
+            raise CommandRefused("; ".join(f"VM {vmid} ({why})" for vmid, why in sorted(left.items())) +
+                                 ". Put such a share on shared storage with [ha] proxmox_ha = true, or drain with "
+                                 "--force to leave it here")
+        try:
+            record.set(str(target) if target else None, time.time())
+        except OSError as exc:
+            raise CommandRefused(f"cannot record the drain in {record.path}: {exc}") from exc
+        if not here or not target:
+            return None
+        return drain.relocate_job(ctx.runner, host(VMLIST), here, str(target), left)
+
     # ---- status and metrics ----------------------------------------------------------
 
     @hookimpl
@@ -379,6 +435,26 @@ class VmModePlugin(GuestModePlugin):
         return [running, agent]
 
 
+def _cluster_nodes(ctx: PassContext) -> list[str]:
+    """The cluster's nodes, as pmxcfs lists them (/etc/pve/nodes)."""
+    nodes = ctx.paths.host(PVE) / "nodes"
+    return sorted(entry.name for entry in nodes.iterdir() if entry.is_dir()) if nodes.is_dir() else []
+
+
+def _check_shared_disks(ctx: PassContext, storages: set[str]) -> None:
+    """Proxmox HA starts the VM on another node from its config alone: every disk must be
+    on storage that node reaches (a linked clone's are where the template's are)."""
+    for storage in sorted(storages):
+        try:
+            shared = is_shared(ctx.paths.host(STORAGE_CFG), storage)
+        except StorageError as exc:
+            raise ValueError(f"[ha] proxmox_ha: cannot tell whether storage {storage!r} is shared: {exc}") from None
+        if not shared:
+            raise ValueError(f"[ha] proxmox_ha needs the VM's disks on storage every node reaches: {storage!r} is "
+                             f"this node's ({STORAGE_CFG}); use a template on shared storage, or full_clone = true "
+                             "with [proxmox] storage on shared storage")
+
+
 # ---- the jobs (worker threads) --------------------------------------------------------
 
 
@@ -394,17 +470,20 @@ def _write_snippet(ctx: PassContext, work: Work, progress: JobProgress) -> None:
 
 
 def _ensure_mapping(pvesh: Pvesh, work: Work, progress: JobProgress) -> None:
+    """The share's directory mapping, with an entry for each node its VM may run on: this
+    node, and with Proxmox HA every node of the cluster (the share's directory is then on
+    storage every node mounts at the same path)."""
     mapping = vmconf.mapping_id(work.share.name)
     found = pvesh.mappings().get(mapping)
     if found is not None and not found.ours:
         raise ValueError(f"directory mapping {mapping} exists and is not smbgw-agent's: rename it or give the share "
                          "another name")
-    if found is not None and found.paths.get(work.node) == work.host_path:
+    if found is not None and found.paths == dict(work.mapping_paths):
         return
     if found is not None:
         pvesh.delete_mapping(mapping)
-    progress.report(f"mapping {work.host_path} as {mapping} for node {work.node}")
-    pvesh.create_mapping(mapping, work.node, work.host_path, work.share.name)
+    progress.report(f"mapping {work.host_path} as {mapping} for node(s) {', '.join(sorted(work.mapping_paths))}")
+    pvesh.create_mapping(mapping, work.mapping_paths, work.share.name)
 
 
 def _await_ready(qm: Qm, work: Work, progress: JobProgress) -> None:
@@ -489,7 +568,10 @@ def _apply_job(ctx: PassContext, work: Work) -> Callable[[JobProgress], dict[str
         done = [f"{step.name}: {step.setup(shell, progress)}" for step in work.steps]
         for line in done:
             log.info("vm: %s", line)
+        if work.ha is not None and not work.create:
+            _ensure_mapping(pvesh, work, progress)
         if work.ha == "add":
+            progress.report(f"registering VM {vmid} with Proxmox HA")
             hamanager.add(runner, f"vm:{vmid}", work.share.name, ctx.paths.host(RESOURCES))
         elif work.ha == "remove":
             hamanager.remove(runner, f"vm:{vmid}", ctx.paths.host(RESOURCES))

@@ -20,6 +20,7 @@ the share fails instead of taking it over.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,10 +100,11 @@ class Pvesh:
         return parse_mappings(self.runner.run([PVESH, "get", "/cluster/mapping/dir", "--output-format", "json"],
                                               timeout=TIMEOUT).stdout)
 
-    def create_mapping(self, mapping: str, node: str, path: str, share: str) -> None:
-        self.runner.run([PVESH, "create", "/cluster/mapping/dir", "--id", mapping, "--map",
-                         f"node={node},path={path}", "--description", DESCRIPTION.format(share=share)],
-                        timeout=TIMEOUT)
+    def create_mapping(self, mapping: str, paths: Mapping[str, str], share: str) -> None:
+        """`paths`: node -> the share's directory there (one entry per node the VM may run on)."""
+        maps = [arg for node, path in sorted(paths.items()) for arg in ("--map", f"node={node},path={path}")]
+        self.runner.run([PVESH, "create", "/cluster/mapping/dir", "--id", mapping, *maps, "--description",
+                         DESCRIPTION.format(share=share)], timeout=TIMEOUT)
 
     def delete_mapping(self, mapping: str) -> None:
         self.runner.run([PVESH, "delete", f"/cluster/mapping/dir/{mapping}"], timeout=TIMEOUT)

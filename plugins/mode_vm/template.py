@@ -90,3 +90,18 @@ def find(pve: Path, wanted: int | None) -> Template:
         raise TemplateError(f"VM template {wanted} has no cloud-init drive: add one (qm set {wanted} --ide2 "
                             "STORAGE:cloudinit), or the clone never gets its share's settings")
     return Template(wanted, node, config)
+
+
+_DISK = re.compile(r"^(ide[0-3]|sata[0-5]|scsi([0-9]|[12][0-9]|30)|virtio([0-9]|1[0-5])|efidisk0|tpmstate0)$")
+
+
+def disk_storages(config: GuestConfig) -> set[str]:
+    """The storages holding the guest's disks (not its CD-ROMs or cloud-init drive): where
+    a linked clone's disks are too."""
+    found = set()
+    for key, value in config.options.items():
+        volume = value.split(",", 1)[0]
+        if not _DISK.match(key) or "media=cdrom" in value or "cloudinit" in volume or ":" not in volume:
+            continue
+        found.add(volume.split(":", 1)[0])
+    return found

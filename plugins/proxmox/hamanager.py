@@ -33,3 +33,11 @@ def remove(runner: Runner, sid: str, resources: Path) -> None:
     runner.run([HA_MANAGER, "remove", sid], timeout=TIMEOUT)
     if sid in read_resources(resources):
         raise HaConfigError(f"ha-manager remove {sid} ended without an error, but {sid} is still in {RESOURCES}")
+
+
+def relocate(runner: Runner, sid: str, target: str) -> None:
+    """`ha-manager crm-command relocate SID NODE`: HA stops the guest, moves it to NODE and
+    starts it there. Only queued here: the caller waits until the cluster lists it on
+    NODE. (A VM with a virtiofs directory cannot be live-migrated, qemu-server 8.4 refuses
+    it, so relocation, not migration, is how HA moves one.)"""
+    runner.run([HA_MANAGER, "crm-command", "relocate", sid, target], timeout=TIMEOUT)
