@@ -123,3 +123,10 @@ bench-ad: venv
 .PHONY: bench-lxc
 bench-lxc: venv
 	$(PY) bench/lxc.py
+
+# VM mode through the qm/pvesh test stand-ins over QEMU (TCG): file dropped -> served
+# through the VM (median of 3, native mode as the peer), an edit -> live, and how much of
+# it is the guest's boot under TCG. Root; ~4 minutes (the guest image built on first use).
+.PHONY: bench-vm
+bench-vm: venv
+	$(PY) bench/vm.py
