@@ -71,7 +71,7 @@ from ..proxmox.haresources import RESOURCES
 from ..proxmox.passdb import PassdbEntry, copy_into, local_names, read_entries
 from ..proxmox.passdb import digest as users_digest
 from ..proxmox.table import ProxmoxSettings
-from ..proxmox.vmlist import Guest, allocate, local_node
+from ..proxmox.vmlist import allocate, local_node
 from . import checks, drain, guest, orphans, vfs
 from .checks import GuestChecks
 from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, subid_lines
@@ -199,7 +199,7 @@ class Work:
 
 class LxcModePlugin(GuestModePlugin):
     PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT = PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT
-    JOB_PREFIX, GUEST = "lxc", "container"
+    JOB_PREFIX, GUEST, GUEST_TYPE, CONFIG_DIR = "lxc", "container", "lxc", "lxc"
     FORGOTTEN = (*GuestModePlugin.FORGOTTEN, REPAIRS)
 
     def __init__(self) -> None:
@@ -358,7 +358,7 @@ class LxcModePlugin(GuestModePlugin):
 
         if config is None:
             guests = self._guests(ctx)
-            elsewhere = self._moved_to(ctx, share, vmid, guests)
+            elsewhere = self._moved_to(ctx, share, vmid, spec_of(share).vmid, guests)
             self._moved.pop(share.key, None)
             if elsewhere is not None:
                 # Proxmox HA (or someone with pct migrate) moved it: it serves the share
@@ -448,24 +448,6 @@ class LxcModePlugin(GuestModePlugin):
         if found:
             state.set(REPAIRS, {**(state.get(REPAIRS) or {}), key: repaired})
         return found
-
-    def _moved_to(self, ctx: PassContext, share: ShareSpec, vmid: int, guests: Mapping[int, Guest]) -> str | None:
-        """The node the share's own container now runs on, when that is not this node:
-        the VMID is the one the agent recorded for the share, the cluster lists it on
-        another node, and its config there carries the share's tags."""
-        owner = guests.get(vmid)
-        here = _local_node(ctx)
-        if owner is None or owner.type != "lxc" or here is None or owner.node == here:
-            return None
-        if self._vmids(ctx).get(share.key) != vmid and spec_of(share).vmid != vmid:
-            return None
-        try:
-            remote = read_guest_config(ctx.paths.host(f"/etc/pve/nodes/{owner.node}/lxc/{vmid}.conf"))
-        except GuestConfigError:
-            return None
-        if remote is None:
-            return None
-        return owner.node if identity.belongs_to(remote, share.name) else None
 
     @staticmethod
     def _node_name(ctx: PassContext) -> str:

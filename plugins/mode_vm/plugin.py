@@ -170,13 +170,14 @@ class Work:
 
 class VmModePlugin(GuestModePlugin):
     PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT = PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT
-    JOB_PREFIX, GUEST = "vm", "VM"
+    JOB_PREFIX, GUEST, GUEST_TYPE, CONFIG_DIR = "vm", "VM", "qemu", "qemu-server"
     RECORDED = (PUSHED, USERS, STEPS, USERDATA)
     FORGOTTEN = (*GuestModePlugin.FORGOTTEN, USERDATA)
 
     def __init__(self) -> None:
         self._observer = Observer()
         self._orphans: list[guest_orphans.Orphan] = []
+        self._moved: dict[str, tuple[int, str]] = {}  # share -> (vmid, node): its VM runs elsewhere
 
     # ---- tables ----------------------------------------------------------------------
 
@@ -267,6 +268,13 @@ class VmModePlugin(GuestModePlugin):
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
         if config is None:
             guests = self._guests(ctx)
+            elsewhere = self._moved_to(ctx, share, vmid, spec.vmid, guests)
+            self._moved.pop(share.key, None)
+            if elsewhere is not None:
+                # Proxmox HA (or a drain) moved it: it serves the share there. Nothing is
+                # made here; edits wait until it is back.
+                self._moved[share.key] = (vmid, elsewhere)
+                return base, []
             if vmid in guests:
                 raise ValueError(f"VMID {vmid} is in use by a {guests[vmid].type} guest on node {guests[vmid].node}: "
                                  "the agent never touches a guest it did not create")
@@ -404,10 +412,16 @@ class VmModePlugin(GuestModePlugin):
         that removes them, never destroyed on a guess."""
         wanted = {identity.share_tag(s.name) for s in ctx.desired.values() if s.mode == MODE_NAME}
         self._orphans = guest_orphans.find(ctx.paths.host(QEMU_DIR), wanted, self._node_name(ctx))
-        return [Health("vm-orphan", False, f"VM {orphan.vmid} ({orphan.named()}) was made by smbgw-agent for a share "
-                       f"no file declares now: remove it with qm stop {orphan.vmid} && qm destroy {orphan.vmid} "
-                       "--purge (the share's data is on the host and stays)", f"vm:{orphan.vmid}")
-                for orphan in self._orphans]
+        here = local_node(ctx.paths.host(PVE)) or "this node"
+        moved = [Health("vm-moved", False, f"VM {vmid} of share {ctx.desired[key].name} runs on node {node} (moved by "
+                        f"Proxmox HA or a drain) and serves the share there; edits of the share wait until it is back "
+                        f"on {here} (ha-manager crm-command relocate vm:{vmid} {here})", f"vm:{vmid}")
+                 for key, (vmid, node) in sorted(self._moved.items()) if key in ctx.desired]
+        return moved + [Health("vm-orphan", False, f"VM {orphan.vmid} ({orphan.named()}) was made by smbgw-agent "
+                               f"for a share no file declares now: remove it with qm stop {orphan.vmid} && qm "
+                               f"destroy {orphan.vmid} --purge (the share's data is on the host and stays)",
+                               f"vm:{orphan.vmid}")
+                        for orphan in self._orphans]
 
     @hookimpl
     def smbgw_observe(self, ctx: PassContext) -> Mapping[str, Any]:

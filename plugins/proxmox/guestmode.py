@@ -26,11 +26,12 @@ from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress
 
 from ..linkprobe import probe
 from ..sambaconf import render_share, security_globals
-from . import hamanager
+from . import hamanager, identity
+from .guestconf import GuestConfigError, read_guest_config
 from .haresources import RESOURCES, read_resources
 from .storage import STORAGE_CFG, StorageError, is_shared
 from .table import ProxmoxSettings
-from .vmlist import Guest, read_vmlist
+from .vmlist import Guest, local_node, read_vmlist
 
 # Plugin state keys, each share -> its value: the VMID recorded for it; digests of the
 # smb.conf and the users last given to its guest; its guest steps' inputs when they last
@@ -156,6 +157,8 @@ class GuestModePlugin:
     SECTION: ClassVar[str]
     JOB_PREFIX: ClassVar[str]  # job ids and guest targets: "lxc" -> lxc:SHARE, lxc:VMID
     GUEST: ClassVar[str]  # what the administrator calls the guest: "container", "VM"
+    GUEST_TYPE: ClassVar[str]  # its type in /etc/pve/.vmlist: "lxc", "qemu"
+    CONFIG_DIR: ClassVar[str]  # its configs' directory under /etc/pve/nodes/NODE: "lxc", "qemu-server"
     JOB_TIMEOUT: ClassVar[float]
     RECORDED: ClassVar[tuple[str, ...]] = (PUSHED, USERS, STEPS)  # job result keys kept per share
     FORGOTTEN: ClassVar[tuple[str, ...]] = (VMIDS, PUSHED, USERS, ABSORBED, STEPS)
@@ -187,6 +190,26 @@ class GuestModePlugin:
 
     def _guests(self, ctx: PassContext) -> dict[int, Guest]:
         return cluster_guests(ctx, self.PLUGIN)
+
+    def _moved_to(self, ctx: PassContext, share: ShareSpec, vmid: int, declared: int | None,
+                  guests: Mapping[int, Guest]) -> str | None:
+        """The node the share's own guest now runs on, when that is not this node: the
+        VMID is the one recorded (or declared) for the share, the cluster lists it on
+        another node, and its config there carries the share's tags. (Moved there by
+        Proxmox HA or a drain: it serves the share there, and nothing is made here.)"""
+        owner = guests.get(vmid)
+        here = local_node(ctx.paths.host("/etc/pve"))
+        if owner is None or owner.type != self.GUEST_TYPE or here is None or owner.node == here:
+            return None
+        if self._vmids(ctx).get(share.key) != vmid and declared != vmid:
+            return None
+        try:
+            remote = read_guest_config(ctx.paths.host(f"/etc/pve/nodes/{owner.node}/{self.CONFIG_DIR}/{vmid}.conf"))
+        except GuestConfigError:
+            return None
+        if remote is None:
+            return None
+        return owner.node if identity.belongs_to(remote, share.name) else None
 
     def _absorb(self, ctx: PassContext, key: str) -> None:
         record = ctx.jobs.record(self.job_id(key)) if ctx.jobs is not None else None

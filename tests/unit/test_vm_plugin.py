@@ -277,3 +277,65 @@ def test_a_vm_made_for_a_share_no_file_declares_is_reported_never_destroyed(tmp_
 
 def vm_conf_exists(ctx: Any, vmid: int) -> bool:
     return bool(ctx.paths.host(f"/etc/pve/nodes/pve1/qemu-server/{vmid}.conf").exists())
+
+
+SHARED_STORAGE_CFG = STORAGE_CFG + "\ndir: shared-dir\n\tpath /mnt/pve/shared-dir\n\tcontent images,snippets\n\tshared 1\n" \
+    "\nlvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n"
+SHARED_TEMPLATE = CLOUDINIT_TEMPLATE.replace("local:8000", "shared-dir:8000")
+
+
+def ha_share(name: str = "finance", **vm: Any) -> ShareSpec:
+    spec = share(name, **vm)
+    return ShareSpec(name=spec.name, file=spec.file, path=spec.path, mode="vm",
+                     sections={**spec.sections, "ha": {"proxmox_ha": True}})
+
+
+def test_proxmox_ha_needs_the_vms_disks_on_shared_storage(tmp_path: Path) -> None:
+    spec = ha_share()
+    ctx = context(tmp_path, spec)
+    vm_config(ctx, 8000, CLOUDINIT_TEMPLATE)
+    with pytest.raises(ValueError, match="needs the VM's disks on storage every node reaches: 'local' is this node's"):
+        plan(VmModePlugin(), ctx, spec)
+    ctx.paths.host("/etc/pve/storage.cfg").write_text(SHARED_STORAGE_CFG)
+    vm_config(ctx, 8000, SHARED_TEMPLATE)
+    ctx.paths.host("/etc/pve/nodes/pve2").mkdir(parents=True)
+    subject = VmModePlugin()
+    [(action, detail)] = plan(subject, ctx, spec)
+    assert action == CREATE and "under Proxmox HA" in detail
+    work = ctx.plugin_scratch(PLUGIN)["planned"]["finance"]
+    assert work.ha == "add"
+    host_path = str(ctx.paths.host("/srv/finance"))
+    assert work.mapping_paths == {"pve1": host_path, "pve2": host_path}, "HA may start it on any node"
+    full = ha_share(full_clone=True)  # a full clone's disk goes to [proxmox] storage, which is local-lvm here
+    full_ctx = context(tmp_path / "full", full)
+    full_ctx.paths.host("/etc/pve/storage.cfg").write_text(SHARED_STORAGE_CFG)
+    vm_config(full_ctx, 8000, SHARED_TEMPLATE)
+    with pytest.raises(ValueError, match="'local-lvm' is this node's"):
+        plan(VmModePlugin(), full_ctx, full)
+
+
+def test_drain_relocates_ha_vms_and_refuses_the_others_unless_forced(tmp_path: Path) -> None:
+    from smbgw_agent.platform.commands import CommandRefused
+
+    ha, plain = ha_share("finance"), share("hr")
+    ctx = context(tmp_path, ha, plain)
+    for node in ("pve1", "pve2"):
+        ctx.paths.host(f"/etc/pve/nodes/{node}").mkdir(parents=True, exist_ok=True)
+    ctx.paths.host("/etc/pve/local").symlink_to("nodes/pve1")
+    live_vm(ctx, ha, 9009)
+    live_vm(ctx, plain, 9008)
+    ctx.plugin_state(PLUGIN).set(VMIDS, {"finance": 9009, "hr": 9008})
+    subject = VmModePlugin()
+    with pytest.raises(CommandRefused, match="name the node to move them to with --target"):
+        subject._start_drain(ctx, {})
+    with pytest.raises(CommandRefused, match=r"VM 9008 \(share hr: not under Proxmox HA"):
+        subject._start_drain(ctx, {"target": "pve2"})
+    with pytest.raises(CommandRefused, match="no such node"):
+        subject._start_drain(ctx, {"target": "pve7", "force": True})
+    job = subject._start_drain(ctx, {"target": "pve2", "force": True})
+    assert job is not None and job.id == "vm:drain"
+    # From now on no VM is made here for a new share.
+    new = share("sales", vmid=9001)
+    vm_config(ctx, 8000, CLOUDINIT_TEMPLATE)
+    with pytest.raises(ValueError, match=r"this node is drained \(smbgwctl drain"):
+        plan(VmModePlugin(), context(tmp_path, new), new)

@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,7 +34,8 @@ EXIT_ERROR = 255
 STATES = ("started", "stopped", "enabled", "disabled", "ignored")
 OPTIONS = {"add": ("comment", "group", "max_relocate", "max_restart", "state", "type"),
            "set": ("comment", "group", "max_relocate", "max_restart", "state", "delete", "digest"),
-           "remove": (), "config": ("type",)}
+           "remove": (), "config": ("type",), "crm-command": ()}
+CRM_COMMANDS = ("relocate", "migrate")
 
 
 class HaError(Exception):
@@ -134,12 +136,51 @@ def parse(command: str, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]
     if "state" in options and options["state"] not in STATES:
         raise HaError(f"400 Parameter verification failed.\nstate: value '{options['state']}' does not have a "
                       f"value in the enumeration '{', '.join(STATES)}'\n")
-    wanted = 0 if command == "config" else 1
+    wanted = 0 if command == "config" else 3 if command == "crm-command" else 1
     if len(positional) < wanted:
         raise HaError("400 not enough arguments\n")
     if len(positional) > wanted:
         raise HaError("400 too many arguments\n")
     return positional, options
+
+
+def crm_command(top: Path, positional: list[str]) -> int:
+    """`crm-command relocate|migrate SID NODE` (ha_manager.pm; API2/HA/Resources.pm
+    `relocate`/`migrate`: the service must be HA managed, `service 'SID' not managed by
+    HA` otherwise; the command is queued for the CRM, nothing printed). Where Proxmox's
+    CRM acts seconds later on the node that runs the guest, the stand-in acts at once:
+    a VM is stopped and moved with the qm stand-in's own offline migration (which makes
+    the checks qemu-server makes, the directory mappings' entry for NODE among them) and
+    its HA state stays `started`; there is no second node to start it on. Containers go
+    through `pct migrate --restart`. A failure exits 255 with the move's message, where
+    Proxmox's CRM would log it and leave the service where it is."""
+    action, text, target = positional
+    if action not in CRM_COMMANDS:
+        raise HaError(f"400 Parameter verification failed.\ncommand: value '{action}' does not have a value in the "
+                      f"enumeration '{', '.join(CRM_COMMANDS)}'\n")
+    sid = parse_sid(top, text)
+    if sid not in read(top):
+        raise HaError(f"service '{sid}' not managed by HA\n")
+    kind, _, vmid = sid.partition(":")
+    here = Path(__file__).resolve().parent
+    if kind == "vm":
+        from ..qm_standin import qm as qmmod  # the qm stand-in imports this module: not at the top
+
+        node = qmmod.Node.from_env()
+        try:
+            config = node.load(int(vmid))
+            qmmod.check_mapped_dirs(node, config, target, False)  # before the CRM stops it
+            if qmmod.running(node, int(vmid), config):
+                qmmod.kill_vm(node, int(vmid), config)  # the CRM's stop: the requested state stays started
+        except qmmod.QmError as error:
+            raise HaError(str(error)) from None
+        argv = [str(here.parent / "qm_standin" / "bin" / "qm"), "migrate", vmid, target]
+    else:
+        argv = [str(here / "bin" / "pct"), "migrate", vmid, target, "--restart"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise HaError(done.stderr or f"{' '.join(argv[1:])} failed\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 sys.stdout.write(sid + "\n" + "".join(f"\t{k} {v}\n" for k, v in sorted(properties.items())) + "\n")
             return 0
+        if command == "crm-command":
+            return crm_command(top, positional)
         sid = parse_sid(top, positional[0])
         with locked(top):
             resources = read(top)

@@ -1060,6 +1060,25 @@ class _suppress_oserror:
         return isinstance(exc[1], (OSError, QmError))
 
 
+def check_mapped_dirs(node: Node, config: Config, target: str, is_running: bool) -> None:
+    """QemuMigrate.pm `prepare` with QemuServer.pm `check_local_resources` (8.4.10): a
+    running VM with a virtiofs device is a blocker (`check_non_migratable_resources`: no
+    live migration with virtiofs); a stopped one moves only when each of its directory
+    mappings has an entry for the target node."""
+    dirs = {key: pctmod.parse_property_string(value, "dirid", {"dirid", "cache", "direct-io", "expose-acl",
+                                                                 "expose-xattr", "writeback"}).get("dirid", "")
+            for key, value in config.options.items() if re.fullmatch(r"virtiofs\d", key)}
+    if not dirs:
+        return
+    if is_running:
+        raise QmError("can't migrate VM which uses local devices: virtiofs\n")
+    mappings = pvesh.read_mappings(node.root)
+    missing = [key for key, dirid in sorted(dirs.items())
+               if not formats.node_mapping(mappings.get(dirid, {}), target)]
+    if missing:
+        raise QmError(f"can't migrate to '{target}': missing mapped devices {', '.join(missing)}\n")
+
+
 def cmd_migrate(node: Node, opts: dict[str, object]) -> None:
     vmid, target = parse_vmid(opts), str(opts["target"])
     if not re.fullmatch(r"[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?", target):
@@ -1073,6 +1092,7 @@ def cmd_migrate(node: Node, opts: dict[str, object]) -> None:
     is_running = running(node, vmid, config)
     if is_running and not opts.get("online"):
         raise QmError("can't migrate running VM without --online\n")
+    check_mapped_dirs(node, config, target, is_running)
     if hamanager.is_managed(node.root, vmid, "vm") is not None:
         sys.stdout.write(f"Requesting HA migration for VM {vmid} to node {target}\n")
     with node.locked(str(vmid)):
