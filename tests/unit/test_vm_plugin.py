@@ -279,8 +279,8 @@ def vm_conf_exists(ctx: Any, vmid: int) -> bool:
     return bool(ctx.paths.host(f"/etc/pve/nodes/pve1/qemu-server/{vmid}.conf").exists())
 
 
-SHARED_STORAGE_CFG = STORAGE_CFG + "\ndir: shared-dir\n\tpath /mnt/pve/shared-dir\n\tcontent images,snippets\n\tshared 1\n" \
-    "\nlvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n"
+SHARED_STORAGE_CFG = STORAGE_CFG + "\ndir: shared-dir\n\tpath /mnt/pve/shared-dir\n\tcontent images,snippets\n" \
+    "\tshared 1\n\nlvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n"
 SHARED_TEMPLATE = CLOUDINIT_TEMPLATE.replace("local:8000", "shared-dir:8000")
 
 
