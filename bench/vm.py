@@ -55,7 +55,7 @@ from bench.samples import summary
 from tests.support import qemu
 from tests.support.agent import AgentProcess, wait_for, write_share
 from tests.support.cloudinit_tool import ensure_cloud_init
-from tests.support.pct_standin.node import NODE, PROXMOX, StandinNode, smbclient, standin_node, subids
+from tests.support.pct_standin.node import NODE, PROXMOX, StandinNode, smbclient, standin_node
 from tests.support.procs import private_sandbox
 from tests.support.qm_standin import node as qmnode
 
@@ -87,7 +87,9 @@ def vm_agent() -> Iterator[tuple[StandinNode, AgentProcess]]:
     image = qemu.ensure_guest_image()
     os.environ.pop("JOURNAL_STREAM", None)  # the agent's log lines keep their time stamps (`phases`)
     cloud_init = ensure_cloud_init()
-    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
+    # VMs map no ids: /etc/subuid and /etc/subgid are left alone (no line added, none taken away
+    # from a container test running beside this one).
+    with private_sandbox() as box, standin_node(box.root, ()) as lab:
         try:
             lab.qm_image_dir = image.path
             qmnode.make_template(lab, image)

@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.agent import AgentProcess, wait_for, write_share
 from tests.support.cloudinit_tool import ensure_cloud_init
-from tests.support.pct_standin.node import FIRST_VMID, NODE, PROXMOX, StandinNode, smbclient, standin_node, subids
+from tests.support.pct_standin.node import FIRST_VMID, NODE, PROXMOX, StandinNode, smbclient, standin_node
 from tests.support.procs import private_sandbox
 from tests.support.qemu import GuestImage
 from tests.support.qm_standin import node as qmnode
@@ -45,7 +45,9 @@ def _requirements() -> None:
 def node(qemu_guest_image: GuestImage) -> Iterator[tuple[StandinNode, AgentProcess]]:
     _requirements()
     cloud_init = ensure_cloud_init()
-    with private_sandbox() as box, standin_node(box.root, subids(box.user)) as lab:
+    # VMs map no ids: /etc/subuid and /etc/subgid are left alone (no line added, none taken away
+    # from a container test running beside this one).
+    with private_sandbox() as box, standin_node(box.root, ()) as lab:
         lab.qm_image_dir = qemu_guest_image.path
         qmnode.make_template(lab, qemu_guest_image)
         config = box.root / "etc/smbgw/agent.toml"
@@ -242,3 +244,56 @@ def test_bad_input_is_refused_and_nothing_is_made(node: tuple[StandinNode, Agent
     wait_for(lambda: "this node runs Proxmox VE 8.3" in old() and "need Proxmox VE 8.4 or later" in old(), timeout=60,
              interval=0.5)
     assert sorted(p.name for p in vm_conf(lab, 8000).parent.glob("*.conf")) == before, "nothing was cloned"
+
+
+SHARED_DIR_CFG = "\ndir: shared-dir\n\tpath /mnt/pve/shared-dir\n\tcontent images,snippets\n\tshared 1\n"
+
+
+def health(agent: AgentProcess, check: str) -> list[dict[str, object]]:
+    return [finding for finding in (agent.status() or {}).get("health") or () if finding.get("check") == check]
+
+
+def test_a_share_under_proxmox_ha_is_relocated_by_a_drain(node: tuple[StandinNode, AgentProcess],
+                                                          qemu_guest_image: GuestImage) -> None:
+    """`[ha] proxmox_ha = true`: the VM, a linked clone of a template on shared storage, is
+    registered with Proxmox HA and its directory mapping has an entry for every node; a
+    drain relocates it with HA (its mapping's entry for the target checked as qemu-server
+    checks it), and the moved VM is reported, never made again here."""
+    lab, agent = node
+    box = agent.box
+    storage = lab.root / "etc/pve/storage.cfg"
+    storage.write_text(storage.read_text() + SHARED_DIR_CFG)
+    qmnode.make_template(lab, qemu_guest_image, 8010, name="shared-template", tags="other", storage="shared-dir",
+                         storage_path="/mnt/pve/shared-dir")
+    (lab.root / "etc/pve/nodes/pve2").mkdir(parents=True)  # the other node of the cluster
+    data = box.share_dir("finance")
+    (data / "kept.txt").write_text("kept\n")
+    address = lab.address(73)
+    write_share(box, "finance.toml", f'path = "/srv/smb/finance"\nmode = "vm"\nvalid_users = ["{box.user}"]\n\n'
+                                     f'[ha]\nproxmox_ha = true\n\n[vm]\naddress = "{address}/24"\ntemplate = 8010\n'
+                                     'memory = "1G"\n')
+    try:
+        wait_for(lambda: share_state(agent, "finance") == "served", timeout=420, interval=0.5)
+    except AssertionError:
+        print((agent.status() or {}).get("shares"), (agent.status() or {}).get("jobs"))
+        raise
+    resources = (lab.root / "etc/pve/ha/resources.cfg").read_text()
+    assert f"vm: {LAST_VMID}\n" in resources and "state started" in resources, resources
+    mappings = lab.pvesh("get", "/cluster/mapping/dir", "--output-format", "json").stdout
+    assert "node=pve-test," in mappings and "node=pve2," in mappings, mappings
+    assert "kept.txt" in smbclient(lab, agent, address, "finance", "ls").stdout
+
+    began = time.monotonic()
+    drained = agent.ctl("drain", "--target", "pve2", "--timeout", "20s")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    print(f"\n[vm] drain --target pve2: {time.monotonic() - began:.1f}s\n{drained.stdout}")
+    assert f"moved VM(s) {LAST_VMID} to pve2" in drained.stdout
+    assert (lab.root / f"etc/pve/nodes/pve2/qemu-server/{LAST_VMID}.conf").exists()
+    assert not vm_conf(lab, LAST_VMID).exists()
+    found = wait_for(lambda: health(agent, "vm-moved"), timeout=60, interval=0.5)
+    assert "runs on node pve2" in str(found)
+    time.sleep(3)  # passes run: the moved VM is not made again here
+    assert not vm_conf(lab, LAST_VMID).exists()
+    assert (data / "kept.txt").read_text() == "kept\n"
+    undrained = agent.ctl("undrain")
+    assert undrained.returncode == 0 and "made here again" in undrained.stdout, undrained.stdout + undrained.stderr

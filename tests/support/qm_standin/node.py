@@ -44,20 +44,23 @@ def _register(node: StandinNode, vmid: int) -> None:
     qmmod.Node(node.root, NODE).register(vmid, NODE)
 
 
-def _link_base_disk(node: StandinNode, vmid: int, image: GuestImage, name: str) -> str:
-    images = node.root / "var/lib/vz/images" / str(vmid)
+def _link_base_disk(node: StandinNode, vmid: int, image: GuestImage, name: str, storage: str = "local",
+                    storage_path: str = "/var/lib/vz") -> str:
+    images = node.root / storage_path.lstrip("/") / "images" / str(vmid)
     images.mkdir(parents=True, exist_ok=True)
     link = images / name
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(image.base)
-    return f"local:{vmid}/{name}"
+    return f"{storage}:{vmid}/{name}"
 
 
 def make_template(node: StandinNode, image: GuestImage, vmid: int = TEMPLATE_VMID, *, name: str = TEMPLATE_NAME,
-                  cloudinit: bool = True, tags: str = TEMPLATE_TAG) -> int:
-    """A template as `qm create` + `qm set --ide2 local:cloudinit` + `qm template` leave it."""
-    disk = _link_base_disk(node, vmid, image, f"base-{vmid}-disk-0.raw")
+                  cloudinit: bool = True, tags: str = TEMPLATE_TAG, storage: str = "local",
+                  storage_path: str = "/var/lib/vz") -> int:
+    """A template as `qm create` + `qm set --ide2 STORAGE:cloudinit` + `qm template` leave
+    it, its disk on `storage` (a dir storage of storage.cfg at `storage_path`)."""
+    disk = _link_base_disk(node, vmid, image, f"base-{vmid}-disk-0.raw", storage, storage_path)
     size = image.base.stat().st_size >> 30
     lines = [
         "agent: 1", "boot: order=scsi0", "cores: 2", "memory: 1024", "meta: creation-qemu=7.2.0,ctime=1700000000",
@@ -66,7 +69,7 @@ def make_template(node: StandinNode, image: GuestImage, vmid: int = TEMPLATE_VMI
         "template: 1", "vga: serial0",
     ]
     if cloudinit:
-        lines.append(f"ide2: local:{vmid}/vm-{vmid}-cloudinit.qcow2,media=cdrom")
+        lines.append(f"ide2: {storage}:{vmid}/vm-{vmid}-cloudinit.qcow2,media=cdrom")
     (_conf_dir(node) / f"{vmid}.conf").write_text("".join(f"{line}\n" for line in sorted(lines)))
     _register(node, vmid)
     return vmid
@@ -120,7 +123,7 @@ def _tap_cleanup(vmid: int) -> list[str]:
 @contextlib.contextmanager
 def qm_node(root: Path, image: GuestImage) -> Iterator[StandinNode]:
     """A StandinNode with the qm stand-in able to boot `image`, and the template 8000."""
-    with standin_node(root) as node:
+    with standin_node(root, ()) as node:  # VMs map no ids: /etc/subuid is left alone
         node.qm_image_dir = image.path
         try:
             make_template(node, image)

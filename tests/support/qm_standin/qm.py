@@ -607,11 +607,12 @@ def _linked_clone(node: Node, vmid: int, newid: int, key: str, volid: str) -> st
         raise QmError(f"Linked clone feature is not supported for '{volid}' ({key})\n")
     base_path = volume_path(node, volid)
     name = f"vm-{newid}-disk-{_disk_index(key, volid)}.qcow2"
-    target = node.root / "var/lib/vz/images" / str(newid) / name
+    new_volid = f"{storage}:{volname.split('/')[0]}/{base_name}/{newid}/{name}"
+    target = volume_path(node, new_volid)  # in the template's storage, as a linked clone's disk is
     target.parent.mkdir(parents=True, exist_ok=True)
     fmt = "qcow2" if base_path.suffix == ".qcow2" else "raw"
     _qemu_img("create", "-q", "-f", "qcow2", "-b", str(base_path), "-F", fmt, str(target))
-    return f"{storage}:{volname.split('/')[0]}/{base_name}/{newid}/{name}"
+    return new_volid
 
 
 def _full_copy(node: Node, newid: int, key: str, volid: str, storage: str) -> str:
