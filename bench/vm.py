@@ -54,9 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.samples import summary
 from tests.support import qemu
 from tests.support.agent import AgentProcess, wait_for, write_share
-from tests.support.cloudinit_tool import ensure_cloud_init
-from tests.support.pct_standin.node import NODE, PROXMOX, StandinNode, smbclient, standin_node
-from tests.support.procs import private_sandbox
+from tests.support.pct_standin.node import NODE, StandinNode, smbclient
 from tests.support.qm_standin import node as qmnode
 
 POLL = 0.5  # a new smbclient connection this often
@@ -79,32 +77,13 @@ def vm_body(user: str, address: str, gateway: str, read_only: bool = False) -> s
 
 @contextmanager
 def vm_agent() -> Iterator[tuple[StandinNode, AgentProcess]]:
-    """The `node` fixture of tests/integration/test_mode_vm.py: every VM is destroyed at
-    the end, whatever happened."""
+    """tests/support/qm_standin/node.py's node, with the shared guest image."""
     missing = qemu.missing_requirements()
     if missing:
         raise SystemExit("QEMU guests unavailable: " + "; ".join(missing))
-    image = qemu.ensure_guest_image()
     os.environ.pop("JOURNAL_STREAM", None)  # the agent's log lines keep their time stamps (`phases`)
-    cloud_init = ensure_cloud_init()
-    # VMs map no ids: /etc/subuid and /etc/subgid are left alone (no line added, none taken away
-    # from a container test running beside this one).
-    with private_sandbox() as box, standin_node(box.root, ()) as lab:
-        try:
-            lab.qm_image_dir = image.path
-            qmnode.make_template(lab, image)
-            config = box.root / "etc/smbgw/agent.toml"
-            config.write_text(config.read_text() + PROXMOX)
-            env = lab.env()
-            env["PATH"] = f"{env['PATH']}:{cloud_init}"
-            agent = AgentProcess(box, env=env, wrapper=lab.wrapper())
-            agent.start()
-            try:
-                yield lab, agent
-            finally:
-                agent.stop()
-        finally:
-            qmnode.destroy_all_vms(lab)
+    with qmnode.vm_agent(qemu.ensure_guest_image()) as (lab, agent):
+        yield lab, agent
 
 
 def vm_confs(lab: StandinNode) -> set[str]:

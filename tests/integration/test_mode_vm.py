@@ -22,9 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentProcess, wait_for, write_share
-from tests.support.cloudinit_tool import ensure_cloud_init
-from tests.support.pct_standin.node import FIRST_VMID, NODE, PROXMOX, StandinNode, smbclient, standin_node
-from tests.support.procs import private_sandbox
+from tests.support.pct_standin.node import FIRST_VMID, NODE, StandinNode, smbclient
 from tests.support.qemu import GuestImage
 from tests.support.qm_standin import node as qmnode
 
@@ -44,24 +42,11 @@ def _requirements() -> None:
 @pytest.fixture
 def node(qemu_guest_image: GuestImage) -> Iterator[tuple[StandinNode, AgentProcess]]:
     _requirements()
-    cloud_init = ensure_cloud_init()
-    # VMs map no ids: /etc/subuid and /etc/subgid are left alone (no line added, none taken away
-    # from a container test running beside this one).
-    with private_sandbox() as box, standin_node(box.root, ()) as lab:
-        lab.qm_image_dir = qemu_guest_image.path
-        qmnode.make_template(lab, qemu_guest_image)
-        config = box.root / "etc/smbgw/agent.toml"
-        config.write_text(config.read_text() + PROXMOX)
-        env = lab.env()
-        env["PATH"] = f"{env['PATH']}:{cloud_init}"
-        agent = AgentProcess(box, env=env, wrapper=lab.wrapper())
-        agent.start()
+    with qmnode.vm_agent(qemu_guest_image) as (lab, agent):
         try:
             yield lab, agent
         finally:
-            agent.stop()
             print("\n".join(line for line in agent.log_text().splitlines() if " DEBUG " not in line)[-8000:])
-            qmnode.destroy_all_vms(lab)
 
 
 def share_state(agent: AgentProcess, name: str) -> str | None:

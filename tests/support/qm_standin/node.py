@@ -21,7 +21,10 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.pct_standin.node import NODE, StandinNode, standin_node
+from tests.support.agent import AgentProcess
+from tests.support.cloudinit_tool import ensure_cloud_init
+from tests.support.pct_standin.node import NODE, PROXMOX, StandinNode, standin_node
+from tests.support.procs import private_sandbox
 from tests.support.qemu import GuestImage
 
 from . import qm as qmmod
@@ -130,3 +133,30 @@ def qm_node(root: Path, image: GuestImage) -> Iterator[StandinNode]:
             yield node
         finally:
             destroy_all_vms(node)
+
+
+@contextlib.contextmanager
+def vm_agent(image: GuestImage) -> Iterator[tuple[StandinNode, AgentProcess]]:
+    """A sandbox node with the qm/pvesh stand-ins, the template 8000, `[proxmox]` in its
+    agent.toml and the agent running in the node's namespace, with Debian's `cloud-init`
+    (unpacked, tests/support/cloudinit_tool.py) on its PATH for `cloud-init schema`.
+    Every VM is destroyed at the end, whatever happened. VMs map no ids: /etc/subuid and
+    /etc/subgid are left alone (no line added, none taken away from a container test
+    running beside this one)."""
+    cloud_init = ensure_cloud_init()
+    with private_sandbox() as box, standin_node(box.root, ()) as lab:
+        try:
+            lab.qm_image_dir = image.path
+            make_template(lab, image)
+            config = box.root / "etc/smbgw/agent.toml"
+            config.write_text(config.read_text() + PROXMOX)
+            env = lab.env()
+            env["PATH"] = f"{env['PATH']}:{cloud_init}"
+            agent = AgentProcess(box, env=env, wrapper=lab.wrapper())
+            agent.start()
+            try:
+                yield lab, agent
+            finally:
+                agent.stop()
+        finally:
+            destroy_all_vms(lab)
