@@ -25,6 +25,7 @@ the cluster is an error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -286,9 +287,9 @@ class VmModePlugin(GuestModePlugin):
             if wants_ha(share):
                 _check_shared_disks(ctx, {settings.storage} if spec.full_clone else
                                     template.disk_storages(found.config))
-            work = Work(**{**base.__dict__, "create": True, "template": found.vmid, "smb_conf": smb_conf,
-                           "users": entries, "probe": None if spec.address == DHCP else spec.address,
-                           "ha": "add" if wants_ha(share) else None, "steps": steps})
+            work = dataclasses.replace(base, create=True, template=found.vmid, smb_conf=smb_conf, users=entries,
+                                       probe=None if spec.address == DHCP else spec.address,
+                                       ha="add" if wants_ha(share) else None, steps=steps)
             return work, [Change(resource, CREATE, f"clone VM {vmid} ({options['name']}) from template {found.vmid} "
                                  f"({'full' if spec.full_clone else 'linked'} clone), boot it with cloud-init and "
                                  f"serve [{share.name}] at {spec.address} from {share.path} (virtiofs mapping "
@@ -333,10 +334,10 @@ class VmModePlugin(GuestModePlugin):
                              "changes wait until it is unlocked")
         probe_address = None if spec.address == DHCP else spec.address
         probe_address = probe_address if any(d.key == "ipconfig0" for d in changes_found) else None
-        work = Work(**{**base.__dict__, "changes": changes_found, "start": start,
-                       "smb_conf": smb_conf if push else None, "user_data": text if rewrite or push else None,
-                       "users": users, "probe": probe_address, "ha": ha, "steps": due,
-                       "step_record": step_record if due or ran.keys() != step_record.keys() else None})
+        work = dataclasses.replace(base, changes=changes_found, start=start, smb_conf=smb_conf if push else None,
+                                   user_data=text if rewrite or push else None, users=users, probe=probe_address,
+                                   ha=ha, steps=due,
+                                   step_record=step_record if due or ran.keys() != step_record.keys() else None)
         return work, changes
 
     def parse_table(self, data: Mapping[str, Any]) -> dict[str, Any]:
