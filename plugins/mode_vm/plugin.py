@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import logging
 import threading
 import time
@@ -532,7 +533,9 @@ def _await_ready(qm: Qm, work: Work, progress: JobProgress) -> None:
         return
     while not answers_smb(spec.address):
         if time.monotonic() > deadline or progress.expired:
-            raise TimeoutError(f"smbd in VM {vmid} does not answer on {spec.address} port 445")
+            raise TimeoutError(f"smbd in VM {vmid} does not answer on {ipaddress.ip_interface(spec.address).ip} port "
+                               f"445 within {limit:g}s of the start (the guest agent and cloud-init did): is the VM "
+                               f"on the right bridge, and does smbd start?")
         progress.report(f"VM {vmid}: waiting for smbd on {spec.address}")
         time.sleep(1.0)
     progress.report(f"VM {vmid} serves {work.share.name} ({time.monotonic() - started:.0f}s after start)")

@@ -177,6 +177,34 @@ def test_a_vm_whose_guest_agent_never_answers_is_taken_away_again(node: tuple[St
     assert (data / "kept.txt").read_text() == "kept\n"
 
 
+def test_a_vm_whose_smbd_cannot_be_reached_is_taken_away_again(node: tuple[StandinNode, AgentProcess]) -> None:
+    """The guest boots, its agent answers and cloud-init finishes, but nothing on the bridge
+    reaches it (its NIC is off the bridge): smbd is not reachable on the share's address,
+    so the share is never up; the VM is destroyed again and the data kept."""
+    lab, agent = node
+    box = agent.box
+    data = box.share_dir("cutoff")
+    (data / "kept.txt").write_text("kept\n")
+    faults = lab.root / ".qm-standin-faults"
+    faults.mkdir(exist_ok=True)
+    (faults / "detached").touch()
+    write_share(box, "cutoff.toml", f'path = "/srv/smb/cutoff"\nmode = "vm"\n\n[vm]\naddress = "{lab.address(74)}/24"'
+                                    '\nboot_timeout = "120s"\n')
+
+    def failed() -> str | None:
+        error = str((((agent.status() or {}).get("shares") or {}).get("cutoff") or {}).get("error") or "")
+        return error if "does not answer on" in error else None
+
+    try:
+        error = wait_for(failed, timeout=400, interval=0.5)
+    except AssertionError:
+        print((agent.status() or {}).get("shares"), (agent.status() or {}).get("jobs"))
+        raise
+    assert f"smbd in VM {LAST_VMID} does not answer on {lab.address(74)} port 445" in error
+    assert not vm_conf(lab, LAST_VMID).exists(), "the VM is destroyed again"
+    assert (data / "kept.txt").read_text() == "kept\n"
+
+
 def test_bad_input_is_refused_and_nothing_is_made(node: tuple[StandinNode, AgentProcess],
                                                    qemu_guest_image: GuestImage) -> None:
     """Each share's error through the whole agent, without a VM booting: nothing is cloned

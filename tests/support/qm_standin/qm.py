@@ -94,7 +94,9 @@ How a VM runs here (and where that differs from Proxmox):
   wait=off,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,
   name=org.qemu.guest_agent.0`. Fault switch: while ROOT/.qm-standin-faults/noagent
   exists, `qm start` leaves the virtserialport out (the socket still exists: a guest
-  without a running agent), so guest-ping times out.
+  without a running agent), so guest-ping times out. While ROOT/.qm-standin-faults/detached
+  exists, a NIC's tap is left off its bridge (a guest that boots and answers its agent,
+  but nobody on the bridge reaches it: smbd inside is not reachable).
 * virtiofsN: virtio-9p (`-virtfs local,path=PATH,mount_tag=DIRID,security_model=
   passthrough`): virtiofsd is not packaged for Debian 12. The test image's
   /sbin/mount.virtiofs mounts 9p with that tag, so a guest's `TAG /p virtiofs ...` works.
@@ -889,7 +891,7 @@ def cmd_start(node: Node, opts: dict[str, object]) -> None:
                               f"status 512\nstart failed: QEMU exited with code 1\n")
             subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True, capture_output=True)
             taps.append(tap)
-            if bridge is not None:
+            if bridge is not None and not node.fault("detached"):
                 subprocess.run(["ip", "link", "set", tap, "master", bridge], check=True, capture_output=True)
             subprocess.run(["ip", "link", "set", tap, "up"], check=True, capture_output=True)
         node.console_log(vmid).unlink(missing_ok=True)
