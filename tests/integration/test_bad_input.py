@@ -166,7 +166,9 @@ BAD_INPUTS = [
         text(f'path = "/srv/smb/{MARK}_o"\n[options]\n"root preexec" = "/bin/touch /tmp/{MARK}"\n'),
         "allow_custom_options",
     ),
-    Bad("mode_vm.toml", text(f'path = "/srv/smb/{MARK}_vm"\nmode = "vm"\n'), "not provided by any enabled plugin"),
+    Bad("mode_vm.toml", text(f'path = "/srv/smb/{MARK}_vm"\nmode = "vm"\n'), "needs a [vm] table"),
+    Bad("mode_jail.toml", text(f'path = "/srv/smb/{MARK}_jail"\nmode = "jail"\n'),
+        "not provided by any enabled plugin"),
     Bad("mode_lxc.toml", text(f'path = "/srv/smb/{MARK}_lxc"\nmode = "lxc"\n'), "needs an [lxc] table"),
     # A good file broken by an edit: reported, and its share keeps its last good spec.
     Bad("gamma.toml", text(f'path = "/srv/smb/gamma"\ncomment = "{MARK} edit"\nread_only = "yes"\n'), "true or false"),
