@@ -8,7 +8,7 @@ APT_PACKAGES := samba smbclient systemd-container debootstrap python3-venv pytho
 	python3-pydbus iproute2 procps debhelper dh-python pybuild-plugin-pyproject python3-all \
 	lintian man-db prometheus prometheus-alertmanager btrfs-progs zfs-fuse \
 	qemu-system-x86 qemu-utils xfsprogs quota restic lxc uidmap \
-	python3-configobj python3-jsonschema python3-jsonpatch python3-netifaces cloud-image-utils
+	python3-configobj python3-jsonschema python3-jsonpatch python3-netifaces cloud-image-utils dnsmasq-base
 DEBIAN_PY_PACKAGES := python3-pluggy python3-prometheus-client python3-pyroute2 \
 	python3-watchdog python3-jinja2 python3-pytest python3-hypothesis python3-yaml
 STAMP := $(VENV)/.installed

@@ -13,7 +13,7 @@ smb.conf written:
 1. the guest must have winbindd and the winbind NSS module (`passwd:` and `group:` name
    winbind in /etc/nsswitch.conf, as Debian's libnss-winbind writes it): without them
    domain users cannot be resolved to uids, and a join would only leave a machine account
-   behind;
+   behind; and a name server in /etc/resolv.conf, or no DC can be found;
 2. /etc/krb5.conf as on the node, unless `manage_krb5_conf = false`;
 3. `net ads testjoin`: a guest whose account works is not joined again;
 4. otherwise `net ads join`, password on stdin (`tool.join`: never in argv, redacted),
@@ -25,8 +25,13 @@ refuses (deleted, or its password reset), no account, or winbind not running: th
 runs again (a rejoin), at most once per `rejoin_min_interval` as on the node.
 
 Its teardown, before the mode plugin destroys the guest, is `net ads leave`: the
-container's account would otherwise stay in the directory with nobody to use it.
-Containers share the node's kernel and so its clock: no clock check is needed inside.
+guest's account would otherwise stay in the directory with nobody to use it.
+
+A container shares the node's kernel and so its clock; a VM keeps its own. The node's
+clock is checked against the DC's (health.py); the guest's is checked against the
+node's, before a join and by the check: beyond `SKEW_WARNING` the join is refused with
+what to do (a time service in the template), as Kerberos would refuse the guest's
+tickets at five minutes anyway, with a less helpful message.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ from smbgw_agent.platform.guests import GuestShell, GuestStep
 from smbgw_agent.platform.jobs import JobProgress
 
 from . import render, tool
+from .checks import SKEW_WARNING
 from .join import join_inputs
 from .table import AdSettings
 
 STEP = "ad:join"
 GUEST_SMB_CONF = Path("/etc/samba/smb.conf")
 NSSWITCH = "/etc/nsswitch.conf"
+RESOLV_CONF = "/etc/resolv.conf"
 TRUST_WAIT = 30.0  # winbindd takes a few seconds after a restart to find a DC
 
 
@@ -65,6 +72,32 @@ def _check_tools(shell: GuestShell) -> None:
     if len(nss.stdout.splitlines()) < 2:
         raise GuestJoinError(f"{shell.target}'s {NSSWITCH} does not name winbind for passwd and group: install "
                              "libnss-winbind in its template (Debian's package adds it there)")
+    resolver = shell.run(["grep", "-E", r"^nameserver[[:space:]]", RESOLV_CONF], timeout=30, check=False)
+    if not resolver.stdout.strip():
+        raise GuestJoinError(f"{shell.target}'s {RESOLV_CONF} names no name server: the domain's DCs are found "
+                             "through DNS. A container copies the node's; a VM takes what cloud-init gives it, which "
+                             "its template must apply (resolvconf with ifupdown, or systemd-resolved)")
+
+
+def _clock_offset(shell: GuestShell) -> float | None:
+    """The guest's clock minus the node's, in seconds (to the round trip's precision);
+    None when the guest's `date` says nothing usable."""
+    before = time.time()
+    said = shell.run(["date", "+%s"], timeout=30, check=False)
+    after = time.time()
+    try:
+        guest = int(said.stdout.strip())
+    except ValueError:
+        return None
+    return guest - (before + after) / 2 if said.returncode == 0 else None
+
+
+def _clock_problem(shell: GuestShell) -> str | None:
+    offset = _clock_offset(shell)
+    if offset is None or abs(offset) <= SKEW_WARNING + 1:
+        return None
+    return (f"its clock is {offset:+.0f} s off the node's: Kerberos refuses a guest's tickets beyond 5 minutes; "
+            "run a time service (systemd-timesyncd or chrony, with the domain's DCs as servers) in its template")
 
 
 def _wait_trust(shell: GuestShell, progress: JobProgress) -> str:
@@ -97,6 +130,9 @@ def _as_join_user(shell: GuestShell, settings: AdSettings, host: Callable[[str],
 def _setup(settings: AdSettings, host: Callable[[str], Path]) -> Callable[[GuestShell, JobProgress], str]:
     def run(shell: GuestShell, progress: JobProgress) -> str:
         _check_tools(shell)
+        clock = _clock_problem(shell)
+        if clock:
+            raise GuestJoinError(f"{shell.target}: {clock}")
         if settings.manage_krb5_conf:
             shell.write_file("/etc/krb5.conf", render.krb5_conf(settings))
         progress.report(f"{shell.target}: checking its membership of {settings.realm}")
@@ -138,6 +174,9 @@ def _check(shell: GuestShell) -> str | None:
     """Between jobs: the guest's membership as `net ads testjoin` sees it, and winbind.
     Only the DC's refusal of the account, or no account at all, is a reason to join again
     (as on the node: a DC that does not answer is no evidence of a broken trust)."""
+    clock = _clock_problem(shell)
+    if clock:
+        return clock
     checked = tool.testjoin(shell, GUEST_SMB_CONF)
     if isinstance(checked, str):
         return None

@@ -72,8 +72,7 @@ from ..proxmox.passdb import PassdbEntry, copy_into, local_names, read_entries
 from ..proxmox.passdb import digest as users_digest
 from ..proxmox.table import ProxmoxSettings
 from ..proxmox.vmlist import allocate, local_node
-from . import checks, drain, guest, orphans, vfs
-from .checks import GuestChecks
+from . import drain, guest, orphans, vfs
 from .idmap import IdMapError, MapLine, base_of, build, missing, parse_subid, subid_lines
 from .pct import RUNNING, STOPPED, Pct
 from .shell import ContainerShell
@@ -82,9 +81,7 @@ from .table import SECTION, LxcSpec, parse_share_table
 log = logging.getLogger(__name__)
 MODE = PLUGIN = "mode_lxc"
 MODE_NAME = "lxc"
-REPAIRS = "repairs"  # share -> {guest step name: when a failed check last ran it again}
 OBSERVE_JOB = "lxc:observe"
-CHECKS_JOB = "lxc:guest-checks"
 HA_SECTION = "ha"
 ORPHANS_JOB = "lxc:orphans"
 ORPHANS_RETRY = 60.0
@@ -200,13 +197,11 @@ class Work:
 class LxcModePlugin(GuestModePlugin):
     PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT = PLUGIN, MODE_NAME, SECTION, JOB_TIMEOUT
     JOB_PREFIX, GUEST, GUEST_TYPE, CONFIG_DIR = "lxc", "container", "lxc", "lxc"
-    FORGOTTEN = (*GuestModePlugin.FORGOTTEN, REPAIRS)
 
     def __init__(self) -> None:
+        super().__init__()
         self._observer = Observer()
-        self._checks = GuestChecks()
         self._orphans: list[guest_orphans.Orphan] = []  # as the last pass's health check found them
-        self._moved: dict[str, tuple[int, str]] = {}  # share -> (vmid, node): its container runs elsewhere
         self._destroy_orphans = False
 
     # ---- tables ----------------------------------------------------------------------
@@ -248,15 +243,9 @@ class LxcModePlugin(GuestModePlugin):
         schedules = [Schedule(OBSERVE_JOB, next_run,
                               lambda _progress: observer.refresh(pct, addresses, keep_running, dhcp),
                               timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
-        checked = {vmid: [step for step in ctx.guest_steps(f"lxc:{vmid}") if step.check is not None]
-                   for vmid in ours}
-        checked = {vmid: steps for vmid, steps in checked.items() if steps}
-        if checked:
-            guest_checks = self._checks
-            schedules.append(Schedule(
-                CHECKS_JOB, lambda last: 0.0 if last is None else last + checks.TICK,
-                lambda _progress: guest_checks.run(pct, checked, observer.value.status),
-                timeout=JOB_TIMEOUT, plugin=PLUGIN, wake=bool))
+        schedules += self._checks_schedule(
+            ctx, {key: vmid for key, vmid in vmids.items() if vmid in ours}, lambda vmid: ContainerShell(pct, vmid),
+            lambda: [vmid for vmid, status in observer.value.status.items() if status == RUNNING])
         if self._destroy_orphans and self._orphans:
             run = orphans.destroy_job(pct, ctx.paths.host(LXC_DIR), list(self._orphans), _wanted_tags(ctx),
                                       ctx.paths.host(ctx.config.shares_dir), self._node_name(ctx))
@@ -426,29 +415,6 @@ class LxcModePlugin(GuestModePlugin):
                     steps=due, step_record=step_record if due or ran.keys() != step_record.keys() else None)
         return work, changes
 
-    def _broken(self, vmid: int, after: float) -> Mapping[str, str]:
-        """What the checks found wrong inside container `vmid`, if they looked after `after`
-        (the end of the share's last job, which may have repaired it)."""
-        reading = self._checks.value
-        return reading.broken.get(vmid, {}) if reading.at > after else {}
-
-    def _repairs(self, ctx: PassContext, key: str, vmid: int, steps: Sequence[GuestStep],
-                 after: float) -> list[tuple[GuestStep, str]]:
-        """Steps whose check failed, to run again now: not one that a failed check ran
-        again within its `repair_min_interval` (reported by the health check instead)."""
-        broken = self._broken(vmid, after)
-        state = ctx.plugin_state(PLUGIN)
-        repaired = dict((state.get(REPAIRS) or {}).get(key) or {})
-        now, found = time.time(), []
-        for step in steps:
-            reason = broken.get(step.name)
-            if reason and now - float(repaired.get(step.name) or 0.0) >= step.repair_min_interval:
-                found.append((step, reason))
-                repaired[step.name] = now
-        if found:
-            state.set(REPAIRS, {**(state.get(REPAIRS) or {}), key: repaired})
-        return found
-
     @staticmethod
     def _node_name(ctx: PassContext) -> str:
         """This node as the cluster names it (/etc/pve/local), else the agent's node name."""
@@ -550,15 +516,7 @@ class LxcModePlugin(GuestModePlugin):
         findings = [Health("lxc-orphan", False, f"container {orphan.vmid} ({orphan.named()}) was made by smbgw-agent "
                            f"for a share no file declares now: {what.format(vmid=orphan.vmid)} (the share's data "
                            "is on the host and stays)", f"lxc:{orphan.vmid}") for orphan in found]
-        vmids = self._vmids(ctx)
-        for key, vmid in sorted(vmids.items()):
-            if key not in ctx.desired:
-                continue
-            record = ctx.jobs.record(self.job_id(key)) if ctx.jobs is not None else None
-            for name, reason in sorted(self._broken(vmid, record.finished if record is not None and
-                                                    record.finished is not None else 0.0).items()):
-                findings.append(Health("lxc-guest", False, f"container {vmid} of share {ctx.desired[key].name}: "
-                                       f"{name}: {reason}", f"lxc:{vmid}"))
+        findings += self._check_findings(ctx)
         here = _local_node(ctx) or "this node"
         for key, (vmid, node) in sorted(self._moved.items()):
             if key in ctx.desired:

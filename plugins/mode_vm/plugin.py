@@ -52,7 +52,7 @@ from smbgw_agent.platform.jobs import Job, JobProgress, Schedule
 from ..proxmox import hamanager, identity
 from ..proxmox import orphans as guest_orphans
 from ..proxmox.drain import DrainRecord, check_target
-from ..proxmox.guestconf import read_guest_config
+from ..proxmox.guestconf import GuestConfigError, read_guest_config
 from ..proxmox.guestmode import (
     PUSHED,
     STEPS,
@@ -118,6 +118,7 @@ class Observation:
     agent: dict[int, bool] = field(default_factory=dict)
     answers: dict[int, bool] = field(default_factory=dict)
     error: str | None = None
+    leased: dict[int, str] = field(default_factory=dict)  # the address a DHCP VM holds
 
 
 class Observer:
@@ -125,22 +126,39 @@ class Observer:
         self.value = Observation()
         self._lock = threading.Lock()
 
-    def refresh(self, qm: Qm, vmids: Sequence[int], addresses: Mapping[int, str]) -> bool:
-        """A new reading; True when it differs from the last (a pass should look)."""
+    def refresh(self, qm: Qm, vmids: Sequence[int], addresses: Mapping[int, str],
+                dhcp: Mapping[int, str] | None = None) -> bool:
+        """A new reading; True when it differs from the last (a pass should look). A VM of
+        `dhcp` (vmid -> its NIC's MAC) is asked through its guest agent for the address
+        it holds, and smbd is tried there as on a static one."""
         try:
             listed = qm.list()
             status = {vmid: row.status for vmid, row in listed.items() if vmid in vmids}
             running = [vmid for vmid in vmids if status.get(vmid) == RUNNING]
             agent = {vmid: qm.ping(vmid, timeout=15.0) for vmid in running}
-            answers = {vmid: answers_smb(addresses[vmid]) for vmid in running if vmid in addresses}
-            reading = Observation(time.time(), status, agent, answers)
+            leased = {vmid: found for vmid, mac in (dhcp or {}).items() if agent.get(vmid)
+                      and (found := _lease_of(qm, vmid, mac)) is not None}
+            answers = {vmid: answers_smb(address) for vmid, address in {**addresses, **leased}.items()
+                       if vmid in running}
+            reading = Observation(time.time(), status, agent, answers, leased=leased)
         except (CommandError, ValueError) as exc:
             before = self.value
-            reading = Observation(time.time(), dict(before.status), dict(before.agent), dict(before.answers), str(exc))
+            reading = Observation(time.time(), dict(before.status), dict(before.agent), dict(before.answers), str(exc),
+                                  dict(before.leased))
         with self._lock:
             before, self.value = self.value, reading
-        return (before.status, before.agent, before.answers, before.error) != \
-            (reading.status, reading.agent, reading.answers, reading.error)
+        return (before.status, before.agent, before.answers, before.error, before.leased) != \
+            (reading.status, reading.agent, reading.answers, reading.error, reading.leased)
+
+
+def _lease_of(qm: Qm, vmid: int, mac: str) -> str | None:
+    """A DHCP VM's address, None when its agent cannot tell (one VM's garbage is not a
+    failed reading of all)."""
+    try:
+        return qm.leased_address(vmid, mac, timeout=15.0)
+    except (CommandError, ValueError) as exc:
+        log.warning("vm: VM %s: its address (network-get-interfaces): %s", vmid, exc)
+        return None
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,7 @@ class Work:
     snippets: str = ""  # the snippets directory of [proxmox] snippets_storage on this node
     users: Sequence[PassdbEntry] | None = None
     probe: str | None = None
+    config_file: str = ""  # the VM's config on the host (its net0 MAC, for a DHCP lease)
     ha: str | None = None
     steps: Sequence[GuestStep] = ()
     step_record: Mapping[str, str] | None = None
@@ -177,9 +196,9 @@ class VmModePlugin(GuestModePlugin):
     FORGOTTEN = (*GuestModePlugin.FORGOTTEN, USERDATA)
 
     def __init__(self) -> None:
+        super().__init__()
         self._observer = Observer()
         self._orphans: list[guest_orphans.Orphan] = []
-        self._moved: dict[str, tuple[int, str]] = {}  # share -> (vmid, node): its VM runs elsewhere
 
     # ---- tables ----------------------------------------------------------------------
 
@@ -208,12 +227,20 @@ class VmModePlugin(GuestModePlugin):
                      if key in vmids and share.mode == MODE_NAME and SECTION in share.sections
                      and spec_of(share).address != DHCP}
         watched = sorted(vmids.values())
+        dhcp = {vmids[key]: mac for key, share in ctx.desired.items()
+                if key in vmids and share.mode == MODE_NAME and SECTION in share.sections
+                and spec_of(share).address == DHCP and (mac := self._mac(ctx, vmids[key])) is not None}
 
         def next_run(last: float | None) -> float:
             return 0.0 if last is None else last + OBSERVE_INTERVAL
 
-        return [Schedule(OBSERVE_JOB, next_run, lambda _progress: observer.refresh(qm, watched, addresses),
-                         timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool)]
+        ours = {key: vmid for key, vmid in vmids.items() if key in ctx.desired and ctx.desired[key].mode == MODE_NAME}
+        # Checks inside VMs whose guest agent answered the last reading: the others could
+        # tell nothing.
+        return [Schedule(OBSERVE_JOB, next_run, lambda _progress: observer.refresh(qm, watched, addresses, dhcp),
+                         timeout=OBSERVE_INTERVAL * 6, plugin=PLUGIN, wake=bool),
+                *self._checks_schedule(ctx, ours, lambda vmid: VmShell(qm, vmid),
+                                       lambda: [vmid for vmid, up in observer.value.agent.items() if up])]
 
     # ---- planning --------------------------------------------------------------------
 
@@ -241,6 +268,14 @@ class VmModePlugin(GuestModePlugin):
     def _node_name(ctx: PassContext) -> str:
         return local_node(ctx.paths.host(PVE)) or ctx.config.node
 
+    @staticmethod
+    def _mac(ctx: PassContext, vmid: int) -> str | None:
+        try:
+            config = read_guest_config(ctx.paths.host(config_path(vmid)))
+        except GuestConfigError:
+            return None
+        return vmconf.nic_mac(config) if config is not None else None
+
     def plan_work(self, ctx: PassContext, share: ShareSpec) -> tuple[Work, list[Change]]:
         settings = ProxmoxSettings.from_config(ctx.config.plugin_sections)
         if settings is None:
@@ -266,7 +301,8 @@ class VmModePlugin(GuestModePlugin):
         nodes = _cluster_nodes(ctx) if wants_ha(share) else []
         paths = {name: host_path for name in {node, *nodes}}
         base = Work(share, vmid, settings, node, options=options, host_path=host_path, user_data=text,
-                    step_record=step_record, snippets=snippets, mapping_paths=paths)
+                    step_record=step_record, snippets=snippets, mapping_paths=paths,
+                    config_file=str(ctx.paths.host(config_path(vmid))))
         config = read_guest_config(ctx.paths.host(config_path(vmid)))
         if config is None:
             guests = self._guests(ctx)
@@ -325,6 +361,9 @@ class VmModePlugin(GuestModePlugin):
         ran = (state.get(STEPS) or {}).get(share.key) or {}
         due = [step for step in steps if ran.get(step.name) != step.inputs]
         changes += [Change(resource, UPDATE, f"VM {vmid}: {step.what}") for step in due]
+        for step, reason in self._repairs(ctx, share.key, vmid, [s for s in steps if s not in due], fresh_after):
+            due.append(step)
+            changes.append(Change(resource, UPDATE, f"VM {vmid}: {step.what} again ({reason})"))
         ha = ha_change(ctx, PLUGIN, share, f"vm:{vmid}")
         if ha is not None:
             changes.append(Change(resource, UPDATE, f"{'register VM with' if ha == 'add' else 'take VM out of'} "
@@ -419,6 +458,7 @@ class VmModePlugin(GuestModePlugin):
                         f"Proxmox HA or a drain) and serves the share there; edits of the share wait until it is back "
                         f"on {here} (ha-manager crm-command relocate vm:{vmid} {here})", f"vm:{vmid}")
                  for key, (vmid, node) in sorted(self._moved.items()) if key in ctx.desired]
+        moved += self._check_findings(ctx)
         return moved + [Health("vm-orphan", False, f"VM {orphan.vmid} ({orphan.named()}) was made by smbgw-agent "
                                f"for a share no file declares now: remove it with qm stop {orphan.vmid} && qm "
                                f"destroy {orphan.vmid} --purge (the share's data is on the host and stays)",
@@ -432,8 +472,17 @@ class VmModePlugin(GuestModePlugin):
         if not vmids and not seen.at:
             return {}
         return {"vms": {key: {"vmid": vmid, "status": seen.status.get(vmid), "guest_agent": seen.agent.get(vmid),
-                              "smbd_answers": seen.answers.get(vmid)} for key, vmid in sorted(vmids.items())},
+                              "smbd_answers": seen.answers.get(vmid), "address": self._address(ctx, key, vmid)}
+                        for key, vmid in sorted(vmids.items())},
                 "observed": seen.at or None, "error": seen.error}
+
+    def _address(self, ctx: PassContext, key: str, vmid: int) -> str | None:
+        """Where clients reach the share: its static address, or the one its VM holds by
+        DHCP as its guest agent says (None until it has one)."""
+        share = ctx.desired.get(key)
+        if share is not None and SECTION in share.sections and spec_of(share).address != DHCP:
+            return spec_of(share).address
+        return self._observer.value.leased.get(vmid)
 
     @hookimpl
     def smbgw_collect(self, ctx: CollectContext) -> Sequence[Metric]:
@@ -529,16 +578,38 @@ def _await_ready(qm: Qm, work: Work, progress: JobProgress) -> None:
             raise TimeoutError(f"cloud-init in VM {vmid} did not finish within {limit:g}s ({said})")
         progress.report(f"VM {vmid}: cloud-init {said.removeprefix('status: ')}")
         time.sleep(2.0)
-    if spec.address == DHCP:
-        return
-    while not answers_smb(spec.address):
+    address = spec.address if spec.address != DHCP else _await_lease(qm, work, deadline, progress)
+    while not answers_smb(address):
         if time.monotonic() > deadline or progress.expired:
-            raise TimeoutError(f"smbd in VM {vmid} does not answer on {ipaddress.ip_interface(spec.address).ip} port "
+            raise TimeoutError(f"smbd in VM {vmid} does not answer on {ipaddress.ip_interface(address).ip} port "
                                f"445 within {limit:g}s of the start (the guest agent and cloud-init did): is the VM "
                                f"on the right bridge, and does smbd start?")
-        progress.report(f"VM {vmid}: waiting for smbd on {spec.address}")
+        progress.report(f"VM {vmid}: waiting for smbd on {address}")
         time.sleep(1.0)
     progress.report(f"VM {vmid} serves {work.share.name} ({time.monotonic() - started:.0f}s after start)")
+
+
+def _await_lease(qm: Qm, work: Work, deadline: float, progress: JobProgress) -> str:
+    """The address a DHCP VM took, as its guest agent reports it on net0's MAC."""
+    vmid, limit = work.vmid, spec_of(work.share).boot_timeout
+    try:
+        config = read_guest_config(Path(work.config_file))
+    except GuestConfigError as exc:
+        raise RuntimeError(f"VM {vmid}: {exc}") from None
+    mac = vmconf.nic_mac(config) if config is not None else None
+    if mac is None:
+        raise RuntimeError(f"VM {vmid} has no net0 with a MAC address in {work.config_file}")
+    while True:
+        with contextlib.suppress(CommandError, ValueError):  # the agent busy, or not yet answering
+            address = qm.leased_address(vmid, mac)
+            if address is not None:
+                progress.report(f"VM {vmid} took {address} by DHCP")
+                return address
+        if time.monotonic() > deadline or progress.expired:
+            raise TimeoutError(f"VM {vmid} took no IPv4 address by DHCP on {mac} within {limit:g}s of the start: is "
+                               "a DHCP server answering on the bridge?")
+        progress.report(f"VM {vmid}: waiting for a DHCP lease on {mac}")
+        time.sleep(2.0)
 
 
 def _push_smb_conf(shell: VmShell, text: str, progress: JobProgress) -> None:

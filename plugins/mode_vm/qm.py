@@ -17,7 +17,16 @@ from collections.abc import Iterable, Sequence
 
 from smbgw_agent.effects.runner import CommandError, Completed, Runner
 
-from .qmout import ExecResult, ListedVm, QmOutputError, parse_exec, parse_list, parse_status
+from .qmout import (
+    ExecResult,
+    ListedVm,
+    QmOutputError,
+    leased,
+    parse_exec,
+    parse_interfaces,
+    parse_list,
+    parse_status,
+)
 
 QM = "qm"
 CLONE_TIMEOUT = 900.0  # a full clone copies the template's disk
@@ -89,6 +98,13 @@ class Qm:
         except CommandError:
             return False
         return not result.stdout.strip()
+
+    def leased_address(self, vmid: int, mac: str, timeout: float = 30.0) -> str | None:
+        """The IPv4 address VM `vmid` holds by DHCP on its NIC `mac`, as its guest agent
+        sees it (`qm guest cmd VMID network-get-interfaces`); None while it has none.
+        CommandError when the agent does not answer, QmOutputError for garbage."""
+        return leased(parse_interfaces(self._run(["guest", "cmd", str(vmid), "network-get-interfaces"],
+                                                 timeout).stdout), mac)
 
     def guest_exec(self, vmid: int, argv: Sequence[str], *, stdin: str | None = None, timeout: int = EXEC_TIMEOUT,
                    check: bool = True, secrets: Iterable[str] = ()) -> ExecResult:

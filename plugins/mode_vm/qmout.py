@@ -11,17 +11,23 @@ PVE/QemuServer/Agent.pm; the same in qemu-server 8.x of Proxmox VE 8 and 9.x of 
   ``out-data``/``err-data`` already base64-decoded by Proxmox, ``out-truncated``/
   ``err-truncated`` when the agent cut them; when the command outlived `--timeout`,
   "timeout reached, returning pid" on stderr and ``{"pid": N}``.
+- `qm guest cmd VMID network-get-interfaces`: the guest agent's answer as pretty JSON, a
+  list of interfaces (QEMU's qga schema `GuestNetworkInterface`: ``name``, optional
+  ``hardware-address`` and ``ip-addresses``, each ``ip-address``, ``ip-address-type``
+  ipv4/ipv6 and ``prefix``).
 
 Anything else is `QmOutputError`: the agent acts on none of it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 
 MAX_OUTPUT = 1 << 20
 MAX_ROWS = 100_000
+MAX_INTERFACES = 1024
 LIST_HEADER = ["VMID", "NAME", "STATUS", "MEM(MB)", "BOOTDISK(GB)", "PID"]
 
 
@@ -104,3 +110,52 @@ def parse_exec(text: str) -> ExecResult:
         raise QmOutputError("qm guest exec printed an exitcode or output of the wrong type")
     truncated = bool(data.get("out-truncated")) or bool(data.get("err-truncated"))
     return ExecResult(code, out, err, truncated)
+
+
+def parse_interfaces(text: str) -> dict[str, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+    """`network-get-interfaces` as hardware address (lower case) -> its addresses, each
+    with its prefix; an interface without a hardware address (lo) is left out."""
+    try:
+        data = json.loads(_bounded(text, "qm guest cmd network-get-interfaces"))
+    except ValueError:
+        raise QmOutputError(f"network-get-interfaces printed {text[:80]!r}, not JSON") from None
+    if not isinstance(data, list) or len(data) > MAX_INTERFACES:
+        raise QmOutputError("network-get-interfaces printed something that is not a list of interfaces")
+    found: dict[str, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]] = {}
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise QmOutputError("network-get-interfaces printed an interface without a name")
+        mac = item.get("hardware-address")
+        listed = item.get("ip-addresses", [])
+        if (mac is not None and not isinstance(mac, str)) or not isinstance(listed, list):
+            raise QmOutputError(f"network-get-interfaces: interface {item['name'][:40]!r} is malformed")
+        addresses = [_address(entry) for entry in listed]
+        if mac and mac != "00:00:00:00:00:00":
+            found.setdefault(mac.lower(), []).extend(addresses)
+    return found
+
+
+def _address(entry: object) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    if not isinstance(entry, dict):
+        raise QmOutputError("network-get-interfaces printed an address that is not an object")
+    address, kind, prefix = entry.get("ip-address"), entry.get("ip-address-type"), entry.get("prefix")
+    if kind not in ("ipv4", "ipv6") or not isinstance(address, str) or not isinstance(prefix, int) \
+            or isinstance(prefix, bool):
+        raise QmOutputError(f"network-get-interfaces printed an address {str(entry)[:80]!r}")
+    try:
+        parsed = ipaddress.ip_interface(f"{address}/{prefix}")
+    except ValueError:
+        raise QmOutputError(f"network-get-interfaces printed {address[:60]!r}/{prefix}, not an address") from None
+    if parsed.version != (4 if kind == "ipv4" else 6):
+        raise QmOutputError(f"network-get-interfaces calls {address[:60]!r} {kind}")
+    return parsed
+
+
+def leased(interfaces: dict[str, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]],
+           mac: str) -> str | None:
+    """The IPv4 address (with prefix) a DHCP VM holds on its NIC `mac`: the first that
+    is neither loopback nor link-local; None while it has none."""
+    for address in interfaces.get(mac.lower(), []):
+        if address.version == 4 and not address.is_loopback and not address.is_link_local:
+            return str(address)
+    return None

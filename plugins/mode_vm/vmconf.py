@@ -38,6 +38,20 @@ OWNED = {"net0": OwnedKeys(("bridge",)), "ipconfig0": OwnedKeys(("ip", "gw")),
          "agent": OwnedKeys(("enabled",), "enabled"), "cicustom": OwnedKeys(("user",)),
          "virtiofs0": OwnedKeys(("dirid",), "dirid")}
 NIC_MODEL = "virtio"
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "i82551", "i82557b", "i82559er", "ne2k_isa",
+              "ne2k_pci", "pcnet", "e1000-82540em", "e1000-82544gc", "e1000-82545em")
+
+
+def nic_mac(config: GuestConfig) -> str | None:
+    """The MAC address Proxmox gave net0 (`virtio=BC:24:11:...,bridge=...`)."""
+    value = config.get("net0")
+    if not value:
+        return None
+    for part in str(value).split(","):
+        key, _sep, mac = part.partition("=")
+        if key in NIC_MODELS and mac:
+            return mac.lower()
+    return None
 
 
 def snippet_name(share: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,15 +19,17 @@ from smbgw_agent.effects.samba import run_testparm
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.platform import order
-from smbgw_agent.platform.changes import Change, share_resource
+from smbgw_agent.platform.changes import Change, Health, share_resource
 from smbgw_agent.platform.context import PassContext
-from smbgw_agent.platform.guests import GuestStep
+from smbgw_agent.platform.guests import GuestShell, GuestStep
 from smbgw_agent.platform.hookspecs import hookimpl
-from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress
+from smbgw_agent.platform.jobs import FINISHED, SUCCEEDED, Job, JobProgress, Schedule
+from smbgw_agent.platform.jobs import RUNNING as JOB_RUNNING
 
 from ..linkprobe import probe
 from ..sambaconf import render_share, security_globals
 from . import hamanager, identity
+from .guestchecks import TICK, GuestChecks
 from .guestconf import GuestConfigError, read_guest_config
 from .haresources import RESOURCES, read_resources
 from .storage import STORAGE_CFG, StorageError, is_shared
@@ -35,8 +38,9 @@ from .vmlist import Guest, local_node, read_vmlist
 
 # Plugin state keys, each share -> its value: the VMID recorded for it; digests of the
 # smb.conf and the users last given to its guest; its guest steps' inputs when they last
-# ran; the end of its last job whose outcome was read.
-VMIDS, PUSHED, USERS, STEPS, ABSORBED = "vmids", "pushed", "users", "steps", "absorbed"
+# ran; the end of its last job whose outcome was read; when a failed check last ran each
+# guest step again.
+VMIDS, PUSHED, USERS, STEPS, ABSORBED, REPAIRS = "vmids", "pushed", "users", "steps", "absorbed", "repairs"
 VMLIST = "/etc/pve/.vmlist"
 HA_SECTION = "ha"
 CONNECT_TIMEOUT = 1.0
@@ -161,7 +165,11 @@ class GuestModePlugin:
     CONFIG_DIR: ClassVar[str]  # its configs' directory under /etc/pve/nodes/NODE: "lxc", "qemu-server"
     JOB_TIMEOUT: ClassVar[float]
     RECORDED: ClassVar[tuple[str, ...]] = (PUSHED, USERS, STEPS)  # job result keys kept per share
-    FORGOTTEN: ClassVar[tuple[str, ...]] = (VMIDS, PUSHED, USERS, ABSORBED, STEPS)
+    FORGOTTEN: ClassVar[tuple[str, ...]] = (VMIDS, PUSHED, USERS, ABSORBED, STEPS, REPAIRS)
+
+    def __init__(self) -> None:
+        self._checks = GuestChecks(self.GUEST)
+        self._moved: dict[str, tuple[int, str]] = {}  # share -> (vmid, node): its guest runs elsewhere
 
     # ---- what a mode fills in --------------------------------------------------------
 
@@ -210,6 +218,68 @@ class GuestModePlugin:
         if remote is None:
             return None
         return owner.node if identity.belongs_to(remote, share.name) else None
+
+    def _checks_schedule(self, ctx: PassContext, vmids: Mapping[str, int], shell_for: Callable[[int], GuestShell],
+                         running: Callable[[], Sequence[int]]) -> list[Schedule]:
+        """The job that runs the guest steps' checks (guestchecks.py) in the share guests
+        that run, when any step has a check."""
+        checked = {vmid: [step for step in ctx.guest_steps(f"{self.JOB_PREFIX}:{vmid}") if step.check is not None]
+                   for vmid in vmids.values()}
+        checked = {vmid: steps for vmid, steps in checked.items() if steps}
+        if not checked:
+            return []
+        checks, jobs = self._checks, ctx.jobs
+        job_of = {vmid: self.job_id(key) for key, vmid in vmids.items()}
+
+        def idle() -> list[int]:
+            """The running guests whose share job is not at work in them now (a join
+            half done is no finding)."""
+            busy = {vmid for vmid, job in job_of.items()
+                    if jobs is not None and (record := jobs.record(job)) is not None and record.state == JOB_RUNNING}
+            return [vmid for vmid in running() if vmid not in busy]
+
+        return [Schedule(f"{self.JOB_PREFIX}:guest-checks", lambda last: 0.0 if last is None else last + TICK,
+                         lambda _progress: checks.run(shell_for, checked, idle()),
+                         timeout=self.JOB_TIMEOUT, plugin=self.PLUGIN, wake=bool)]
+
+    def _last_job_end(self, ctx: PassContext, key: str) -> float:
+        record = ctx.jobs.record(self.job_id(key)) if ctx.jobs is not None else None
+        return record.finished if record is not None and record.finished is not None else 0.0
+
+    def _broken(self, vmid: int, after: float) -> Mapping[str, str]:
+        """What the checks found wrong inside guest `vmid`, if they looked after `after`
+        (the end of the share's last job, which may have repaired it)."""
+        reading = self._checks.value
+        return reading.broken.get(vmid, {}) if reading.at > after else {}
+
+    def _repairs(self, ctx: PassContext, key: str, vmid: int, steps: Sequence[GuestStep],
+                 after: float) -> list[tuple[GuestStep, str]]:
+        """Steps whose check failed, to run again now: not one that a failed check ran
+        again within its `repair_min_interval` (reported by the health check instead)."""
+        broken = self._broken(vmid, after)
+        state = ctx.plugin_state(self.PLUGIN)
+        repaired = dict((state.get(REPAIRS) or {}).get(key) or {})
+        now, found = time.time(), []
+        for step in steps:
+            reason = broken.get(step.name)
+            if reason and now - float(repaired.get(step.name) or 0.0) >= step.repair_min_interval:
+                found.append((step, reason))
+                repaired[step.name] = now
+        if found:
+            state.set(REPAIRS, {**(state.get(REPAIRS) or {}), key: repaired})
+        return found
+
+    def _check_findings(self, ctx: PassContext) -> list[Health]:
+        """`PREFIX-guest`: what a check found wrong inside a share's guest, until a job
+        repaired it."""
+        findings = []
+        for key, vmid in sorted(self._vmids(ctx).items()):
+            if key not in ctx.desired:
+                continue
+            for name, reason in sorted(self._broken(vmid, self._last_job_end(ctx, key)).items()):
+                findings.append(Health(f"{self.JOB_PREFIX}-guest", False, f"{self.GUEST} {vmid} of share "
+                                       f"{ctx.desired[key].name}: {name}: {reason}", f"{self.JOB_PREFIX}:{vmid}"))
+        return findings
 
     def _absorb(self, ctx: PassContext, key: str) -> None:
         record = ctx.jobs.record(self.job_id(key)) if ctx.jobs is not None else None

@@ -17,35 +17,22 @@ destroys the container; the data stays.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devtools.sandbox import Sandbox
-from tests.support.adlab import ADMIN_PASSWORD, DNS_DOMAIN, DOMAIN, REALM, SUBNET, USER_PASSWORD, AdLab, ad_lab
+from tests.support import adguest
+from tests.support.adguest import AD_TOML, DEFAULT_RANGE, RID_RANGE, plug_into, resolver
+from tests.support.adlab import DOMAIN, REALM, SUBNET, AdLab, ad_lab
 from tests.support.agent import AgentProcess, wait_for, write_share
-from tests.support.cluster import in_namespace
 from tests.support.pct_standin.node import FIRST_VMID, StandinNode, lxc_agent
 
 pytestmark = pytest.mark.integration
 
 NODE_HOST, CONTAINER_HOST = 12, 21
-RID_RANGE, DEFAULT_RANGE = (2000000, 2999999), (1900000, 1909999)
-PASSWORD_FILE = "/etc/smbgw/secrets/ad-join"
-AD_TOML = f"""
-[ad]
-realm = "{REALM}"
-workgroup = "{DOMAIN}"
-join_user = "Administrator"
-password_file = "{PASSWORD_FILE}"
-idmap = {{ backend = "rid", range = [{RID_RANGE[0]}, {RID_RANGE[1]}] }}
-idmap_default_range = [{DEFAULT_RANGE[0]}, {DEFAULT_RANGE[1]}]
-health_interval = "10s"
-"""
 # The domain's ranges, granted to root for containers as an administrator adds them.
 DOMAIN_SUBIDS = (f"root:{RID_RANGE[0]}:{RID_RANGE[1] - RID_RANGE[0] + 1}",
                  f"root:{DEFAULT_RANGE[0]}:{DEFAULT_RANGE[1] - DEFAULT_RANGE[0] + 1}")
@@ -61,34 +48,15 @@ def _requirements() -> None:
                         "systemd-container)")
 
 
-def _plug_into(ad: AdLab) -> Callable[[StandinNode, Sandbox], None]:
-    """The node's vmbr0 on the AD lab's switch (a veth, both ends created in namespaces),
-    with an address of the lab's segment on the node; the password file in the sandbox."""
-    def prepare(lab: StandinNode, box: Sandbox) -> None:
-        port = f"n{lab.octet}"
-        in_namespace(ad.switch, "ip", "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns",
-                     lab.namespace, check=True)
-        in_namespace(ad.switch, "ip", "link", "set", port, "master", "br0", "up", check=True)
-        for argv in (("link", "set", "uplink", "master", "vmbr0", "up"),
-                     ("addr", "add", f"{SUBNET}.{NODE_HOST}/24", "dev", "vmbr0")):
-            in_namespace(lab.namespace, "ip", *argv, check=True)
-        secret = box.root / PASSWORD_FILE.lstrip("/")
-        secret.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        secret.write_text(ADMIN_PASSWORD + "\n")
-        secret.chmod(0o600)
-    return prepare
-
-
 @pytest.fixture
 def labs() -> Iterator[tuple[AdLab, StandinNode, AgentProcess]]:
     _requirements()
-    with ad_lab("bookworm", install_deb=False) as ad:
-        resolver = f"search {DNS_DOMAIN}\nnameserver {ad.dc.address}\n"
-        with lxc_agent(AD_TOML, DOMAIN_SUBIDS, resolver, _plug_into(ad)) as (lab, agent):
-            try:
-                yield ad, lab, agent
-            finally:
-                print("\n".join(line for line in agent.log_text().splitlines() if " DEBUG " not in line)[-6000:])
+    with ad_lab("bookworm", install_deb=False) as ad, \
+            lxc_agent(AD_TOML, DOMAIN_SUBIDS, resolver(ad), plug_into(ad, NODE_HOST)) as (lab, agent):
+        try:
+            yield ad, lab, agent
+        finally:
+            print("\n".join(line for line in agent.log_text().splitlines() if " DEBUG " not in line)[-6000:])
 
 
 def share_state(agent: AgentProcess, name: str) -> tuple[str | None, str]:
@@ -97,13 +65,7 @@ def share_state(agent: AgentProcess, name: str) -> tuple[str | None, str]:
 
 
 def smbclient(ad: AdLab, user: str, *commands: str, kerberos: bool = False) -> tuple[int, str]:
-    address = f"{SUBNET}.{CONTAINER_HOST}"
-    name = f"{COMPUTER.lower()}.{DNS_DOMAIN}"
-    login = f"{user}@{REALM}" if kerberos else f"{DOMAIN}\\{user}"
-    result = ad.client("smbclient", "-s", str(ad.client_smb_conf), f"//{name}/finance", "-I", address, "-U",
-                       f"{login}%{USER_PASSWORD}", "-m", "SMB3", f"--use-kerberos={'required' if kerberos else 'off'}",
-                       "-c", "; ".join(commands), timeout=60)
-    return result.returncode, result.stdout + result.stderr
+    return adguest.smbclient(ad, COMPUTER, CONTAINER_HOST, user, *commands, kerberos=kerberos)
 
 
 def test_a_container_joins_the_domain_and_serves_its_users(labs: tuple[AdLab, StandinNode, AgentProcess],
@@ -135,50 +97,16 @@ def test_a_container_joins_the_domain_and_serves_its_users(labs: tuple[AdLab, St
     listed = ad.samba_tool("computer", "list").stdout
     assert f"{COMPUTER}$" in listed, listed
 
-    # alice, by NTLM: her file lands on the host with her domain uid.
-    payload = tmp_path / "payload.txt"
-    payload.write_text("written by a domain user into the container's share\n")
-    code, said = wait_for(lambda: (r := smbclient(ad, "alice", f"put {payload} alice.txt"))[0] == 0 and r,
-                          timeout=60, interval=1.0)
-    landed = data / "alice.txt"
-    assert landed.read_text() == payload.read_text()
-    sid = lab.pct("exec", vmid, "--", "wbinfo", "--name-to-sid", f"{DOMAIN}\\alice").stdout.split()[0]
-    rid = int(sid.rsplit("-", 1)[1])
-    inside = lab.pct("exec", vmid, "--", "wbinfo", "--sid-to-uid", sid).stdout.strip()
-    assert landed.stat().st_uid == RID_RANGE[0] + rid == int(inside), (landed.stat().st_uid, rid, inside)
-    print(f"\n[lxc+ad] share file dropped -> container joined {REALM} and serving {served_after:.1f}s; "
-          f"alice's file owned by uid {landed.stat().st_uid} on the host (rid {rid})")
-
-    # alice by Kerberos, to the name the join registered in the domain's DNS.
-    code, said = smbclient(ad, "alice", "ls", kerberos=True)
-    assert code == 0 and "alice.txt" in said, said
-    # carol is a domain user but not in valid_users.
-    code, said = smbclient(ad, "carol", "ls")
-    assert code != 0 and re.search(r"NT_STATUS_(ACCESS_DENIED|LOGON_FAILURE)", said), said
-    # The computer account deleted in the domain: the container's check finds the trust
-    # refused and the agent joins it again.
-    ad.samba_tool("computer", "delete", COMPUTER)
-    began = time.monotonic()
-    wait_for(lambda: "no longer accepts its machine account" in agent.log_text(), timeout=90, interval=1.0)
-    noticed = time.monotonic() - began
-    wait_for(lambda: f"{COMPUTER}$" in ad.samba_tool("computer", "list").stdout
-             and "Join is OK" in lab.pct("exec", vmid, "--", "net", "ads", "testjoin").stdout, timeout=120,
-             interval=1.0)
-    code, said = wait_for(lambda: (r := smbclient(ad, "alice", "ls"))[0] == 0 and r, timeout=60, interval=1.0)
-    assert "alice.txt" in said
-    print(f"[lxc+ad] computer account deleted -> noticed {noticed:.1f}s, rejoined and serving alice "
-          f"{time.monotonic() - began:.1f}s")
-
-    # The join password is nowhere the agent writes.
-    for place in (box.root / "agent.log", box.root / "run/smbgw/status.json"):
-        assert ADMIN_PASSWORD not in place.read_text(errors="replace"), f"the join password is in {place}"
+    print(f"\n[lxc+ad] share file dropped -> container joined {REALM} and serving {served_after:.1f}s")
+    landed = adguest.serves_domain_users(ad, agent, lambda *argv: lab.pct("exec", vmid, "--", *argv).stdout,
+                                         COMPUTER, CONTAINER_HOST, data, tmp_path, "lxc+ad")
 
     # Removed: the container leaves the domain and is destroyed, the data stays.
     (box.shares_dir / "finance.toml").unlink()
     wait_for(lambda: not lab.config(FIRST_VMID).exists(), timeout=120, interval=0.5)
     listed = ad.samba_tool("computer", "list").stdout
     assert f"{COMPUTER}$" not in listed, listed
-    assert landed.read_text() == payload.read_text()
+    assert landed.read_text().startswith("written by a domain user")
 
 
 def test_a_join_while_the_dc_is_away_fails_the_share_until_it_is_back(

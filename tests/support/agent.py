@@ -29,6 +29,23 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def wait_served(agent: AgentProcess, name: str, timeout: float) -> float:
+    """Seconds until share `name` is served; on a timeout its share and job records are
+    printed (what the agent was doing) before the AssertionError."""
+    began = time.monotonic()
+
+    def served() -> bool:
+        share = ((agent.status() or {}).get("shares") or {}).get(name) or {}
+        return share.get("state") == "served"
+
+    try:
+        wait_for(served, timeout=timeout, interval=0.5)
+    except AssertionError:
+        print((agent.status() or {}).get("shares"), (agent.status() or {}).get("jobs"))
+        raise
+    return time.monotonic() - began
+
+
 class AgentProcess:
     def __init__(self, box: Sandbox, extra_args: list[str] | None = None, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -69,7 +71,8 @@ def host(tmp_path: Path) -> Callable[[str], Path]:
 def answers(**more: list[tuple[int, str, str]] | tuple[int, str, str]) -> dict[str, list[tuple[int, str, str]]
                                                                                  | tuple[int, str, str]]:
     return {"winbindd --version": (0, "Version 4.17.12-Debian\n", ""), "grep": NSS,
-            "systemctl": (0, "", ""), "smbcontrol": (0, "", ""), **{k.replace("_", " "): v for k, v in more.items()}}
+            "date": (0, f"{time.time():.0f}\n", ""), "systemctl": (0, "", ""), "smbcontrol": (0, "", ""),
+            **{k.replace("_", " "): v for k, v in more.items()}}
 
 
 def test_a_guest_without_winbind_is_refused_before_any_join(tmp_path: Path) -> None:
@@ -156,3 +159,30 @@ def test_the_check_asks_for_a_rejoin_only_on_the_domains_refusal_or_a_stopped_wi
     assert check(Shell(answers(net=[(0, "something else\n", "")]))) is None, "garbage is no evidence"
     assert check(Shell(answers(net=[JOINED], systemctl=(0, "active\n", "")))) is None
     assert check(Shell(answers(net=[JOINED], systemctl=(3, "inactive\n", "")))) == "winbind is inactive"
+
+
+@pytest.mark.parametrize("offset", [600, -90])
+def test_a_guest_whose_clock_is_off_is_not_joined_and_its_check_says_why(tmp_path: Path, offset: int) -> None:
+    shell = Shell(answers(date=(0, f"{time.time() + offset:.0f}\n", ""), net_ads_testjoin=NOT_JOINED))
+    step = guest.join_step(SETTINGS, host(tmp_path))
+    wanted = re.escape(f"clock is {offset:+d} s off the node's") + ".*time service"
+    with pytest.raises(guest.GuestJoinError, match=wanted):
+        step.setup(shell, progress())
+    assert not any(argv[:3] == ["net", "ads", "join"] for argv, _stdin, _secrets in shell.calls)
+    assert step.check is not None
+    assert "clock is" in str(step.check(shell))
+
+
+def test_a_clock_within_a_minute_or_an_unreadable_date_is_no_reason() -> None:
+    assert guest._clock_problem(Shell(answers(date=(0, f"{time.time() + 30:.0f}\n", "")))) is None
+    assert guest._clock_problem(Shell(answers(date=(0, "Thu Dec  3 12:00:00 UTC 2026\n", "")))) is None
+    assert guest._clock_problem(Shell(answers(date=(1, "", "date: not found\n")))) is None
+
+
+def test_a_guest_without_a_name_server_is_refused_before_any_join(tmp_path: Path) -> None:
+    script = answers(net_ads_testjoin=NOT_JOINED)
+    script["grep -E ^nameserver"] = (1, "", "")
+    shell = Shell(script)
+    with pytest.raises(guest.GuestJoinError, match=r"names no name server.*found through DNS"):
+        guest.join_step(SETTINGS, host(tmp_path)).setup(shell, progress())
+    assert not any(argv[:3] == ["net", "ads", "join"] for argv, _stdin, _secrets in shell.calls)

@@ -591,22 +591,28 @@ def checked_step(found: list[str | None], interval: float = 60.0, repair: float 
 
 
 def test_guest_checks_run_at_their_interval_in_running_containers_only() -> None:
-    from smbgw_plugins.mode_lxc.checks import GuestChecks
+    from smbgw_plugins.proxmox.guestchecks import GuestChecks
 
-    checks = GuestChecks()
+    checks = GuestChecks("container")
     found: list[str | None] = ["trust broken", "raise"]
     step = checked_step(found, interval=60.0)
-    running = {9000: plugin.RUNNING, 9001: plugin.STOPPED}
-    assert checks.run(None, {9000: [step], 9001: [step]}, running, clock=1000.0)  # type: ignore[arg-type]
+    shells: list[int] = []
+
+    def shell_for(vmid: int) -> Any:
+        shells.append(vmid)
+        return None
+
+    assert checks.run(shell_for, {9000: [step], 9001: [step]}, [9000], clock=1000.0)
     assert checks.value.broken == {9000: {"ad:join": "trust broken"}} and found == ["raise"], "9001 is stopped"
-    assert not checks.run(None, {9000: [step]}, running, clock=1030.0)  # type: ignore[arg-type]
+    assert not checks.run(shell_for, {9000: [step]}, [9000], clock=1030.0)
     assert found == ["raise"], "not due yet: the last finding stands"
-    assert checks.run(None, {9000: [step]}, running, clock=1061.0)  # type: ignore[arg-type]
+    assert checks.run(shell_for, {9000: [step]}, [9000], clock=1061.0)
+    assert shells == [9000, 9000], "only in the running container, only when due"
     assert checks.value.broken == {}, "a check that raises is no evidence"
 
 
 def test_a_failed_check_runs_the_step_again_once_per_repair_interval(tmp_path: Path) -> None:
-    from smbgw_plugins.mode_lxc.checks import CheckReading
+    from smbgw_plugins.proxmox.guestchecks import CheckReading
 
     spec = share(vmid=9000)
     ctx = context(tmp_path, spec)

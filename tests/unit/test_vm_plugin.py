@@ -339,3 +339,95 @@ def test_drain_relocates_ha_vms_and_refuses_the_others_unless_forced(tmp_path: P
     vm_config(ctx, 8000, CLOUDINIT_TEMPLATE)
     with pytest.raises(ValueError, match=r"this node is drained \(smbgwctl drain"):
         plan(VmModePlugin(), context(tmp_path, new), new)
+
+
+class CheckedSteps:
+    """The plugin host answering `ctx.guest_steps` with the domain's step, which has a
+    check (as plugins/ad/guest.py gives), and the member server's globals."""
+
+    def __init__(self) -> None:
+        from smbgw_agent.platform.guests import GuestStep
+        self.step = GuestStep("ad:join", "v1", lambda shell, progress: "joined", what="make it a member of SMBGW.TEST",
+                              check=lambda shell: None, check_interval=60.0, repair_min_interval=3600.0)
+
+    def guest_steps(self, ctx: Any, target: str) -> list[Any]:
+        return [self.step]
+
+    def share_parameters(self, ctx: Any, share: ShareSpec, target: str) -> list[tuple[str, str]]:
+        return []
+
+    def global_parameters(self, ctx: Any, target: str) -> list[tuple[str, str]]:
+        return [("server role", "member server"), ("security", "ADS")]
+
+
+def test_a_failed_check_inside_the_vm_runs_its_step_again_once_per_repair_interval(tmp_path: Path) -> None:
+    """A VM's machine account deleted in the domain: the check (run by the VM mode's
+    checks job through the guest agent) finds it, the next plan runs the join again, and
+    a second finding within `repair_min_interval` is reported, not looped."""
+    import time
+
+    from smbgw_plugins.proxmox.guestchecks import CheckReading
+    from smbgw_plugins.proxmox.guestmode import STEPS
+
+    spec = share()
+    ctx = context(tmp_path, spec)
+    ctx.host = CheckedSteps()
+    live_vm(ctx, spec, 9009)
+    subject = settled(ctx, spec, 9009)
+    state = ctx.plugin_state(PLUGIN)
+    state.set("users", {spec.key: users_digest([])})
+    state.set(STEPS, {spec.key: {"ad:join": "v1"}})
+    assert plan(subject, ctx, spec) == [], "joined, nothing found: nothing to do"
+    subject._checks.value = CheckReading(time.time(), {9009: {"ad:join": "the domain no longer accepts it"}})
+    work, changes = subject.plan_work(ctx, spec)
+    assert [step.name for step in work.steps] == ["ad:join"]
+    assert "VM 9009: make it a member of SMBGW.TEST again (the domain no longer accepts it)" in \
+        [change.detail for change in changes]
+    found = subject.smbgw_health(ctx)
+    assert any(f.check == "vm-guest" and "VM 9009 of share finance: ad:join: the domain no longer accepts it"
+               in f.detail for f in found), found
+    work, _changes = subject.plan_work(ctx, spec)
+    assert not work.steps, "run again once within the interval: reported, not looped"
+
+
+def test_net0s_mac_is_read_from_the_vm_config() -> None:
+    assert vmconf.nic_mac(parse_guest_config("net0: virtio=BC:24:11:42:C8:C7,bridge=vmbr0,firewall=1\n")) == \
+        "bc:24:11:42:c8:c7"
+    assert vmconf.nic_mac(parse_guest_config("net0: e1000=BC:24:11:00:00:01,bridge=vmbr0\n")) == "bc:24:11:00:00:01"
+    assert vmconf.nic_mac(parse_guest_config("net0: bridge=vmbr0\n")) is None
+    assert vmconf.nic_mac(parse_guest_config("cores: 2\n")) is None
+
+
+def test_the_checks_look_only_into_vms_whose_agent_answers_and_whose_job_is_not_at_work(tmp_path: Path) -> None:
+    """A check during the share's own job would find a join half done: it waits."""
+    from smbgw_plugins.mode_vm.plugin import Observation
+
+    from smbgw_agent.platform.jobs import RUNNING, SUCCEEDED, JobRecord
+
+    looked: list[str] = []
+
+    class Host(CheckedSteps):
+        def __init__(self) -> None:
+            from smbgw_agent.platform.guests import GuestStep
+            self.step = GuestStep("ad:join", "v1", lambda shell, progress: "joined", what="join",
+                                  check=lambda shell: looked.append(shell.target), check_interval=0.0)
+
+    class Jobs:
+        state = RUNNING
+
+        def record(self, job_id: str) -> JobRecord | None:
+            return JobRecord(job_id, PLUGIN, "share:finance", state=self.state) if job_id == "vm:finance" else None
+
+    spec, other = share(), share("sales", vmid=9008)
+    ctx = context(tmp_path, spec, other)
+    ctx.host, ctx.jobs = Host(), Jobs()
+    ctx.plugin_state(PLUGIN).set(VMIDS, {"finance": 9009, "sales": 9008})
+    subject = VmModePlugin()
+    subject._observer.value = Observation(at=1.0, status={9009: "running", 9008: "running"},
+                                          agent={9009: True, 9008: False})
+    [checks] = [s for s in subject.smbgw_schedules(ctx) if s.id == "vm:guest-checks"]
+    checks.run(None)  # type: ignore[arg-type]
+    assert looked == [], "9009's job is at work in it; 9008's guest agent does not answer"
+    Jobs.state = SUCCEEDED
+    checks.run(None)  # type: ignore[arg-type]
+    assert looked == ["vm:9009"]

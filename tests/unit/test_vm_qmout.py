@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from smbgw_plugins.mode_vm.qmout import QmOutputError, parse_exec, parse_list, parse_status
+from smbgw_plugins.mode_vm.qmout import QmOutputError, leased, parse_exec, parse_interfaces, parse_list, parse_status
 
 
 def list_row(vmid: object, name: str, status: str, mem: float, disk: float, pid: object) -> str:
@@ -59,3 +59,49 @@ def test_exec_results_finished_timed_out_and_foreign() -> None:
                 "x" * (2 << 20)):
         with pytest.raises(QmOutputError):
             parse_exec(bad)
+
+
+# `qm guest cmd VMID network-get-interfaces` for a Debian guest with a lease on eth0: the
+# guest agent's GuestNetworkInterface list, as qm prints it (pretty JSON, canonical order).
+INTERFACES = [
+    {"hardware-address": "00:00:00:00:00:00", "name": "lo",
+     "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8},
+                      {"ip-address": "::1", "ip-address-type": "ipv6", "prefix": 128}]},
+    {"hardware-address": "bc:24:11:42:c8:c7", "name": "eth0",
+     "ip-addresses": [{"ip-address": "fe80::be24:11ff:fe42:c8c7", "ip-address-type": "ipv6", "prefix": 64},
+                      {"ip-address": "169.254.7.7", "ip-address-type": "ipv4", "prefix": 16},
+                      {"ip-address": "10.0.0.105", "ip-address-type": "ipv4", "prefix": 24}],
+     "statistics": {"rx-bytes": 1, "rx-dropped": 0, "rx-errs": 0, "rx-packets": 1, "tx-bytes": 1,
+                    "tx-dropped": 0, "tx-errs": 0, "tx-packets": 1}},
+    {"name": "tunl0"},
+]
+
+
+def test_the_lease_is_read_on_net0s_mac_only() -> None:
+    found = parse_interfaces(json.dumps(INTERFACES, indent=3, sort_keys=True))
+    assert set(found) == {"bc:24:11:42:c8:c7"}, "lo (no real MAC) and an interface without one are left out"
+    assert leased(found, "BC:24:11:42:C8:C7") == "10.0.0.105/24", "neither link-local nor IPv6"
+    assert leased(found, "bc:24:11:00:00:01") is None, "another NIC's lease is not the VM's address"
+    waiting = [{"hardware-address": "bc:24:11:42:c8:c7", "name": "eth0",
+                "ip-addresses": [{"ip-address": "fe80::1", "ip-address-type": "ipv6", "prefix": 64}]}]
+    assert leased(parse_interfaces(json.dumps(waiting)), "bc:24:11:42:c8:c7") is None, "no lease yet"
+
+
+@pytest.mark.parametrize("text", [
+    "", "[", "{}", '"eth0"', json.dumps([{"hardware-address": "bc:24:11:42:c8:c7"}]),
+    json.dumps([{"name": "eth0", "ip-addresses": {}}]),
+    json.dumps([{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.1", "ip-address-type": "ipv4"}]}]),
+    json.dumps([{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.1", "ip-address-type": "ipv6",
+                                                   "prefix": 24}]}]),
+    json.dumps([{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.1; rm -rf /", "ip-address-type": "ipv4",
+                                                   "prefix": 24}]}]),
+    json.dumps([{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.1", "ip-address-type": "ipv4",
+                                                   "prefix": True}]}]),
+    json.dumps([{"name": "eth0", "ip-addresses": [{"ip-address": "10.0.0.1", "ip-address-type": "ipv4",
+                                                   "prefix": 99}]}]),
+    json.dumps([{"name": f"eth{n}"} for n in range(2000)]),
+    "x" * (2 << 20),
+])
+def test_interfaces_that_are_not_a_guest_agents_answer_are_refused(text: str) -> None:
+    with pytest.raises(QmOutputError):
+        parse_interfaces(text)

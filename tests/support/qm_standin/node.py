@@ -18,12 +18,13 @@ test ends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess
 from tests.support.cloudinit_tool import ensure_cloud_init
-from tests.support.pct_standin.node import NODE, PROXMOX, StandinNode, standin_node
+from tests.support.pct_standin.node import NO_RESOLVER, NODE, PROXMOX, StandinNode, standin_node
 from tests.support.procs import private_sandbox
 from tests.support.qemu import GuestImage
 
@@ -136,20 +137,26 @@ def qm_node(root: Path, image: GuestImage) -> Iterator[StandinNode]:
 
 
 @contextlib.contextmanager
-def vm_agent(image: GuestImage) -> Iterator[tuple[StandinNode, AgentProcess]]:
-    """A sandbox node with the qm/pvesh stand-ins, the template 8000, `[proxmox]` in its
-    agent.toml and the agent running in the node's namespace, with Debian's `cloud-init`
-    (unpacked, tests/support/cloudinit_tool.py) on its PATH for `cloud-init schema`.
-    Every VM is destroyed at the end, whatever happened. VMs map no ids: /etc/subuid and
-    /etc/subgid are left alone (no line added, none taken away from a container test
-    running beside this one)."""
+def vm_agent(image: GuestImage, agent_toml: str = "", resolv_conf: str = NO_RESOLVER,
+             prepare: Callable[[StandinNode, Sandbox], None] | None = None) -> Iterator[tuple[StandinNode,
+                                                                                          AgentProcess]]:
+    """A sandbox node with the qm/pvesh stand-ins, the template 8000, `[proxmox]` (and
+    `agent_toml`) in its agent.toml and the agent running in the node's namespace, with
+    Debian's `cloud-init` (unpacked, tests/support/cloudinit_tool.py) on its PATH for
+    `cloud-init schema`. `resolv_conf` is the node's resolver, which cloud-init gives the
+    VMs as Proxmox does when a VM sets no name server; `prepare` runs before the agent
+    starts. Every VM is destroyed at the end, whatever happened. VMs map no ids:
+    /etc/subuid and /etc/subgid are left alone (no line added, none taken away from a
+    container test running beside this one)."""
     cloud_init = ensure_cloud_init()
-    with private_sandbox() as box, standin_node(box.root, ()) as lab:
+    with private_sandbox() as box, standin_node(box.root, (), resolv_conf) as lab:
         try:
             lab.qm_image_dir = image.path
             make_template(lab, image)
             config = box.root / "etc/smbgw/agent.toml"
-            config.write_text(config.read_text() + PROXMOX)
+            config.write_text(config.read_text() + PROXMOX + agent_toml)
+            if prepare is not None:
+                prepare(lab, box)
             env = lab.env()
             env["PATH"] = f"{env['PATH']}:{cloud_init}"
             agent = AgentProcess(box, env=env, wrapper=lab.wrapper())

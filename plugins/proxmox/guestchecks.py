@@ -1,15 +1,15 @@
-"""Other plugins' checks inside the share containers (`GuestStep.check`), off the pass.
+"""Other plugins' checks inside the share guests (`GuestStep.check`), off the pass.
 
-A step's effect can be undone between jobs: a container's machine account deleted in
-the domain, its winbind stopped. Each step with a check says how often to look
-(`check_interval`); one scheduled job, every `TICK` seconds, runs the checks that are
-due in the containers that run, one after another, and keeps what they found. A pass
-runs when that changes; it runs the step again for a container whose check found a
-reason (`LxcModePlugin._work`), at most once per `repair_min_interval`, and the health
-check reports the reason meanwhile.
+A step's effect can be undone between jobs: a guest's machine account deleted in the
+domain, its winbind stopped. Each step with a check says how often to look
+(`check_interval`); one scheduled job per guest mode, every `TICK` seconds, runs the
+checks that are due in the guests that run, one after another, and keeps what they
+found. A pass runs when that changes; it runs the step again for a guest whose check
+found a reason (`GuestModePlugin._repairs`), at most once per `repair_min_interval`, and
+the health check reports the reason meanwhile.
 
 A check that raises is logged and counts as no evidence: a broken check must not make
-the agent rejoin containers in a loop.
+the agent rejoin guests in a loop.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from smbgw_agent.platform.guests import GuestStep
-
-from .pct import RUNNING, Pct
-from .shell import ContainerShell
+from smbgw_agent.platform.guests import GuestShell, GuestStep
 
 log = logging.getLogger(__name__)
 TICK = 10.0
@@ -36,25 +33,26 @@ class CheckReading:
 
 
 class GuestChecks:
-    def __init__(self) -> None:
+    def __init__(self, guest: str = "guest") -> None:
+        self.guest = guest  # "container", "VM": for the log
         self.value = CheckReading()
         self._checked: dict[tuple[int, str], tuple[float, str | None]] = {}  # last check and what it found
         self._lock = threading.Lock()
 
-    def run(self, pct: Pct, steps: Mapping[int, Sequence[GuestStep]], status: Mapping[int, str],
-            clock: float | None = None) -> bool:
-        """The due checks of the running containers; True when what they found changed."""
+    def run(self, shell_for: Callable[[int], GuestShell], steps: Mapping[int, Sequence[GuestStep]],
+            running: Collection[int], clock: float | None = None) -> bool:
+        """The due checks of the guests that run; True when what they found changed."""
         now = time.time() if clock is None else clock
         broken: dict[int, dict[str, str]] = {}
         for vmid, found in sorted(steps.items()):
-            if status.get(vmid) != RUNNING:
+            if vmid not in running:
                 continue
             for step in found:
                 if step.check is None:
                     continue
                 last = self._checked.get((vmid, step.name))
                 if last is None or now - last[0] >= step.check_interval:
-                    last = (now, self._check(step, pct, vmid))
+                    last = (now, self._check(step, shell_for, vmid))
                     self._checked[(vmid, step.name)] = last
                 if last[1]:
                     broken.setdefault(vmid, {})[step.name] = last[1]
@@ -65,14 +63,13 @@ class GuestChecks:
             before, self.value = self.value, CheckReading(now, broken)
         return dict(before.broken) != broken
 
-    @staticmethod
-    def _check(step: GuestStep, pct: Pct, vmid: int) -> str | None:
+    def _check(self, step: GuestStep, shell_for: Callable[[int], GuestShell], vmid: int) -> str | None:
         assert step.check is not None
         try:
-            reason = step.check(ContainerShell(pct, vmid))
+            reason = step.check(shell_for(vmid))
         except Exception as exc:
-            log.warning("lxc: container %s: the check of %s failed: %s", vmid, step.name, exc)
+            log.warning("%s %s: the check of %s failed: %s", self.guest, vmid, step.name, exc)
             return None
         if reason:
-            log.warning("lxc: container %s: %s: %s", vmid, step.name, reason)
+            log.warning("%s %s: %s: %s", self.guest, vmid, step.name, reason)
         return str(reason)[:300] if reason else None
