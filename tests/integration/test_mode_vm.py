@@ -12,7 +12,6 @@ keeps the data. A VM whose guest agent never answers is destroyed again, the dat
 from __future__ import annotations
 
 import contextlib
-import os
 import pwd
 import shutil
 import subprocess
@@ -31,18 +30,9 @@ pytestmark = pytest.mark.integration
 LAST_VMID = FIRST_VMID + 9  # the VM mode counts down from the top of vmid_range
 
 
-def _requirements() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (QEMU taps, network namespaces)")  # conftest.py: a failure under CI
-    for tool in ("qemu-system-x86_64", "qemu-img", "cloud-localds", "ip", "smbclient"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not found (apt-get install qemu-system-x86 qemu-utils cloud-image-utils "
-                        "iproute2 smbclient)")
-
-
 @pytest.fixture
 def node(qemu_guest_image: GuestImage) -> Iterator[tuple[StandinNode, AgentProcess]]:
-    _requirements()
+    qmnode.require_vm_tools()
     with qmnode.vm_agent(qemu_guest_image) as (lab, agent):
         try:
             yield lab, agent

@@ -18,8 +18,12 @@ test ends.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess
@@ -33,6 +37,16 @@ from . import qm as qmmod
 TEMPLATE_VMID = 8000
 TEMPLATE_NAME = "smbgw-template"
 TEMPLATE_TAG = "smbgw-template"
+
+
+def require_vm_tools() -> None:
+    """Skip (a failure under CI, conftest.py) without root or the tools a VM needs here."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (QEMU taps, network namespaces)")
+    for tool in ("qemu-system-x86_64", "qemu-img", "cloud-localds", "ip", "smbclient"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found (apt-get install qemu-system-x86 qemu-utils cloud-image-utils "
+                        "iproute2 smbclient)")
 
 
 def _conf_dir(node: StandinNode) -> Path:
@@ -138,21 +152,23 @@ def qm_node(root: Path, image: GuestImage) -> Iterator[StandinNode]:
 
 @contextlib.contextmanager
 def vm_agent(image: GuestImage, agent_toml: str = "", resolv_conf: str = NO_RESOLVER,
-             prepare: Callable[[StandinNode, Sandbox], None] | None = None) -> Iterator[tuple[StandinNode,
-                                                                                          AgentProcess]]:
+             prepare: Callable[[StandinNode, Sandbox], None] | None = None,
+             template: bool = True) -> Iterator[tuple[StandinNode, AgentProcess]]:
     """A sandbox node with the qm/pvesh stand-ins, the template 8000, `[proxmox]` (and
     `agent_toml`) in its agent.toml and the agent running in the node's namespace, with
     Debian's `cloud-init` (unpacked, tests/support/cloudinit_tool.py) on its PATH for
     `cloud-init schema`. `resolv_conf` is the node's resolver, which cloud-init gives the
     VMs as Proxmox does when a VM sets no name server; `prepare` runs before the agent
-    starts. Every VM is destroyed at the end, whatever happened. VMs map no ids:
+    starts; without `template` the node has none (a test makes its own). Every VM is
+    destroyed at the end, whatever happened. VMs map no ids:
     /etc/subuid and /etc/subgid are left alone (no line added, none taken away from a
     container test running beside this one)."""
     cloud_init = ensure_cloud_init()
     with private_sandbox() as box, standin_node(box.root, (), resolv_conf) as lab:
         try:
             lab.qm_image_dir = image.path
-            make_template(lab, image)
+            if template:
+                make_template(lab, image)
             config = box.root / "etc/smbgw/agent.toml"
             config.write_text(config.read_text() + PROXMOX + agent_toml)
             if prepare is not None:

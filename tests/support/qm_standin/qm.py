@@ -12,6 +12,12 @@ the last 8.x), pve-storage 8.3.8 (1af4790), pve-guest-common 5.2.2 (58ad183, PVE
 Dir) and pve-manager 8.4.21 (2606ac8, PVE/API2/Cluster/Mapping/Dir.pm), all on
 github.com/proxmox. Each format and where it comes from:
 
+* `qm create VMID` and disk requests in `create`/`set` (`STORAGE:cloudinit`,
+  `STORAGE:SIZE`, `STORAGE:0,import-from=PATH`): API2/Qemu.pm `create_vm` and
+  `create_disks`, on dir storages (volumes `VMID/vm-VMID-disk-N.raw`, the cloud-init
+  drive `VMID/vm-VMID-cloudinit.qcow2,media=cdrom`), "KEY: successfully created disk
+  'VOLUME'" on stdout; a VMID in use: "unable to create VM VMID - VM VMID already exists
+  on node 'NODE'".
 * argv: src/PVE/CLI/qm.pm `$cmddef` (positional arguments per subcommand; `guest cmd`,
   `guest exec` are a command group), options and errors as in tests/support/pvecli.py
   (PVE::JSONSchema `get_options`, 400 errors then the usage line, exit 255).
@@ -135,6 +141,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,6 +184,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
 }
 MINIMA: dict[str, int] = {"cores": 1, "sockets": 1, "balloon": 0}
 COMMANDS: dict[str, Command] = {
+    "create": Command(("vmid",), {**CONFIG_OPTIONS, "start": BOOL, "pool": STR, "unique": BOOL}),
     "clone": Command(("vmid", "newid"), {"name": STR, "full": BOOL, "storage": STR, "description": STR,
                                          "format": STR, "pool": STR, "snapname": STR, "target": STR,
                                          "bwlimit": INT}),
@@ -517,6 +525,15 @@ def check_lock(vmid: int, config: Config) -> None:
         raise QmError(f"VM {vmid} is locked ({config.options['lock']})\n")
 
 
+def _reserve(node: Node, vmid: int, lock: str) -> Config:
+    """The new VM's config, holding only `lock`, saved and registered: the VMID is taken."""
+    config = Config()
+    config.options["lock"] = lock
+    node.save(vmid, config)
+    node.register(vmid, node.name)
+    return config
+
+
 def cmd_clone(node: Node, opts: dict[str, object]) -> None:
     vmid, newid = parse_vmid(opts), parse_vmid(opts, "newid")
     storage = opts.get("storage")
@@ -546,10 +563,7 @@ def cmd_clone(node: Node, opts: dict[str, object]) -> None:
             # pmxcfs refuses a VMID.conf whose id another guest (or node) holds.
             conf = f"/etc/pve/nodes/{node.name}/qemu-server/{newid}.conf"
             raise QmError(f"rename {conf}.tmp.{os.getpid()} to {conf} failed - File exists\n")
-        new = Config()
-        new.options["lock"] = "clone"
-        node.save(newid, new)
-        node.register(newid, node.name)
+        new = _reserve(node, newid, "clone")
         try:
             _clone_into(node, vmid, newid, source, new, full, None if storage is None else str(storage), opts)
         except BaseException as error:
@@ -662,11 +676,8 @@ def _canonical(vmid: int, key: str, value: str) -> str:
     return value
 
 
-def cmd_set(node: Node, opts: dict[str, object]) -> None:
-    vmid = parse_vmid(opts)
-    delete = [k for k in re.split(r"[,;\s]+", str(opts.pop("delete", ""))) if k]
-    for ignored in ("revert", "digest", "skiplock", "force"):
-        opts.pop(ignored, None)
+def _checked_options(vmid: int, opts: dict[str, object]) -> dict[str, str]:
+    """Every option's value as written, or one 400 error naming each bad one."""
     errors: dict[str, str] = {}
     values: dict[str, str] = {}
     for key in sorted(opts):
@@ -676,6 +687,15 @@ def cmd_set(node: Node, opts: dict[str, object]) -> None:
             errors[key] = str(error).strip()
     if errors:
         raise ParamError("Parameter verification failed.\n", errors)
+    return values
+
+
+def cmd_set(node: Node, opts: dict[str, object]) -> None:
+    vmid = parse_vmid(opts)
+    delete = [k for k in re.split(r"[,;\s]+", str(opts.pop("delete", ""))) if k]
+    for ignored in ("revert", "digest", "skiplock", "force"):
+        opts.pop(ignored, None)
+    values = _checked_options(vmid, opts)
     for key in delete:
         if key in values:
             raise ParamError("Parameter verification failed.\n",
@@ -683,6 +703,7 @@ def cmd_set(node: Node, opts: dict[str, object]) -> None:
     with node.locked(str(vmid)):
         config = node.load(vmid)
         check_lock(vmid, config)
+        values = _create_disks(node, vmid, values)
         for key in delete:
             present = config.description if key == "description" else config.options.get(key)
             if not present:
@@ -698,6 +719,112 @@ def cmd_set(node: Node, opts: dict[str, object]) -> None:
             else:
                 config.options[key] = value
         node.save(vmid, config)
+
+
+def cmd_create(node: Node, opts: dict[str, object]) -> None:
+    """API2/Qemu.pm `create_vm` (no archive restore): the VMID must be free in the cluster,
+    options checked as for `set`, disks allocated (`create_disks`), the config written and
+    the VM registered; `meta` and `smbios1` as Proxmox adds them."""
+    vmid = parse_vmid(opts)
+    start = bool(opts.pop("start", False))
+    for ignored in ("pool", "unique"):
+        opts.pop(ignored, None)
+    values = _checked_options(vmid, opts)
+    with node.locked(str(vmid)):
+        _, ids = node.read_vmlist()
+        if node.conf_path(vmid).exists() or vmid in ids:
+            owner = ids.get(vmid, (node.name, "qemu", 0))[0]
+            raise QmError(f"unable to create VM {vmid} - VM {vmid} already exists on node '{owner}'\n")
+        config = _reserve(node, vmid, "create")
+        try:
+            values = _create_disks(node, vmid, values)
+        except BaseException:
+            for path in node.root.joinpath("var/lib/vz/images", str(vmid)).glob("*"):
+                path.unlink()
+            node.conf_path(vmid).unlink(missing_ok=True)
+            node.register(vmid, None)
+            raise
+        config.options.pop("lock")
+        description = values.pop("description", None)
+        config.options.update(values)
+        if description is not None:
+            config.description = description
+        config.options["meta"] = "creation-qemu=7.2.0,ctime=" + str(int(time.time()))
+        config.options["smbios1"] = f"uuid={uuid.uuid4()}"
+        node.save(vmid, config)
+    if start:
+        cmd_start(node, {"vmid": str(vmid)})
+
+
+def _create_disks(node: Node, vmid: int, values: dict[str, str]) -> dict[str, str]:
+    """API2/Qemu.pm `create_disks` for the requests a template's recipe makes, on dir
+    storages: `STORAGE:cloudinit` -> `STORAGE:VMID/vm-VMID-cloudinit.qcow2,media=cdrom`
+    (the image itself is made at start, as the seed); `STORAGE:SIZE` (GiB) -> a new
+    raw volume vm-VMID-disk-N; `STORAGE:0,import-from=/ABS/PATH` -> the file converted
+    into a new volume (`qemu-img convert`, raw unless `format=` says otherwise), its
+    virtual size as `size=`. Anything else is stored as given (a volume that exists)."""
+    result = dict(values)
+    for key, value in sorted(values.items()):
+        if not DISK_RE.fullmatch(key):
+            continue
+        drive = formats.parse_drive(value)
+        storage, sep, request = drive["file"].partition(":")
+        if not sep or "/" in request:
+            continue
+        if request == "cloudinit":
+            if not re.fullmatch(r"(ide|sata|scsi)\d+", key):
+                raise QmError(f"{key}: cloud-init drive must be an ide, sata or scsi drive\n")
+            _dir_storage(node, storage)
+            name = f"vm-{vmid}-cloudinit.qcow2"
+            result[key] = formats.print_property_string_drive({**drive, "file": f"{storage}:{vmid}/{name}",
+                                                              "media": "cdrom"})
+            continue
+        if not re.fullmatch(r"\d+(\.\d+)?", request):
+            continue
+        source = drive.pop("import-from", None)
+        fmt = drive.pop("format", "raw")
+        if fmt not in ("raw", "qcow2"):
+            raise QmError(f"unsupported format '{fmt}'\n")
+        base = _dir_storage(node, storage)
+        index = 0
+        while list((base / "images" / str(vmid)).glob(f"*-{vmid}-disk-{index}.*")):
+            index += 1
+        name = f"vm-{vmid}-disk-{index}.{fmt}"
+        target = base / "images" / str(vmid) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source is not None:
+            if float(request) != 0:
+                raise QmError(f"{key}: 'import-from' requires special syntax - use <storage ID>:0,import-from="
+                              "<source>\n")
+            path = Path(source)
+            if not path.is_absolute() or not path.is_file():
+                raise QmError(f"{key}: import-from: '{source}' does not exist or is not an absolute path to a "
+                              "file\n")
+            _qemu_img("convert", "-O", fmt, str(path), str(target))
+        else:
+            _qemu_img("create", "-q", "-f", fmt, str(target), f"{request}G")
+        info = subprocess.run(["qemu-img", "info", "--output", "json", str(target)], capture_output=True,
+                              text=True, check=True)
+        size = int(json.loads(info.stdout)["virtual-size"])
+        drive = {**drive, "file": f"{storage}:{vmid}/{name}", "size": _size_text(size)}
+        result[key] = formats.print_property_string_drive(drive)
+        sys.stdout.write(f"{key}: successfully created disk '{result[key]}'\n")
+    return result
+
+
+def _dir_storage(node: Node, storage: str) -> Path:
+    config = storage_config(node, storage)
+    if config.get("type") != "dir":
+        raise QmError(f"storage '{storage}': the stand-in allocates volumes on dir storages only\n")
+    return node.root / config.get("path", "/var/lib/vz").lstrip("/")
+
+
+def _size_text(size: int) -> str:
+    """PVE::JSONSchema format_size: the largest unit that divides it, else bytes."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if size and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
 
 
 def cmd_template(node: Node, opts: dict[str, object]) -> None:
@@ -1169,7 +1296,8 @@ def _exec_status(status: dict[str, Any]) -> dict[str, Any]:
 
 
 HANDLERS: dict[str, Callable[[Node, dict[str, object]], None]] = {
-    "clone": cmd_clone, "set": cmd_set, "start": cmd_start, "stop": cmd_stop, "shutdown": cmd_shutdown,
+    "create": cmd_create, "clone": cmd_clone, "set": cmd_set, "start": cmd_start, "stop": cmd_stop,
+    "shutdown": cmd_shutdown,
     "status": cmd_status, "destroy": cmd_destroy, "config": cmd_config, "list": cmd_list,
     "migrate": cmd_migrate, "template": cmd_template, "guest cmd": cmd_guest_cmd, "guest exec": cmd_guest_exec,
 }
