@@ -17,26 +17,17 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.samples import timed_ms  # noqa: E402
 from smbgw_agent.model.config import AgentConfig  # noqa: E402
 from smbgw_agent.model.paths import Paths  # noqa: E402
 from smbgw_agent.model.shares import ShareSpec, check_share_path  # noqa: E402
 from smbgw_agent.model.smbconf import AdminShares  # noqa: E402
 from smbgw_agent.reconcile.guard import ShareGuard  # noqa: E402
-
-
-def timed(rounds: int, action: object) -> list[float]:
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        action()  # type: ignore[operator]
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
 
 
 def show(label: str, samples: list[float]) -> float:
@@ -63,11 +54,11 @@ def main() -> int:
         admin = AdminShares()
         guard = ShareGuard(paths, config)
         print(f"{args.shares} shares, {args.rounds} rounds each")
-        cold = show("guard.check, cold (full check of every path)", timed(
+        cold = show("guard.check, cold (full check of every path)", timed_ms(
             args.rounds, lambda: (guard.forget(), guard.check(specs, admin))))
-        warm = show("guard.check, warm (one stat per share)", timed(args.rounds, lambda: guard.check(specs, admin)))
-        poll = show("guard.poll between passes", timed(args.rounds, lambda: guard.poll(specs.values())))
-        peer = show("peer: check_share_path for every share", timed(
+        warm = show("guard.check, warm (one stat per share)", timed_ms(args.rounds, lambda: guard.check(specs, admin)))
+        poll = show("guard.poll between passes", timed_ms(args.rounds, lambda: guard.poll(specs.values())))
+        peer = show("peer: check_share_path for every share", timed_ms(
             args.rounds, lambda: [check_share_path(s.path, config, paths) for s in specs.values()]))
         print(f"  warm check / peer: {warm / peer:.2f}   cold check / peer: {cold / peer:.2f}   "
               f"poll every 2 s: {poll / 20:.2f} % of one core")

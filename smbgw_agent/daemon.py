@@ -26,6 +26,7 @@ from smbgw_agent import __version__
 from smbgw_agent.assembly import load_plugins_and_config
 from smbgw_agent.control import ControlServer, OnProgress, Request
 from smbgw_agent.effects.fileio import remove_stale_temporaries
+from smbgw_agent.effects.poller import ShareDirPoller, watch_mode
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.effects.sdnotify import Notifier
 from smbgw_agent.effects.services import ServiceControl
@@ -118,7 +119,8 @@ class Agent:
         self.stop_requested = False
         self.reload_requested = False
         self.job_finished = False
-        self.watcher = ShareDirWatcher(self.reconciler.scanner.directory, self._on_change)
+        self.watch_mode = ""
+        self.watcher: ShareDirWatcher | ShareDirPoller = self._make_watcher()
         self.control = ControlServer(paths.control_socket, self.requests, self.wake)
         self.next_resync = 0.0
         self.next_guard = 0.0
@@ -130,6 +132,19 @@ class Agent:
             context=self._collect_context,
             share_paths=self._share_paths,
         )
+
+    def _make_watcher(self) -> ShareDirWatcher | ShareDirPoller:
+        """inotify where it sees every change; polling where it cannot (`[agent] watch`,
+        and `auto` on a FUSE file system such as /etc/pve: poller.py)."""
+        directory = self.reconciler.scanner.directory
+        mode, why = watch_mode(self.config.watch, directory)
+        if mode != self.watch_mode:
+            log.info("noticing changes in %s by %s: %s", directory,
+                     f"polling every {self.config.poll_interval:g}s" if mode == "poll" else "inotify", why)
+        self.watch_mode = mode
+        if mode == "poll":
+            return ShareDirPoller(directory, self._on_change, self.config.poll_interval)
+        return ShareDirWatcher(directory, self._on_change)
 
     def _collect_context(self, status: Mapping[str, Any]) -> CollectContext:
         return CollectContext(self.paths, self.reconciler.config, self.runner, status)
@@ -188,8 +203,9 @@ class Agent:
             for warning in config.warnings:
                 log.warning("%s", warning)
             self.reconciler.replace_config(config, plugins)
-            self.watcher.directory = self.reconciler.scanner.directory
-            self.watcher.ensure()
+            self.watcher.stop()
+            self.watcher = self._make_watcher()
+            self.watcher.start()
             log.info("reloaded agent configuration")
         self.reconciler.scanner.forget()
         self.notifier.ready(self._status_line())

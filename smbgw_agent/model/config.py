@@ -24,6 +24,7 @@ from smbgw_agent.model.units import parse_duration
 # Tables reserved for plugins; accepted (with a warning) when no plugin owns them.
 RESERVED_PLUGIN_TABLES = frozenset({"ad", "ctdb", "proxmox", "backup", "quota", "vip", "lxc", "vm"})
 SECURITY_PROFILES = ("standard", "high")
+WATCH_MODES = ("auto", "inotify", "poll")  # auto: poll where inotify cannot see (FUSE, e.g. /etc/pve)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class AgentConfig:
     strict_path_owners: bool = False
     require_mounts: tuple[str, ...] = ()
     pass_timeout: float = 120.0
+    watch: str = "auto"
+    poll_interval: float = 1.0
     security_profile: str = "standard"
     workgroup: str | None = None  # None: leave the workgroup of smb.conf alone
     smbd_unit: str = "smbd.service"
@@ -102,6 +105,13 @@ def _profile(value: object) -> str:
     return text
 
 
+def _watch(value: object) -> str:
+    text = fields.string(value)
+    if text not in WATCH_MODES:
+        raise FieldError(f"{text!r} must be one of: {', '.join(WATCH_MODES)}")
+    return text
+
+
 def _workgroup(value: object) -> str:
     text = check_text(fields.string(value), "workgroup", 15)
     if not text or not all(c.isalnum() or c in "-_." for c in text):
@@ -128,6 +138,8 @@ _CORE_TABLES: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
         "strict_path_owners": ("strict_path_owners", fields.boolean),
         "require_mounts": ("require_mounts", lambda v: tuple(_absolute_path(r) for r in _string_list(v))),
         "pass_timeout": ("pass_timeout", lambda v: parse_duration(v, 10.0, 3600.0)),
+        "watch": ("watch", _watch),
+        "poll_interval": ("poll_interval", lambda v: parse_duration(v, 0.1, 60.0)),
     },
     "samba": {
         "security_profile": ("security_profile", _profile),

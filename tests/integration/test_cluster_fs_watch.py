@@ -1,0 +1,123 @@
+"""shares.d on a FUSE file system, as /etc/pve is on a Proxmox node (pmxcfs): a file that
+another node writes raises no inotify event here, so the agent polls there.
+
+The cluster file system is stood in for by a real FUSE mount: bindfs mounts a backing
+directory (another node's view) at the sandbox's /etc/pve. A write into the backing
+directory reaches the mount without any inotify event on it, exactly as a change made on
+another node reaches pmxcfs here. With `[agent] watch = "auto"` (the default) the agent
+sees the FUSE mount, polls, and serves a share written "elsewhere" within about
+`poll_interval`; with `watch = "inotify"` forced it does not, until its next resync. When
+the mount's root holds pmxcfs' `.version`, only that file is read per poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.sandbox import Sandbox
+from tests.support.agent import AgentProcess, wait_for
+from tests.support.procs import wait_served
+
+pytestmark = pytest.mark.integration
+SHARES_DIR = "/etc/pve/smbgw/shares.d"
+
+
+@contextlib.contextmanager
+def fuse_pve(box: Sandbox, tmp_path: Path) -> Iterator[Path]:
+    """The sandbox's /etc/pve as a FUSE mount of a backing directory; the backing
+    directory (where "another node" writes) is yielded. Unmounted whatever happens."""
+    if shutil.which("bindfs") is None:
+        pytest.skip("bindfs not found (apt-get install bindfs)")  # conftest.py: a failure under CI
+    backing = tmp_path / "cluster"
+    (backing / "smbgw/shares.d").mkdir(parents=True)
+    mount = box.root / "etc/pve"
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["bindfs", str(backing), str(mount)], check=True, capture_output=True, timeout=30)
+    try:
+        yield backing
+    finally:
+        for _ in range(20):
+            if subprocess.run(["fusermount", "-u", str(mount)], capture_output=True, check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+
+
+def agent_on_pve(box: Sandbox, watch: str, said: str) -> AgentProcess:
+    """The agent with shares_dir on the FUSE /etc/pve, started and past its choice of
+    watcher (`said` in its log)."""
+    toml = box.root / "etc/smbgw/agent.toml"
+    toml.write_text(toml.read_text().replace('[agent]\n', f'[agent]\nshares_dir = "{SHARES_DIR}"\n'
+                                             f'watch = "{watch}"\npoll_interval = "1s"\n', 1))
+    agent = AgentProcess(box)
+    agent.start()
+    wait_for(lambda: said in agent.log_text(), timeout=20, interval=0.2)
+    return agent
+
+
+def written_elsewhere(backing: Path, name: str) -> None:
+    target = backing / "smbgw/shares.d" / f"{name}.toml"
+    target.write_text(f'path = "/srv/smb/{name}"\n')
+
+
+def served_within(box: Sandbox, name: str, seconds: float) -> bool:
+    try:
+        wait_served(box, name, timeout=seconds)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_a_change_made_elsewhere_on_a_fuse_shares_dir_is_noticed_by_polling(sandbox: Sandbox,
+                                                                             tmp_path: Path) -> None:
+    with fuse_pve(sandbox, tmp_path) as backing:
+        agent = agent_on_pve(sandbox, "auto", "by polling every 1s")
+        try:
+            assert "is a FUSE file system" in agent.log_text()
+            sandbox.share_dir("remote")
+            began = time.monotonic()
+            written_elsewhere(backing, "remote")
+            wait_served(sandbox, "remote", timeout=10)
+            noticed = time.monotonic() - began
+            print(f"\n[cluster fs] share file written behind the FUSE mount -> served after {noticed:.2f}s "
+                  "(poll_interval 1s)")
+            assert noticed < 5.0, "noticed by the poll, not by the 60 s resync"
+            (backing / "smbgw/shares.d/remote.toml").unlink()
+            wait_for(lambda: not served_within(sandbox, "remote", 0.5), timeout=10, interval=0.2)
+        finally:
+            agent.stop()
+
+
+def test_inotify_alone_misses_a_change_made_elsewhere(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Why the agent polls there: forced to inotify, it sees nothing until its resync."""
+    with fuse_pve(sandbox, tmp_path) as backing:
+        agent = agent_on_pve(sandbox, "inotify", "by inotify")
+        try:
+            sandbox.share_dir("unseen")
+            written_elsewhere(backing, "unseen")
+            assert not served_within(sandbox, "unseen", 4.0), "inotify saw a change made behind the mount"
+        finally:
+            agent.stop()
+
+
+def test_on_pmxcfs_only_its_version_file_is_read(sandbox: Sandbox, tmp_path: Path) -> None:
+    """With `.version` at the mount's root (pmxcfs bumps it on every change), a poll reads
+    only that file: a share file changed without a new version is not looked at, the
+    version bumped is (pmxcfs never does the former; the test shows what is read)."""
+    with fuse_pve(sandbox, tmp_path) as backing:
+        (backing / ".version").write_text("1\n")
+        agent = agent_on_pve(sandbox, "auto", "by polling every 1s")
+        try:
+            sandbox.share_dir("versioned")
+            written_elsewhere(backing, "versioned")
+            assert not served_within(sandbox, "versioned", 3.0), "read more than .version"
+            (backing / ".version").write_text("2\n")
+            wait_served(sandbox, "versioned", timeout=10)
+        finally:
+            agent.stop()
