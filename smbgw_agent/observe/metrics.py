@@ -146,7 +146,13 @@ class AgentCollector:
         current = status.get("degraded") or {}
         for reason in DEGRADED_REASONS:
             degraded.add_metric([reason], 1.0 if reason in current else 0.0)
-        families = [info, passes, errors, last, config_ok, valid, share_info, up, state, degraded]
+        writable = GaugeMetricFamily(
+            "smbgw_cluster_fs_writable", "1 if the file system of the shares directory takes changes (0: read-only, "
+            "such as /etc/pve while the cluster has no quorum)",
+        )
+        shares_fs = status.get("shares_fs") or {}
+        writable.add_metric([], 0.0 if shares_fs.get("writable") is False else 1.0)
+        families = [info, passes, errors, last, config_ok, valid, share_info, up, state, degraded, writable]
         return families + AgentCollector._platform(status)
 
     @staticmethod

@@ -22,6 +22,7 @@ from smbgw_agent.effects import deadline as pass_deadline
 from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.effects.services import ServiceControl
+from smbgw_agent.effects.sharesfs import SharesFs, shares_fs
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.shares import ShareSpec
@@ -218,6 +219,7 @@ class Reconciler:
         self.snapshot: dict[str, Any] | None = None
         self.observations: dict[str, Any] = {}
         self.health: list[Health] = []
+        self.shares_fs: SharesFs | None = None  # the file system under shares.d, as the last pass saw it
         self.wanted_resources: dict[str, NodeResource] = {}
         self._logged_problems: dict[str, tuple[str, ...]] = {}
         self._ctx: PassContext | None = None
@@ -348,6 +350,7 @@ class Reconciler:
 
     def _pass(self, report: PassReport, dry_run: bool, force: bool, full: bool) -> None:
         scan = self.scanner.scan()
+        self._look_at_shares_fs()
         if not self.recovered:
             self._recover_live(dry_run)
         applied = dict(self.state.applied)
@@ -815,6 +818,18 @@ class Reconciler:
                              self.pass_backoff.next_retry()) if t is not None]
         return min(times, default=None)
 
+    def _look_at_shares_fs(self) -> None:
+        """Whether shares.d's file system takes writes (pmxcfs without quorum does not):
+        nothing changes for the shares, the condition is said once when it starts and
+        once when it ends."""
+        before = self.shares_fs
+        self.shares_fs = now = shares_fs(self.scanner.directory)
+        if before is None or before.writable != now.writable:
+            if not now.writable:
+                log.warning("share files cannot be changed now: %s; the shares stay as they are", now.why)
+            elif before is not None:
+                log.info("%s takes changes again", now.mount or self.scanner.directory)
+
     def degraded(self) -> dict[str, str]:
         """Conditions that keep the agent from doing its whole job, by reason."""
         reasons: dict[str, str] = {}
@@ -872,6 +887,7 @@ class Reconciler:
                 "problems": list(self.config_problems),
             },
             "shares_dir": str(self.scanner.directory),
+            "shares_fs": self.shares_fs.to_dict() if self.shares_fs is not None else None,
             "pass": None if report is None else {
                 "started": report.started,
                 "duration_seconds": round(report.duration, 6),

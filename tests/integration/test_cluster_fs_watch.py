@@ -7,7 +7,9 @@ directory reaches the mount without any inotify event on it, exactly as a change
 another node reaches pmxcfs here. With `[agent] watch = "auto"` (the default) the agent
 sees the FUSE mount, polls, and serves a share written "elsewhere" within about
 `poll_interval`; with `watch = "inotify"` forced it does not, until its next resync. When
-the mount's root holds pmxcfs' `.version`, only that file is read per poll.
+the mount's root holds pmxcfs' `.version`, only that file is read per poll. While the
+cluster has no quorum (pmxcfs' `.members`) or the mount is read-only, the shares stay as
+they are and `smbgw_cluster_fs_writable` is 0.
 """
 
 from __future__ import annotations
@@ -30,16 +32,17 @@ SHARES_DIR = "/etc/pve/smbgw/shares.d"
 
 
 @contextlib.contextmanager
-def fuse_pve(box: Sandbox, tmp_path: Path) -> Iterator[Path]:
-    """The sandbox's /etc/pve as a FUSE mount of a backing directory; the backing
-    directory (where "another node" writes) is yielded. Unmounted whatever happens."""
+def fuse_pve(box: Sandbox, tmp_path: Path, *options: str) -> Iterator[Path]:
+    """The sandbox's /etc/pve as a FUSE mount of a backing directory (bindfs `options`);
+    the backing directory (where "another node" writes) is yielded. Unmounted whatever
+    happens."""
     if shutil.which("bindfs") is None:
         pytest.skip("bindfs not found (apt-get install bindfs)")  # conftest.py: a failure under CI
     backing = tmp_path / "cluster"
-    (backing / "smbgw/shares.d").mkdir(parents=True)
+    (backing / "smbgw/shares.d").mkdir(parents=True, exist_ok=True)
     mount = box.root / "etc/pve"
     mount.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["bindfs", str(backing), str(mount)], check=True, capture_output=True, timeout=30)
+    subprocess.run(["bindfs", *options, str(backing), str(mount)], check=True, capture_output=True, timeout=30)
     try:
         yield backing
     finally:
@@ -119,5 +122,63 @@ def test_on_pmxcfs_only_its_version_file_is_read(sandbox: Sandbox, tmp_path: Pat
             assert not served_within(sandbox, "versioned", 3.0), "read more than .version"
             (backing / ".version").write_text("2\n")
             wait_served(sandbox, "versioned", timeout=10)
+        finally:
+            agent.stop()
+
+
+MEMBERS = ('{\n"nodename": "sandbox",\n"version": 4,\n"cluster": { "name": "lab", "version": 3, "nodes": 3, '
+           '"quorate": %d },\n"nodelist": {\n  "sandbox": { "id": 1, "online": 1, "ip": "127.0.0.1"}\n  }\n}\n')
+
+
+def writable_metric(agent: AgentProcess) -> float | None:
+    import urllib.request
+    body = urllib.request.urlopen("http://127.0.0.1:9945/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith("smbgw_cluster_fs_writable "):
+            return float(line.split()[1])
+    return None
+
+
+def shares_fs_status(agent: AgentProcess) -> dict[str, object]:
+    return (agent.status() or {}).get("shares_fs") or {}
+
+
+def test_without_quorum_the_shares_stay_and_the_condition_is_reported(sandbox: Sandbox, tmp_path: Path) -> None:
+    with fuse_pve(sandbox, tmp_path) as backing:
+        (backing / ".version").write_text("1\n")
+        (backing / ".members").write_text(MEMBERS % 1)
+        sandbox.share_dir("kept")
+        written_elsewhere(backing, "kept")
+        agent = agent_on_pve(sandbox, "auto", "by polling every 1s")
+        try:
+            wait_served(sandbox, "kept", timeout=20)
+            wait_for(lambda: writable_metric(agent) == 1.0, timeout=20, interval=0.3)
+            (backing / ".members").write_text(MEMBERS % 0)
+            (backing / ".version").write_text("2\n")
+            wait_for(lambda: writable_metric(agent) == 0.0, timeout=20, interval=0.3)
+            assert shares_fs_status(agent).get("writable") is False
+            assert "no quorum" in str(shares_fs_status(agent).get("why"))
+            assert "share files cannot be changed now" in agent.log_text()
+            assert served_within(sandbox, "kept", 2.0), "the share stays served"
+            (backing / ".members").write_text(MEMBERS % 1)
+            (backing / ".version").write_text("3\n")
+            wait_for(lambda: writable_metric(agent) == 1.0, timeout=20, interval=0.3)
+            assert "takes changes again" in agent.log_text()
+        finally:
+            agent.stop()
+
+
+def test_a_read_only_mount_is_reported_and_its_shares_served(sandbox: Sandbox, tmp_path: Path) -> None:
+    backing = tmp_path / "cluster"
+    (backing / "smbgw/shares.d").mkdir(parents=True)
+    sandbox.share_dir("frozen")
+    written_elsewhere(backing, "frozen")
+    with fuse_pve(sandbox, tmp_path, "-r") as _backing:
+        agent = agent_on_pve(sandbox, "auto", "by polling every 1s")
+        try:
+            wait_served(sandbox, "frozen", timeout=20)
+            wait_for(lambda: shares_fs_status(agent).get("writable") is False, timeout=20, interval=0.3)
+            assert "mounted read-only" in str(shares_fs_status(agent).get("why"))
+            assert writable_metric(agent) == 0.0
         finally:
             agent.stop()

@@ -56,6 +56,7 @@ EXPORTED_TODAY: dict[str, tuple[str, set[str]]] = {
     "smbgw_share_open_files": ("gauge", {"share"}),
     "smbgw_service_active": ("gauge", {"unit"}),
     "smbgw_collector_success": ("gauge", {"collector"}),
+    "smbgw_cluster_fs_writable": ("gauge", set()),
 }
 NOT_EXPORTED_YET: set[str] = set()
 CLUSTER_ONLY = {  # exported only with [ctdb]: tests/integration/test_ctdb_cluster.py scrapes them

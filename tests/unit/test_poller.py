@@ -144,3 +144,49 @@ def test_with_a_version_file_only_it_is_read(tmp_path: Path) -> None:
     finally:
         poller.stop()
     assert not poller.watching
+
+
+# pmxcfs' /etc/pve/.members (pve-cluster status.c, cfs_create_memberlist_msg): a node of a
+# three-node cluster, and a standalone node.
+MEMBERS = """{
+"nodename": "pve1",
+"version": 6,
+"cluster": { "name": "lab", "version": 3, "nodes": 3, "quorate": %d },
+"nodelist": {
+  "pve1": { "id": 1, "online": 1, "ip": "10.0.0.1"},
+  "pve2": { "id": 2, "online": %d, "ip": "10.0.0.2"},
+  "pve3": { "id": 3, "online": %d, "ip": "10.0.0.3"}
+  }
+}
+"""
+STANDALONE = '{\n"nodename": "pve1",\n"version": 0\n}\n'
+
+
+def test_quorum_is_read_from_pmxcfs_members() -> None:
+    from smbgw_agent.effects.sharesfs import quorate
+
+    assert quorate(MEMBERS % (1, 1, 1)) is True
+    assert quorate(MEMBERS % (0, 0, 0)) is False
+    assert quorate(STANDALONE) is None, "a standalone node has no quorum to lose"
+    for garbage in ("", "[]", "{", '{"cluster": 3}', "\x00" * 1000):
+        assert quorate(garbage) is None
+
+
+def test_shares_fs_is_read_only_without_quorum_and_writable_otherwise(tmp_path: Path) -> None:
+    from smbgw_agent.effects.sharesfs import shares_fs
+
+    cluster = tmp_path / "pve"
+    shares = cluster / "smbgw/shares.d"
+    shares.mkdir(parents=True)
+    table = tmp_path / "mountinfo"
+    table.write_text(f"45 28 0:41 / {cluster} rw,relatime - fuse /dev/fuse rw\n")
+    members = cluster / ".members"
+    assert shares_fs(shares, table).writable, "no .members: nothing says read-only"
+    members.write_text(MEMBERS % (1, 1, 0))
+    assert shares_fs(shares, table).to_dict() == {"mount": str(cluster), "type": "fuse", "writable": True, "why": ""}
+    members.write_text(MEMBERS % (0, 0, 0))
+    found = shares_fs(shares, table)
+    assert not found.writable and "the cluster has no quorum" in found.why
+    assert shares_fs(tmp_path / "elsewhere", table).writable, "not on the cluster file system"
+    table.write_text(f"45 28 0:41 / {cluster} rw,relatime - ext4 /dev/sda1 rw\n")
+    assert shares_fs(shares, table).writable, ".members counts on pmxcfs (FUSE) only"
