@@ -8,7 +8,9 @@ fails, and that is worth saying (status, `smbgw_cluster_fs_writable`, the log).
 Read, per pass, cheaply: the mount is read-only (`statvfs`' ST_RDONLY) for any file
 system; on pmxcfs (a FUSE mount whose root holds `.members`) the cluster's quorum from
 `.members` (`"quorate": 0`). A file system that says nothing either way counts as
-writable: no alarm on a guess.
+writable: no alarm on a guess. `.members` also lists the cluster's nodes, against which
+a share file's `node` is checked (a share placed on a node that is not in the cluster is
+served by no one).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ class SharesFs:
     fstype: str
     writable: bool
     why: str  # when not writable: the reason
+    nodes: tuple[str, ...] = ()  # the cluster's nodes (pmxcfs' .members); () when not known
 
     def to_dict(self) -> dict[str, object]:
-        return {"mount": self.mount, "type": self.fstype, "writable": self.writable, "why": self.why}
+        return {"mount": self.mount, "type": self.fstype, "writable": self.writable, "why": self.why,
+                "nodes": list(self.nodes)}
 
 
 def quorate(members_text: str) -> bool | None:
@@ -48,6 +52,19 @@ def quorate(members_text: str) -> bool | None:
     return bool(cluster["quorate"])
 
 
+def cluster_nodes(members_text: str) -> tuple[str, ...]:
+    """The node names of pmxcfs' `.members` nodelist, sorted; () for a standalone node or
+    anything unreadable."""
+    try:
+        data = json.loads(members_text)
+    except ValueError:
+        return ()
+    listed = data.get("nodelist") if isinstance(data, dict) else None
+    if not isinstance(listed, dict):
+        return ()
+    return tuple(sorted(name for name in listed if isinstance(name, str) and name))
+
+
 def shares_fs(directory: Path, mountinfo: Path = MOUNTINFO) -> SharesFs:
     path = os.path.normpath(os.path.abspath(directory))
     try:
@@ -61,6 +78,7 @@ def shares_fs(directory: Path, mountinfo: Path = MOUNTINFO) -> SharesFs:
             return SharesFs(point, fstype, False, f"{point or probe} is mounted read-only")
     except OSError:
         pass
+    nodes: tuple[str, ...] = ()
     if point and is_fuse(fstype):
         members = Path(point) / MEMBERS
         try:
@@ -68,7 +86,8 @@ def shares_fs(directory: Path, mountinfo: Path = MOUNTINFO) -> SharesFs:
                 text = stream.read(MAX_MEMBERS_BYTES).decode(errors="replace")
         except OSError:
             text = ""
+        nodes = cluster_nodes(text)
         if quorate(text) is False:
             return SharesFs(point, fstype, False, f"the cluster has no quorum ({members}): {point} is read-only "
-                            "until it does; share files can be read, not changed")
-    return SharesFs(point, fstype, True, "")
+                            "until it does; share files can be read, not changed", nodes)
+    return SharesFs(point, fstype, True, "", nodes)

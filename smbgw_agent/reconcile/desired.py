@@ -17,7 +17,7 @@ live here so they can be tested exhaustively.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,7 @@ def resolve_desired(
     lastgood: Mapping[str, ShareSpec],
     applied: Mapping[str, ShareSpec],
     node: str,
+    cluster_nodes: Collection[str] = (),
 ) -> Desired:
     files: dict[str, FileStatus] = {}
     claims: dict[str, list[ShareSpec]] = defaultdict(list)
@@ -125,5 +126,9 @@ def resolve_desired(
             del shares[key]
             if spec.file in files:  # an applied spec's file may be gone (duplicates)
                 files[spec.file].serving = "other-node"
+                if cluster_nodes and spec.node not in cluster_nodes:
+                    files[spec.file].warnings.append(Problem(
+                        shares_dir / spec.file, f"node {spec.node!r} is not a node of this cluster (its members: "
+                        f"{', '.join(sorted(cluster_nodes))}): no node serves this share", "node"))
     drops = [name for name in lastgood if name not in scan.files]
     return Desired(shares, files, other_node, updates, drops)

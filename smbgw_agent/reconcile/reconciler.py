@@ -354,8 +354,9 @@ class Reconciler:
         if not self.recovered:
             self._recover_live(dry_run)
         applied = dict(self.state.applied)
+        nodes = self.shares_fs.nodes if self.shares_fs is not None else ()
         desired = resolve_desired(
-            scan, self.scanner.directory, self.state.lastgood, applied, self.config.node
+            scan, self.scanner.directory, self.state.lastgood, applied, self.config.node, nodes
         )
         if scan.directory_problem:
             # A missing shares.d (e.g. /etc/pve not mounted) must not remove every share.
@@ -824,6 +825,10 @@ class Reconciler:
         once when it ends."""
         before = self.shares_fs
         self.shares_fs = now = shares_fs(self.scanner.directory)
+        if now.nodes and self.config.node not in now.nodes and (before is None or before.nodes != now.nodes):
+            log.error("this agent's node name %r is not a node of the cluster (%s): shares placed on a node by "
+                      "name are served by no one here; set [agent] node to this node's cluster name",
+                      self.config.node, ", ".join(now.nodes))
         if before is None or before.writable != now.writable:
             if not now.writable:
                 log.warning("share files cannot be changed now: %s; the shares stay as they are", now.why)

@@ -9,7 +9,9 @@ sees the FUSE mount, polls, and serves a share written "elsewhere" within about
 `poll_interval`; with `watch = "inotify"` forced it does not, until its next resync. When
 the mount's root holds pmxcfs' `.version`, only that file is read per poll. While the
 cluster has no quorum (pmxcfs' `.members`) or the mount is read-only, the shares stay as
-they are and `smbgw_cluster_fs_writable` is 0.
+they are and `smbgw_cluster_fs_writable` is 0. A share placed on a node outside the
+cluster's members is reported; three agents on one cluster file system move a share from
+one node to another when its `node` is edited.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ SHARES_DIR = "/etc/pve/smbgw/shares.d"
 
 
 @contextlib.contextmanager
-def fuse_pve(box: Sandbox, tmp_path: Path, *options: str) -> Iterator[Path]:
-    """The sandbox's /etc/pve as a FUSE mount of a backing directory (bindfs `options`);
-    the backing directory (where "another node" writes) is yielded. Unmounted whatever
-    happens."""
+def fuse_pve(box: Sandbox, tmp_path: Path, *options: str, backing: Path | None = None) -> Iterator[Path]:
+    """The sandbox's /etc/pve as a FUSE mount of a backing directory (bindfs `options`;
+    `backing`, else one under tmp_path); the backing directory (where "another node"
+    writes) is yielded. Unmounted whatever happens."""
     if shutil.which("bindfs") is None:
         pytest.skip("bindfs not found (apt-get install bindfs)")  # conftest.py: a failure under CI
-    backing = tmp_path / "cluster"
+    backing = backing or tmp_path / "cluster"
     (backing / "smbgw/shares.d").mkdir(parents=True, exist_ok=True)
     mount = box.root / "etc/pve"
     mount.mkdir(parents=True, exist_ok=True)
@@ -52,12 +54,13 @@ def fuse_pve(box: Sandbox, tmp_path: Path, *options: str) -> Iterator[Path]:
             time.sleep(0.5)
 
 
-def agent_on_pve(box: Sandbox, watch: str, said: str) -> AgentProcess:
-    """The agent with shares_dir on the FUSE /etc/pve, started and past its choice of
-    watcher (`said` in its log)."""
+def agent_on_pve(box: Sandbox, watch: str, said: str, node: str = "sandbox", port: int = 9945) -> AgentProcess:
+    """The agent (node `node`, metrics on `port`) with shares_dir on the FUSE /etc/pve,
+    started and past its choice of watcher (`said` in its log)."""
     toml = box.root / "etc/smbgw/agent.toml"
-    toml.write_text(toml.read_text().replace('[agent]\n', f'[agent]\nshares_dir = "{SHARES_DIR}"\n'
-                                             f'watch = "{watch}"\npoll_interval = "1s"\n', 1))
+    text = toml.read_text().replace('node = "sandbox"', f'node = "{node}"').replace(":9945", f":{port}")
+    toml.write_text(text.replace('[agent]\n', f'[agent]\nshares_dir = "{SHARES_DIR}"\nwatch = "{watch}"\n'
+                                 'poll_interval = "1s"\n', 1))
     agent = AgentProcess(box)
     agent.start()
     wait_for(lambda: said in agent.log_text(), timeout=20, interval=0.2)
@@ -182,3 +185,58 @@ def test_a_read_only_mount_is_reported_and_its_shares_served(sandbox: Sandbox, t
             assert writable_metric(agent) == 0.0
         finally:
             agent.stop()
+
+
+def test_a_share_on_a_node_outside_the_cluster_is_reported(sandbox: Sandbox, tmp_path: Path) -> None:
+    with fuse_pve(sandbox, tmp_path) as backing:
+        (backing / ".members").write_text(MEMBERS % 1)
+        target = backing / "smbgw/shares.d/lost.toml"
+        target.write_text('path = "/srv/smb/lost"\nnode = "pve9"\n')
+        agent = agent_on_pve(sandbox, "auto", "by polling every 1s")
+        try:
+            def warnings() -> str:
+                info = ((agent.status() or {}).get("files") or {}).get("lost.toml") or {}
+                return " | ".join(str(w.get("message")) for w in info.get("warnings", []))
+
+            said = wait_for(warnings, timeout=20, interval=0.3)
+            assert "'pve9' is not a node of this cluster (its members: sandbox)" in said, said
+        finally:
+            agent.stop()
+
+
+def test_moving_a_share_between_three_nodes(tmp_path: Path) -> None:
+    """Three agents (pve1..pve3, each its own sandbox and smbd) read one cluster file
+    system: three FUSE mounts of one backing directory, as pmxcfs shows one database on
+    every node. A share placed on pve1 is served there only; its `node` edited to pve2,
+    it is unserved on pve1 and served on pve2, each time printed."""
+    from tests.support.procs import private_sandbox
+
+    backing = tmp_path / "cluster"
+    nodes = ("pve1", "pve2", "pve3")
+    with contextlib.ExitStack() as stack:
+        boxes: dict[str, Sandbox] = {}
+        for name in nodes:
+            box = stack.enter_context(private_sandbox())
+            stack.enter_context(fuse_pve(box, tmp_path, backing=backing))
+            box.share_dir("moving")
+            boxes[name] = box
+        (backing / ".version").write_text("1\n")
+        for index, name in enumerate(nodes):
+            agent = agent_on_pve(boxes[name], "auto", "by polling every 1s", node=name, port=9946 + index)
+            stack.callback(agent.stop)
+        target = backing / "smbgw/shares.d/moving.toml"
+        target.write_text('path = "/srv/smb/moving"\nnode = "pve1"\n')
+        (backing / ".version").write_text("2\n")
+        wait_served(boxes["pve1"], "moving", timeout=20)
+        assert not served_within(boxes["pve2"], "moving", 0.5) and not served_within(boxes["pve3"], "moving", 0.5)
+
+        began = time.monotonic()
+        target.write_text('path = "/srv/smb/moving"\nnode = "pve2"\n')
+        (backing / ".version").write_text("3\n")
+        wait_served(boxes["pve2"], "moving", timeout=20)
+        served_there = time.monotonic() - began
+        wait_for(lambda: not served_within(boxes["pve1"], "moving", 0.2), timeout=20, interval=0.1)
+        gone_here = time.monotonic() - began
+        assert not served_within(boxes["pve3"], "moving", 0.5)
+        print(f"\n[cluster fs] node = pve1 -> pve2 on the shared file system: served on pve2 after "
+              f"{served_there:.2f}s, gone from pve1 after {gone_here:.2f}s (poll_interval 1s)")

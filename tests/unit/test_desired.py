@@ -46,9 +46,10 @@ def resolve(
     lastgood: dict[str, ShareSpec] | None = None,
     applied: dict[str, ShareSpec] | None = None,
     node: str = NODE,
+    cluster: tuple[str, ...] = (),
 ) -> Desired:
     scan = ScanResult({r.file: r for r in results})
-    return resolve_desired(scan, DIR, lastgood or {}, applied or {}, node)
+    return resolve_desired(scan, DIR, lastgood or {}, applied or {}, node, cluster)
 
 
 # ---- valid and invalid files --------------------------------------------------------
@@ -184,6 +185,18 @@ def test_node_placement() -> None:
     assert desired.files["there.toml"].serving == "other-node"
     assert desired.files["there.toml"].valid  # placed elsewhere is not an error
     assert there in desired.lastgood_updates  # still remembered, for when it moves here
+
+
+def test_a_share_placed_on_a_node_outside_the_cluster_is_reported() -> None:
+    """With the cluster's members known (pmxcfs' .members), a node that is not one of
+    them serves nothing: the file says so (a warning: it stays valid, on no node)."""
+    typo, there = spec("typo", node="pve9"), spec("there", node="pve2")
+    desired = resolve([valid(typo), valid(there)], cluster=(NODE, "pve2", "pve3"))
+    [warning] = desired.files["typo.toml"].warnings
+    assert warning.key == "node" and "'pve9' is not a node of this cluster" in warning.message
+    assert "pve2, pve3" in warning.message and desired.files["typo.toml"].valid
+    assert not desired.files["there.toml"].warnings
+    assert not resolve([valid(typo)]).files["typo.toml"].warnings, "members unknown: no guess"
 
 
 def test_last_good_placed_on_another_node_is_not_served_here() -> None:

@@ -168,6 +168,9 @@ def test_quorum_is_read_from_pmxcfs_members() -> None:
     assert quorate(MEMBERS % (1, 1, 1)) is True
     assert quorate(MEMBERS % (0, 0, 0)) is False
     assert quorate(STANDALONE) is None, "a standalone node has no quorum to lose"
+    from smbgw_agent.effects.sharesfs import cluster_nodes
+    assert cluster_nodes(MEMBERS % (1, 1, 1)) == ("pve1", "pve2", "pve3")
+    assert cluster_nodes(STANDALONE) == () and cluster_nodes("{") == () and cluster_nodes('{"nodelist": 1}') == ()
     for garbage in ("", "[]", "{", '{"cluster": 3}', "\x00" * 1000):
         assert quorate(garbage) is None
 
@@ -183,7 +186,8 @@ def test_shares_fs_is_read_only_without_quorum_and_writable_otherwise(tmp_path: 
     members = cluster / ".members"
     assert shares_fs(shares, table).writable, "no .members: nothing says read-only"
     members.write_text(MEMBERS % (1, 1, 0))
-    assert shares_fs(shares, table).to_dict() == {"mount": str(cluster), "type": "fuse", "writable": True, "why": ""}
+    assert shares_fs(shares, table).to_dict() == {"mount": str(cluster), "type": "fuse", "writable": True, "why": "",
+                                                  "nodes": ["pve1", "pve2", "pve3"]}
     members.write_text(MEMBERS % (0, 0, 0))
     found = shares_fs(shares, table)
     assert not found.writable and "the cluster has no quorum" in found.why
