@@ -1,4 +1,5 @@
-"""smbgwctl: validate share files, show the plan, read status, ask for a pass.
+"""smbgwctl: validate share files, show the plan, read status, ask for a pass, import the
+shares of an existing smb.conf.
 
 Exit codes: 0 fine, 1 problems found (invalid file, failing shares), 2 usage error,
 3 the agent is not running or has not written status yet.
@@ -21,6 +22,7 @@ from smbgw_agent.assembly import load_plugins_and_config
 from smbgw_agent.control import request
 from smbgw_agent.effects.runner import Runner
 from smbgw_agent.effects.services import ServiceControl
+from smbgw_agent.importer import cmd_import
 from smbgw_agent.model.errors import ConfigError
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.printable import printable
@@ -353,6 +355,10 @@ def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.Argu
     show = sub.add_parser("show", help="one share in detail")
     show.add_argument("share")
     show.add_argument("--json", action="store_true")
+    adopt = sub.add_parser("import", help="the shares of an smb.conf as share files (printed, or --to DIR)")
+    adopt.add_argument("--from", dest="source", metavar="FILE", help="default: the node's smb.conf")
+    adopt.add_argument("--to", metavar="DIR", help="write the files there (never over one that exists)")
+    adopt.add_argument("--json", action="store_true")
     for verb, declared in sorted((commands or {}).items()):
         command = sub.add_parser(verb, help=declared.help)
         for argument in declared.arguments:
@@ -422,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(paths, args.json)
         if args.command == "show":
             return cmd_show(paths, args.share, args.json)
+        if args.command == "import":
+            return cmd_import(paths, args.source, args.to, args.json, out, err)
         return cmd_reconcile(paths, args.json)
     except ConfigError as exc:
         for problem in exc.problems:

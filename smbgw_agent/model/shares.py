@@ -212,6 +212,12 @@ def _valid_users(value: object) -> tuple[str, ...]:
     return tuple(users)
 
 
+def forbidden_option(name: str) -> bool:
+    """A parameter a share file may not set in `[options]` (see FORBIDDEN_OPTIONS)."""
+    compact = name.lower().replace(" ", "")
+    return compact in _FORBIDDEN_COMPACT or compact.endswith(_FORBIDDEN_COMPACT_SUFFIXES)
+
+
 def _options(value: object, config: AgentConfig) -> tuple[tuple[str, str], ...]:
     if not config.allow_custom_options:
         raise FieldError("raw smb.conf options need allow_custom_options = true in agent.toml")
@@ -225,8 +231,7 @@ def _options(value: object, config: AgentConfig) -> tuple[tuple[str, str], ...]:
             name = check_parameter_name(raw_name)
         except FieldError as exc:
             raise FieldError(str(exc), key=raw_name) from exc
-        compact = name.replace(" ", "")
-        if compact in _FORBIDDEN_COMPACT or compact.endswith(_FORBIDDEN_COMPACT_SUFFIXES):
+        if forbidden_option(name):
             raise FieldError(f"{name!r} is not allowed as a custom option", key=raw_name)
         if isinstance(raw_value, bool):
             text = "yes" if raw_value else "no"

@@ -36,10 +36,14 @@ def share_key(resource: str) -> str | None:
 
 
 def check_resource_id(resource: str) -> str:
-    """Ids reach status.json, metric labels and log lines: short, printable, no spaces."""
+    """Ids reach status.json, metric labels and log lines: short, printable, no spaces,
+    except the plain spaces a share's name may hold (`share:team docs`: smb.conf allows
+    them in a section name, and the share model accepts them)."""
     if not isinstance(resource, str) or not 1 <= len(resource) <= MAX_RESOURCE_ID:
         raise ValueError(f"resource id must be a string of 1 to {MAX_RESOURCE_ID} characters: {resource!r}")
-    if not resource.isprintable() or any(c.isspace() for c in resource):
+    name = resource[len(SHARE_PREFIX):]
+    allowed_space = resource.startswith(SHARE_PREFIX) and name == name.strip()
+    if not resource.isprintable() or any(c.isspace() and not (c == " " and allowed_space) for c in resource):
         raise ValueError(f"resource id {resource!r} has white space or control characters")
     return resource
 

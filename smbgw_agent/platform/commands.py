@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from smbgw_agent.platform.context import PassContext
 
 # The core's own verbs; a plugin cannot take them.
-CORE_VERBS = frozenset({"validate", "plan", "status", "reconcile", "show", "help"})
+CORE_VERBS = frozenset({"validate", "plan", "status", "reconcile", "show", "import", "help"})
 # Names smbgwctl's parser already uses for a verb's own switches (`--json`, `-h/--help`)
 # or as destinations of its own (`--root`, the verb itself): an argument, flag or option
 # of that name would clash, or silently overwrite them (a positional `root` would point
