@@ -39,9 +39,9 @@ def import_shares(paths: Paths, source: Path, runner: Runner) -> tuple[list[Impo
     if len(done.stdout) > MAX_TESTPARM_OUTPUT:
         raise ValueError(f"testparm printed more than {MAX_TESTPARM_OUTPUT >> 20} MiB for {source}")
     admin = read_admin_shares(source, paths.samba_dir)
-    sections = [s for s in parse_testparm(done.stdout) if s.name.casefold() == "global" or admin.get(s.name)]
-    return [to_share_file(section, str(source)) for section in sections if section.name.casefold() != "global"], \
-        list(admin.problems)
+    # read_admin_shares knows no [global]: it is never imported.
+    sections = [s for s in parse_testparm(done.stdout) if admin.get(s.name)]
+    return [to_share_file(section, str(source)) for section in sections], list(admin.problems)
 
 
 def judge(paths: Paths, imported: list[Imported]) -> dict[str, list[str]]:

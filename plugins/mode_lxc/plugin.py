@@ -369,9 +369,8 @@ class LxcModePlugin(GuestModePlugin):
         differences = guest.differences(config, options, idmap)
         changes = [Change(resource, UPDATE, f"container {vmid}: {d.detail()}") for d in differences]
         seen = self._observer.value
-        record = ctx.jobs.record(self.job_id(share.key)) if ctx.jobs is not None else None
         # A reading taken before the share's last job ended says nothing about now.
-        fresh_after = record.finished if record is not None and record.finished is not None else 0.0
+        fresh_after = self._last_job_end(ctx, share.key)
         fresh = seen.at > fresh_after
         state = seen.status.get(vmid) if fresh else None
         start = state == STOPPED and spec.autostart

@@ -341,8 +341,7 @@ class VmModePlugin(GuestModePlugin):
         changes_found = vmconf.differences(config, options)
         changes = [Change(resource, UPDATE, f"VM {vmid}: {d.detail()}") for d in changes_found]
         seen = self._observer.value
-        record = ctx.jobs.record(self.job_id(share.key)) if ctx.jobs is not None else None
-        fresh_after = record.finished if record is not None and record.finished is not None else 0.0
+        fresh_after = self._last_job_end(ctx, share.key)
         live = seen.status.get(vmid) if seen.at > fresh_after else None
         start = live == STOPPED
         if start:

@@ -28,7 +28,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..proxmox.guestconf import GuestConfig, OwnedKeys, merged_option, property_string, same_option, tags_equal
+from ..proxmox.guestconf import (
+    GuestConfig,
+    GuestConfigError,
+    OwnedKeys,
+    merged_option,
+    parse_property_string,
+    property_string,
+    same_option,
+    tags_equal,
+)
 from ..proxmox.guestnet import DHCP
 from ..proxmox.identity import TAG, description, hostname, label, share_tag
 from .table import VmSpec
@@ -45,13 +54,12 @@ NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "i82551", "i825
 def nic_mac(config: GuestConfig) -> str | None:
     """The MAC address Proxmox gave net0 (`virtio=BC:24:11:...,bridge=...`)."""
     value = config.get("net0")
-    if not value:
+    try:
+        net = parse_property_string(str(value)) if value else {}
+    except GuestConfigError:
         return None
-    for part in str(value).split(","):
-        key, _sep, mac = part.partition("=")
-        if key in NIC_MODELS and mac:
-            return mac.lower()
-    return None
+    mac = next((net[model] for model in NIC_MODELS if net.get(model)), None)
+    return mac.lower() if mac else None
 
 
 def snippet_name(share: str) -> str:
