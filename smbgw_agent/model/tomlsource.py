@@ -24,10 +24,11 @@ else:  # pragma: no cover - Python < 3.11
 from smbgw_agent.model.errors import Problem
 
 MAX_FILE_BYTES = 1 << 20
-_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(?:#.*)?$")
 _KEY_PART = r"(?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)"
-_ASSIGN = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
-_DOT = re.compile(r"\s*\.\s*")
+_KEY_PATH = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+_HEADER = re.compile(rf"^\s*\[\[?\s*({_KEY_PATH})\s*\]\]?\s*(?:#.*)?$")
+_ASSIGN = re.compile(rf"^\s*({_KEY_PATH})\s*=")
+_PARTS = re.compile(_KEY_PART)  # the parts of a dotted key; a quoted part may hold dots
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
 # tomllib keeps O(depth^2) bookkeeping per dotted key (`a.b.c...`), so a few hundred KB
 # of deeply dotted keys take gigabytes: refuse such keys before handing the text over.
@@ -77,13 +78,13 @@ class TomlDocument:
         for number, line in enumerate(self.text.splitlines(), start=1):
             header = _HEADER.match(line)
             if header:
-                table = header.group(1).replace('"', "").replace("'", "").strip()
+                table = ".".join(_unquote(part) for part in _PARTS.findall(header.group(1)))
                 self._lines.setdefault((table, ""), number)
                 continue
             assign = _ASSIGN.match(line)
             if assign:
                 # `a.b.c = 1` defines key `a` (a table) here too: problems about `a` need a line.
-                parts = [_unquote(part) for part in _DOT.split(assign.group(1))]
+                parts = [_unquote(part) for part in _PARTS.findall(assign.group(1))]
                 for depth in range(1, len(parts) + 1):
                     self._lines.setdefault((table, ".".join(parts[:depth])), number)
                 if len(parts) > 1:

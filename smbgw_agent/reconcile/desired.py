@@ -107,9 +107,10 @@ def resolve_desired(
             status = files[spec.file]
             status.valid = False
             status.serving = "none"
-            status.problems.append(
-                Problem(shares_dir / spec.file, f"share name {spec.name!r} is also declared in {others}", "name")
-            )
+            status.problems.append(Problem(
+                shares_dir / spec.file, f"share name {spec.name!r} is also declared in {others}", "name",
+                line=scan.files[spec.file].name_line,
+            ))
         if key in applied:
             shares[key] = applied[key]
             for spec in specs:

@@ -53,6 +53,9 @@ class FileResult:
     spec: ShareSpec | None
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    # Where the file sets `name` (None: the name is the file's): a conflict with another
+    # file is a problem of this line.
+    name_line: int | None = None
 
     @property
     def valid(self) -> bool:
@@ -177,4 +180,4 @@ class ShareScanner:
             )
         except ConfigError as exc:
             return FileResult(path.name, None, exc.problems, warnings)
-        return FileResult(path.name, spec, warnings=warnings)
+        return FileResult(path.name, spec, warnings=warnings, name_line=doc.line_of("", "name"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.sandbox import Sandbox
+from tests.support.proctree import descendants, kill_survivors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,12 +86,15 @@ class AgentProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            started = descendants(self.proc.pid)
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+            # Commands the agent still ran (its runner gives each a session of its own).
+            kill_survivors(started)
         code = self.proc.returncode
         self.proc = None
         return code

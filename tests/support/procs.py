@@ -27,6 +27,7 @@ from typing import Any
 
 from devtools.sandbox import Sandbox, free_port
 from tests.support.agent import REPO, AgentProcess
+from tests.support.proctree import descendants, kill_survivors
 
 SDNOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 # What testparm prints for a configuration smbd would not load as written (it exits 0
@@ -119,8 +120,10 @@ class RestartableAgent(AgentProcess):
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as after a crash or an OOM kill."""
         if self.proc is not None and self.proc.poll() is None:
+            started = descendants(self.proc.pid)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+            kill_survivors(started)
 
 
 # ---- sd_notify ---------------------------------------------------------------------------

@@ -141,6 +141,14 @@ def test_duplicates_are_reported_on_both_files_and_keep_the_applied_spec(other_n
     assert desired.lastgood_updates == []  # a conflict records no new last-good spec
 
 
+def test_a_duplicate_name_is_a_problem_of_the_line_that_sets_it() -> None:
+    """Found by the generated-input suite: the conflict was reported without a line."""
+    named = FileResult("copy.toml", spec("finance", file="copy.toml"), name_line=3)
+    desired = resolve([valid(spec("finance")), named])
+    assert desired.files["copy.toml"].problems[0].line == 3
+    assert desired.files["finance.toml"].problems[0].line is None  # its name is its file's
+
+
 def test_new_duplicates_serve_nothing() -> None:
     desired = resolve([valid(spec("data", file="a.toml")), valid(spec("DATA", file="b.toml"))])
     assert desired.shares == {}

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,6 +30,7 @@ from smbgw_agent.model.tomlsource import InputFileError, parse_toml
 from smbgw_agent.observe.smbstatus import SmbstatusError, parse_smbstatus
 from smbgw_agent.platform.pluginhost import PluginHost, load_target
 from smbgw_agent.reconcile.scanner import ShareScanner
+from tests.support.generate import DOCUMENTS, VALUES
 
 EXAMPLES = int(os.environ.get("SMBGW_PROPERTY_EXAMPLES", "150"))
 PROPERTY = settings(
@@ -42,54 +42,6 @@ _native = load_target(NATIVE)
 live_spec = sys.modules[type(_native).__module__].live_spec
 PLUGINS = PluginHost({"mode_native": _native})
 
-# ---- generating TOML ------------------------------------------------------------------------------
-
-KEYS = st.one_of(
-    st.sampled_from([
-        "name", "path", "mode", "comment", "read_only", "browseable", "valid_users", "node",
-        "options", "quota", "ha", "backup", "agent", "samba", "metrics", "allowed_roots",
-        "shares_dir", "resync_interval", "security_profile", "listen", "require_mounts",
-        "strict_path_owners", "pass_timeout", "workgroup", "tls_cert",
-    ]),
-    st.text(min_size=1, max_size=12),
-)
-SCALARS = st.one_of(
-    st.text(max_size=40), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.booleans(),
-    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["/srv/smb/x", "/etc", "../x", "1s", "60s"]),
-)
-VALUES = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4), max_leaves=12,
-)
-
-
-def toml_key(key: str) -> str:
-    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else json.dumps(key)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-
-
-def toml_document(tables: dict[str, Any]) -> str:
-    lines = []
-    for key, value in tables.items():
-        if isinstance(value, dict) and value:
-            lines.append(f"[{toml_key(key)}]")
-            lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()]
-        else:
-            lines.insert(0, f"{toml_key(key)} = {toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-DOCUMENTS = st.dictionaries(KEYS, VALUES, max_size=8).map(toml_document)
 
 
 @pytest.fixture

@@ -68,6 +68,21 @@ def test_parse_gives_data_and_lines() -> None:
     assert doc.line_of("quota", "path") is None
 
 
+@pytest.mark.parametrize(("text", "table"), [
+    ('["{"]\nx = 1\n', "{"),
+    ('[ quota . "a.b" ]\nx = 1\n', "quota.a.b"),
+    ("['sp ace']\nx = 1\n", "sp ace"),
+    ('[[ "list" ]]\nx = 1\n', "list"),
+])
+def test_every_table_header_has_its_line(text: str, table: str) -> None:
+    """Found by the generated-input suite: a header with a quoted key holding other
+    characters than letters, digits, `_` and `-` was not indexed, so problems about it had
+    no line."""
+    doc = parse_toml(FILE, text.encode())
+    assert doc.line_of(table) == 1
+    assert doc.line_of(table, "x") == 2
+
+
 def test_problem_names_file_key_and_line() -> None:
     doc = parse_toml(FILE, DOC.encode())
     problem = doc.problem("must be a size", "quota", "size")

@@ -24,8 +24,9 @@ from tests.support.procs import RestartableAgent, check_with_testparm, lasting_t
 
 pytestmark = pytest.mark.integration
 
-SHARES = 300
-ROUNDS = 10
+# CI: 30 kills among passes over 300 shares; `make test-long`: 200 kills, 1,000 shares.
+SHARES = int(os.environ.get("SMBGW_KILL_SHARES", "300"))
+ROUNDS = int(os.environ.get("SMBGW_KILLS", "30"))
 INCLUDE = re.compile(r"^\s*include\s*=\s*(.+?)\s*$", re.IGNORECASE)
 # Crash leftovers of atomic writes in /etc/samba/smbgw, /etc/samba and /run/smbgw are not
 # cleaned up yet (see test_leftovers_of_interrupted_writes_are_cleaned_up). While that bug
@@ -116,13 +117,35 @@ def converged(status: dict[str, Any], expected: dict[str, str]) -> bool:
 # ---- random kills ------------------------------------------------------------------------------
 
 
+def time_a_pass_over(box: Sandbox, agent: RestartableAgent, count: int) -> float:
+    """Seconds from dropping `count` share files to all of them served; they are removed
+    again afterwards (untimed)."""
+    names = [f"calibrate{i:04d}" for i in range(count)]
+    for name in names:
+        box.share_dir(name)
+    began = time.monotonic()
+    for name in names:
+        declare(box, name, "calibration")
+    agent.wait_status(lambda s: converged(s, dict.fromkeys(names, "")), timeout=120)
+    took = time.monotonic() - began
+    for name in names:
+        (box.shares_dir / f"{name}.toml").unlink()
+    agent.wait_status(lambda s: converged(s, {}), timeout=120)
+    return took
+
+
 def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, restartable: RestartableAgent) -> None:
     seed = int(os.environ.get("SMBGW_CRASH_SEED", random.SystemRandom().randrange(1 << 32)))
     rng = random.Random(seed)
-    # One kill in each 30 ms slice of 0-300 ms after the files are in place, in random order.
-    delays = [rng.uniform(i * 0.03, (i + 1) * 0.03) for i in range(ROUNDS)]
-    rng.shuffle(delays)
     box = sandbox
+    restartable.start()
+    # Kills must land anywhere in a pass, from the file event to the last file committed:
+    # the window is the time an uninterrupted pass over SHARES new shares takes here.
+    window = time_a_pass_over(box, restartable, SHARES)
+    # One kill in each of ROUNDS equal slices of that window, in random order.
+    step = window / ROUNDS
+    delays = [rng.uniform(i * step, (i + 1) * step) for i in range(ROUNDS)]
+    rng.shuffle(delays)
     next_id = 0
     current: dict[str, str] = {}  # share name -> declared comment
 
@@ -134,14 +157,14 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, res
         current[name] = comment
         declare(box, name, comment)
 
-    restartable.start()
     before_kill: dict[str, str] = {}
     leftovers_seen: list[str] = []
     outcomes: list[str] = []  # how far each killed pass had got, for the log
     for round_no, delay in enumerate(delays):
         context = f"round {round_no}, kill {delay * 1000:.0f} ms after the change, seed {seed}"
-        # The change: the first round drops all shares; later ones edit every share, and
-        # every third round also replaces 30 shares with new ones.
+        # The change: the first round drops all shares; later ones edit every share;
+        # every third round also replaces 30 shares with new ones, every fourth removes a
+        # tenth of them, and every fifth fills up to SHARES again.
         comment = f"round {round_no}"
         if round_no == 0:
             for _ in range(SHARES):
@@ -152,6 +175,13 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, res
                     (box.shares_dir / f"{name}.toml").unlink()
                     del current[name]
                 for _ in range(30):
+                    new_share(comment)
+            if round_no % 4 == 0:
+                for name in rng.sample(sorted(current), len(current) // 10):
+                    (box.shares_dir / f"{name}.toml").unlink()
+                    del current[name]
+            if round_no % 5 == 0:
+                while len(current) < SHARES:
                     new_share(comment)
             for name in sorted(current):
                 if current[name] != comment:
@@ -189,7 +219,7 @@ def test_sigkill_mid_pass_never_leaves_half_written_config(sandbox: Sandbox, res
             wait_served(box, name, timeout=20)
         before_kill = live
     assert restartable.stop(signal.SIGTERM) == 0
-    print(f"seed {seed}; state at each kill: {'; '.join(outcomes)}")
+    print(f"seed {seed}; kills within {window * 1000:.0f} ms of a change; state at each kill: {'; '.join(outcomes)}")
     if leftovers_seen:
         print(f"crash leftovers observed right after kills: {leftovers_seen}")
 
