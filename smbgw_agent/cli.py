@@ -359,6 +359,9 @@ def build_parser(commands: Mapping[str, Command] | None = None) -> argparse.Argu
     adopt.add_argument("--from", dest="source", metavar="FILE", help="default: the node's smb.conf")
     adopt.add_argument("--to", metavar="DIR", help="write the files there (never over one that exists)")
     adopt.add_argument("--json", action="store_true")
+    adopt.add_argument("--adopt", action="store_true",
+                       help="take the shares over: write them into shares.d, and once the agent serves them, "
+                            "remove them from smb.conf (after a timestamped backup) and reload smbd once")
     for verb, declared in sorted((commands or {}).items()):
         command = sub.add_parser(verb, help=declared.help)
         for argument in declared.arguments:
@@ -429,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "show":
             return cmd_show(paths, args.share, args.json)
         if args.command == "import":
-            return cmd_import(paths, args.source, args.to, args.json, out, err)
+            return cmd_import(paths, args.source, args.to, args.json, out, err, adopting=args.adopt)
         return cmd_reconcile(paths, args.json)
     except ConfigError as exc:
         for problem in exc.problems:

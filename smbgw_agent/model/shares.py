@@ -251,7 +251,7 @@ def _options(value: object, config: AgentConfig) -> tuple[tuple[str, str], ...]:
 def admin_name_message(name: str, admin: AdminShares) -> str | None:
     """Why `name` may not be declared, if the administrator's own smb.conf has it."""
     section = admin.get(name)
-    if section is None:
+    if section is None or section.handed_over:
         return None
     return (
         f"share name {name!r} is already defined by hand as [{section.name}] in {section.where()}; "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 MAX_INCLUDE_DEPTH = 8
@@ -24,6 +24,14 @@ MAX_TOTAL_BYTES = 8 << 20
 _SECTION = re.compile(r"^\s*\[([^\]]*)\]")
 _INCLUDE = re.compile(r"^\s*include\s*=\s*(.*?)\s*$", re.IGNORECASE)
 NOT_SHARES = frozenset({"global"})
+# `smbgwctl import --adopt` puts this under a section it is handing over to a share file
+# (model/smbconfedit.py): while it is there, a share file may declare that name.
+HANDOVER_MARK = "# smbgw-agent: handed over to the share file"
+_HANDOVER = re.compile(r"^\s*[#;]\s*smbgw-agent:\s*handed over\b")
+
+
+def is_handover_mark(line: str) -> bool:
+    return bool(_HANDOVER.match(line))
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class AdminSection:
     name: str
     file: str
     line: int
+    handed_over: bool = False  # marked by `smbgwctl import --adopt`
 
     def where(self) -> str:
         return f"{self.file}:{self.line}"
@@ -103,15 +112,20 @@ def read_admin_shares(smb_conf: Path, managed_dir: Path) -> AdminShares:
         budget[0] -= len(data)
         files.append(str(path))
         text = data.decode("utf-8", errors="replace")
+        current: str | None = None  # the share section the lines belong to
         for number, line in _logical_lines(text):
             stripped = line.lstrip()
             if not stripped or stripped[0] in "#;":
+                if current is not None and is_handover_mark(stripped):
+                    found.sections[current] = replace(found.sections[current], handed_over=True)
                 continue
             section = _SECTION.match(line)
             if section:
                 name = section.group(1).strip()
+                current = None
                 if name and name.casefold() not in NOT_SHARES:
-                    found.sections.setdefault(name.casefold(), AdminSection(name, str(path), number))
+                    current = name.casefold()
+                    found.sections.setdefault(current, AdminSection(name, str(path), number))
                 continue
             include = _INCLUDE.match(line)
             if include:
