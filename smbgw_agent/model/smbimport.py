@@ -6,14 +6,20 @@ out. So one section is one share with only what the administrator changed, and t
 mapping is small:
 
 - `path`, `comment`, `read only`, `browseable`, `valid users`: the share table's keys;
+  `read only` and `browseable` are always written, as the section has them in effect
+  (its own value, else `[global]`'s, else Samba's default): a share file's defaults are
+  not Samba's (`read_only` is false unless said), and the agent writes both lines;
 - any other parameter the share model accepts as a raw option: `[options]` (which the
   node must allow with `allow_custom_options = true`);
 - the rest is listed, not guessed at: parameters the model refuses in a share file (they
   run programs, change who the share's files belong to, or reach outside the share:
   `force user`, `guest ok`, `vfs objects`, `root preexec`, ...), and whole sections that
-  are not file shares (`[homes]`, printers, a name the model refuses).
+  are not file shares (`[homes]`, printers, a name the model refuses). A value with a
+  Samba macro (`%U`, `%h`, ...) is one of them: the model refuses `%`, since what it
+  stands for changes with the client; a `path` with one keeps its section in smb.conf.
 
-`[global]` is never imported: the administrator's globals stay where they are.
+`[global]` is never imported: the administrator's globals stay where they are (and
+its share parameters keep applying to what the agent serves, except the two above).
 """
 
 from __future__ import annotations
@@ -30,12 +36,17 @@ _SECTION = re.compile(r"^\[(.+)\]\s*$")
 TABLE_KEYS = {"path": "path", "comment": "comment", "read only": "read_only", "browseable": "browseable",
               "valid users": "valid_users"}
 NOT_FILE_SHARES = {"global", "homes", "printers", "print$", "ipc$"}
+MACRO = "uses a Samba macro (%), which a share file cannot say"
+# Samba's own defaults of the table keys the agent always writes (see the docstring).
+SAMBA_DEFAULTS = {"read only": "Yes", "browseable": "Yes"}
 
 
 @dataclass
 class Section:
     name: str
     parameters: dict[str, str] = field(default_factory=dict)
+    # What [global] sets for every share: what this section has where it says nothing.
+    inherited: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,15 +61,19 @@ class Imported:
 
 
 def parse_testparm(text: str) -> list[Section]:
-    """`testparm -s` output as its sections, in order; parameter names lower-cased."""
+    """`testparm -s` output as its sections, in order; parameter names lower-cased. Each
+    section after `[global]` inherits `[global]`'s parameters."""
     sections: list[Section] = []
+    inherited: dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
         found = _SECTION.match(line)
         if found:
-            sections.append(Section(found.group(1)))
+            sections.append(Section(found.group(1), inherited=inherited))
+            if found.group(1).lower() == "global":
+                inherited = sections[-1].parameters
             continue
         pair = _LINE.match(raw)
         if pair and sections:
@@ -126,11 +141,17 @@ def to_share_file(section: Section, source: str) -> Imported:
     if not section.parameters.get("path"):
         imported.left_out.append(f"[{name}]: no path; it stays in smb.conf")
         return imported
+    if "%" in section.parameters["path"]:
+        imported.left_out.append(f"[{name}]: path {section.parameters['path']} {MACRO}; it stays in smb.conf")
+        return imported
     lines = [f"# Imported by smbgwctl import from [{name}] of {source}"]
     if stem != name:
         lines.append(f"name = {toml_string(name)}")
     options: list[str] = []
-    for parameter, value in section.parameters.items():
+    parameters = dict(section.parameters)
+    for parameter, default in SAMBA_DEFAULTS.items():
+        parameters.setdefault(parameter, section.inherited.get(parameter, default))
+    for parameter, value in parameters.items():
         key = TABLE_KEYS.get(parameter)
         if key in ("read_only", "browseable"):
             flag = _boolean(value)
@@ -144,12 +165,19 @@ def to_share_file(section: Section, source: str) -> Imported:
                 try:
                     users.append(check_principal(item))
                 except FieldError as exc:
-                    imported.left_out.append(f"valid users item {item!r}: {exc}")
+                    # Dropping an item would admit users the section kept out (all of
+                    # them, with an empty list): the share is not imported at all.
+                    imported.left_out.append(f"[{name}]: valid users item {item!r}: {exc}; without it the share "
+                                             "would admit more users, so it stays in smb.conf")
+                    return imported
             lines.append(f"valid_users = [{', '.join(toml_string(u) for u in users)}]")
         elif key is not None:
-            lines.append(f"{key} = {toml_string(value)}")
+            if "%" in value:
+                imported.left_out.append(f"{parameter} = {value}: {MACRO}")
+            else:
+                lines.append(f"{key} = {toml_string(value)}")
         else:
-            why = _option_refusal(parameter)
+            why = _option_refusal(parameter) or (MACRO if "%" in value else None)
             if why:
                 imported.left_out.append(f"{parameter} = {value}: {why}")
             elif len(options) >= MAX_OPTIONS:

@@ -94,7 +94,7 @@ def test_a_section_the_model_cannot_hold_is_left_out_whole(section: Section, sai
 
 def test_hostile_values_and_forbidden_parameters_never_reach_the_file_unquoted() -> None:
     section = Section("evil", {"path": '/srv/a"\nroot preexec = /bin/sh', "root preexec": "/bin/sh -c id",
-                               "read only": "maybe", "valid users": "ok bad\x01user",
+                               "read only": "maybe", "valid users": "ok",
                                "x\ny": "1", "map archive": 'no" \n[global]'})
     imported = to_share_file(section, "smb.conf")
     assert imported.text is not None
@@ -103,7 +103,47 @@ def test_hostile_values_and_forbidden_parameters_never_reach_the_file_unquoted()
     assert data["options"] == {"map archive": 'no" \n[global]'}
     assert "root preexec" not in data.get("options", {}) and data["valid_users"] == ["ok"]
     left = " | ".join(imported.left_out)
-    assert "root preexec" in left and "read only = maybe: not yes or no" in left and "valid users item" in left
+    assert "root preexec" in left and "read only = maybe: not yes or no" in left
+
+
+@pytest.mark.parametrize("users", ["ok bad\x01user", "%S"])
+def test_a_valid_users_item_that_cannot_be_carried_keeps_the_whole_section(users: str) -> None:
+    """Dropping it would admit users the section keeps out; all users, when none is left."""
+    imported = to_share_file(Section("team", {"path": "/srv/team", "valid users": users}), "smb.conf")
+    assert imported.text is None and "would admit more users" in imported.left_out[0]
+
+
+@pytest.mark.parametrize(("global_lines", "read_only", "browseable"), [
+    ("", True, True),  # Samba's defaults: a share that never says `read only` is read-only
+    ("\tread only = No\n\tbrowseable = No\n", False, False),  # [global]'s, for every share
+])
+def test_read_only_and_browseable_are_written_as_the_section_has_them_in_effect(
+        global_lines: str, read_only: bool, browseable: bool) -> None:
+    # testparm leaves out what equals the default, and a share file's read_only defaults to
+    # false: an [iso] with `read only = yes` (Samba's default) must not become writable.
+    sections = parse_testparm(f"[global]\n{global_lines}\n[iso]\n\tpath = /srv/smb/iso\n"
+                              "[own]\n\tpath = /srv/smb/own\n\tread only = No\n\tbrowseable = Yes\n")
+    assert sections[1].inherited == sections[0].parameters
+    iso, own = (to_share_file(section, "smb.conf") for section in sections[1:])
+    assert iso.text is not None and own.text is not None
+    data = tomllib.loads(iso.text)
+    assert (data["read_only"], data["browseable"]) == (read_only, browseable) and not iso.left_out
+    assert tomllib.loads(own.text)["read_only"] is False and tomllib.loads(own.text)["browseable"] is True
+
+
+def test_values_with_samba_macros_are_left_out_and_a_macro_path_keeps_its_section() -> None:
+    # The model refuses `%` (Samba expands it per client): written, the whole file would be
+    # refused; left out, the rest of the share is imported.
+    media = to_share_file(Section("media", {
+        "comment": "Jellyfin library on %h", "path": "/srv/smb/media", "recycle:keeptree": "yes",
+        "recycle:repository": ".recycle/%U", "root postexec": "/usr/local/bin/notify %S"}), "smb.conf")
+    assert media.text is not None and "%" not in media.text
+    data = tomllib.loads(media.text)
+    assert "comment" not in data and data["options"] == {"recycle:keeptree": "yes"}
+    assert [line.split(" = ")[0] for line in media.left_out] == ["comment", "recycle:repository", "root postexec"]
+    assert "Samba macro" in media.left_out[1] and "may not set it" in media.left_out[2]
+    private = to_share_file(Section("private", {"path": "/srv/smb/private/%U"}), "smb.conf")
+    assert private.text is None and "Samba macro" in private.left_out[0] and "stays in smb.conf" in private.left_out[0]
 
 
 def test_a_share_name_with_spaces_has_a_resource_id_and_node_ids_still_have_none() -> None:
