@@ -96,7 +96,10 @@ def resolve_desired(
     for key, specs in claims.items():
         if len(specs) == 1:
             shares[key] = specs[0]
-            if lastgood.get(specs[0].file) != specs[0]:
+            previous = lastgood.get(specs[0].file)
+            # Identity first: the scanner hands back the same spec while a file is
+            # unchanged, and comparing 10,000 specs field by field every pass adds up.
+            if previous is not specs[0] and previous != specs[0]:
                 updates.append(specs[0])
             continue
         names = sorted(spec.file for spec in specs)

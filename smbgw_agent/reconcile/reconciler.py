@@ -115,7 +115,7 @@ def _lifecycle(failing: bool, want: object, have: object, live: str) -> str:
     removed, or pending (declared, not applied yet)."""
     if failing:
         return "failed"
-    if want is not None and have == want:
+    if want is not None and (have is want or have == want):  # identity first: cheap at 10,000
         return live
     return "removing" if want is None else "pending"
 
