@@ -138,9 +138,19 @@ def bench_drop_latency(base: Path, changes: int, existing: int) -> None:
             time.sleep(0.05)
         summary(f"drop -> served, {existing} other shares", latencies)
         summary(f"  agent pass for that change, {existing} shares", passes)
+        print(f"{'  agent RSS after those changes':<44} {rss_mib(proc.pid):8.1f} MiB ({existing} shares, "
+              "every installed plugin enabled)")
     finally:
         stop(proc)
         box.stop_smbd()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def bench_cold_start(base: Path, count: int, repeats: int = 3) -> None:

@@ -24,12 +24,23 @@ def write_new(path: Path, data: bytes | str, mode: int = 0o644, fsync: bool = Tr
     if isinstance(data, str):
         data = data.encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fchmod(handle.fileno(), mode)
-        if fsync:
-            os.fsync(handle.fileno())
+    _fill(fd, path, data, mode, fsync)
+
+
+def _fill(fd: int, path: Path, data: bytes, mode: int, fsync: bool) -> None:
+    """Write `data` to the open `fd` (closed afterwards) for the file `path`: a full disk
+    fails write() or fsync() with no file name, so the error gets `path`'s."""
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            if fsync:
+                os.fsync(handle.fileno())
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = True) -> None:
@@ -40,12 +51,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            if durable:
-                os.fsync(handle.fileno())
+        _fill(fd, path, data, mode, durable)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -9,6 +9,7 @@ reload-config`) and says so in status, so nobody mistakes one path for the other
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,6 +19,10 @@ from smbgw_agent.effects.systemd import SystemdError, SystemdManager, SystemdUna
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# After systemd could not be reached, how long the direct fallback is used before it is
+# asked again: a bus that accepts but never answers costs one connect timeout per
+# interval, not one per call (a pass makes several).
+RECONNECT_INTERVAL = 30.0
 
 
 class ServiceError(Exception):
@@ -47,6 +52,7 @@ class ServiceControl:
         self.reports: dict[str, ServiceReport] = {}
         # True once the agent is stopping: waits for systemd jobs are abandoned at once.
         self.cancelled: Callable[[], bool] = lambda: False
+        self._retry_at = 0.0  # monotonic; no new connection attempt before it
 
     def manager(self) -> SystemdManager | None:
         if not self.use_systemd:
@@ -54,14 +60,27 @@ class ServiceControl:
         if self._manager is not None and self._manager.closed:
             self._manager = None  # the bus went away (dbus restarted): reconnect
         if self._manager is None:
+            if time.monotonic() < self._retry_at:
+                return None
             try:
                 self._manager = self._connect()
-                self._manager.cancelled = self._stopping
-                self.unavailable_reason = ""
             except SystemdUnavailable as exc:
-                self.unavailable_reason = str(exc)
+                self._lost(str(exc))
                 return None
+            self._manager.cancelled = self._stopping
+            if self.unavailable_reason:
+                log.info("systemd answers on D-Bus again: services are controlled through it")
+            self.unavailable_reason = ""
         return self._manager
+
+    def _lost(self, reason: str) -> None:
+        """systemd cannot be reached: use the direct fallback, say so once, ask again later."""
+        if not self.unavailable_reason:
+            log.warning("systemd cannot be reached (%s): services are controlled directly, asking systemd "
+                        "again every %.0fs", reason, RECONNECT_INTERVAL)
+        self.unavailable_reason = reason
+        self._manager = None
+        self._retry_at = time.monotonic() + RECONNECT_INTERVAL
 
     def _stopping(self) -> bool:
         return self.cancelled()  # looked up at call time: the daemon sets `cancelled` later
@@ -83,9 +102,11 @@ class ServiceControl:
                     manager.start(unit)
                     state = manager.state(unit)
                 report = ServiceReport(unit, "systemd", state.is_active, state.sub_state)
+            except SystemdUnavailable as exc:
+                # Nobody answers: nothing is known about the unit (never "inactive").
+                self._lost(str(exc))
+                report = ServiceReport(unit, "direct", None, f"no systemd: {exc}")
             except SystemdError as exc:
-                if isinstance(exc, SystemdUnavailable):
-                    self._manager = None
                 report = ServiceReport(unit, "systemd", False, str(exc))
         self.reports[unit] = report
         return report
@@ -111,7 +132,7 @@ class ServiceControl:
             return call(manager)
         except SystemdError as exc:
             if isinstance(exc, SystemdUnavailable):
-                self._manager = None
+                self._lost(str(exc))
             raise ServiceError(f"{verb} {unit} through systemd failed: {exc}") from exc
 
     def restart(self, unit: str) -> None:
@@ -125,9 +146,13 @@ class ServiceControl:
             return None
         try:
             state = manager.state(unit)
+        except SystemdUnavailable as exc:
+            # Not an answer about the unit: a bus that times out must not read as
+            # "smbd (or winbind, ctdb) is down" and have its addresses released.
+            self._lost(str(exc))
+            self.reports[unit] = ServiceReport(unit, "direct", None, f"no systemd: {exc}")
+            return None
         except SystemdError as exc:
-            if isinstance(exc, SystemdUnavailable):
-                self._manager = None
             self.reports[unit] = ServiceReport(unit, "systemd", False, str(exc))
             return False
         self.reports[unit] = ServiceReport(unit, "systemd", state.is_active, state.sub_state)
@@ -142,7 +167,7 @@ class ServiceControl:
                 return "systemd"
             except SystemdError as exc:
                 if isinstance(exc, SystemdUnavailable):
-                    self._manager = None
+                    self._lost(str(exc))
                 raise ServiceError(f"reloading {unit} through systemd failed: {exc}") from exc
         try:
             result = self.runner.run(direct_argv, timeout=15)

@@ -243,7 +243,7 @@ class SystemdManager:
         # Checked while waiting for a job (about once a second): True abandons the wait.
         self.cancelled: Callable[[], bool] = lambda: False
         try:
-            manager_object = bus.get(_SYSTEMD, _MANAGER_PATH, timeout=timeout)
+            manager_object = bus.get(_SYSTEMD, _MANAGER_PATH, timeout=self._call_limit(timeout))
             self._manager = manager_object[_MANAGER_IFACE]
         except GLib.Error as exc:
             raise SystemdUnavailable(f"systemd does not answer on {address}: {_plain_message(exc)}") from None
@@ -252,7 +252,7 @@ class SystemdManager:
         try:
             # Without a subscriber systemd does not emit JobRemoved at all. The
             # subscription is per connection and lasts until it closes.
-            self._manager.Subscribe(timeout=timeout)
+            self._manager.Subscribe(timeout=self._call_limit(timeout))
         except GLib.Error as exc:
             if _remote_name(exc) != "org.freedesktop.systemd1.AlreadySubscribed":
                 raise SystemdUnavailable(f"cannot subscribe to systemd on {address}: {_plain_message(exc)}") from None
@@ -261,7 +261,9 @@ class SystemdManager:
     def connect(cls, address: str | None = None, timeout: float = 30.0) -> SystemdManager:
         """Connect to systemd on ``address`` (``None``: the system bus).
 
-        ``timeout`` bounds connecting, every D-Bus call, and every wait for a job.
+        ``timeout`` bounds every wait for a job; connecting and every single D-Bus call
+        get at most CALL_TIMEOUT of it (a bus that accepts but never answers must not
+        keep the agent from its watchdog longer than one call).
         """
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -270,7 +272,7 @@ class SystemdManager:
                 address = str(Gio.dbus_address_get_for_bus_sync(Gio.BusType.SYSTEM, None))
             except GLib.Error as exc:
                 raise SystemdUnavailable(f"no system bus: {exc.message}") from None
-        connection = _open_connection(address, timeout)
+        connection = _open_connection(address, cls._call_limit(timeout))
         try:
             return cls(Bus(connection), address=address, timeout=timeout)
         except BaseException:

@@ -194,3 +194,25 @@ def test_shares_fs_is_read_only_without_quorum_and_writable_otherwise(tmp_path: 
     assert shares_fs(tmp_path / "elsewhere", table).writable, "not on the cluster file system"
     table.write_text(f"45 28 0:41 / {cluster} rw,relatime - ext4 /dev/sda1 rw\n")
     assert shares_fs(shares, table).writable, ".members counts on pmxcfs (FUSE) only"
+
+
+@pytest.mark.parametrize(("host_line", "writable"), [
+    ("rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro", True),  # errors=remount-ro is not ro
+    ("ro,relatime shared:1 - ext4 /dev/sda1 rw", False),  # a read-only bind mount
+    ("rw,relatime shared:1 - ext4 /dev/sda1 ro", False),  # the whole file system read-only
+])
+def test_read_only_is_what_the_nodes_mount_table_says(tmp_path: Path, host_line: str, writable: bool) -> None:
+    """Found in a container under the shipped unit: ProtectSystem=full makes /etc read-only
+    in the agent's own view, which said "read-only" (and fired the alert) on every node.
+    The node's table (init's) decides; the agent's view does not."""
+    from smbgw_agent.effects.sharesfs import shares_fs
+
+    shares = tmp_path / "etc/smbgw/shares.d"
+    shares.mkdir(parents=True)
+    agent_view = tmp_path / "self-mountinfo"
+    agent_view.write_text(f"30 1 8:1 /etc {tmp_path}/etc ro,relatime - ext4 /dev/sda1 rw\n")
+    host = tmp_path / "init-mountinfo"
+    host.write_text(f"1 0 8:1 / / {host_line}\n")
+    found = shares_fs(shares, agent_view, host)
+    assert found.writable is writable, found
+    assert shares_fs(shares, agent_view, tmp_path / "unreadable").writable, "no table to read: no alarm on a guess"
