@@ -30,7 +30,7 @@ from tests.support.adlab import DOMAIN, REALM, SUBNET, AdLab, ad_lab
 from tests.support.agent import AgentProcess, wait_for, write_share
 from tests.support.pct_standin.node import FIRST_VMID, StandinNode, lxc_agent
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 NODE_HOST, CONTAINER_HOST = 12, 21
 # The domain's ranges, granted to root for containers as an administrator adds them.

@@ -26,7 +26,7 @@ from tests.support.pct_standin.node import FIRST_VMID, NODE, StandinNode, smbcli
 from tests.support.qemu import GuestImage
 from tests.support.qm_standin import node as qmnode
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 LAST_VMID = FIRST_VMID + 9  # the VM mode counts down from the top of vmid_range
 
 

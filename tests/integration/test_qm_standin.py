@@ -25,7 +25,7 @@ from tests.support.pct_standin.node import NODE, StandinNode
 from tests.support.qemu import GuestImage
 from tests.support.qm_standin import node as qmnode
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 VMID = 9001
 NAME = "smbgw-vm1"
 PASSWORD = "Qm-standin-1"

@@ -24,7 +24,7 @@ from tests.support.pct_standin.node import FIRST_VMID, NODE, StandinNode, smbcli
 from tests.support.qemu import GUEST_PACKAGES, GuestImage
 from tests.support.qm_standin import node as qmnode
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 PAGE = REPO / "docs/vm.md"
 PAGE_VMID, VMID = "9000", "8100"
 CLOUD_IMAGE = "/root/debian-12-genericcloud-amd64.qcow2"
