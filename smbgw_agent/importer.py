@@ -37,7 +37,7 @@ from smbgw_agent.assembly import load_plugins_and_config
 from smbgw_agent.control import request
 from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import CommandError, Runner
-from smbgw_agent.effects.samba import reload_command, testparm_errors
+from smbgw_agent.effects.samba import reload_command, run_testparm
 from smbgw_agent.model.errors import ConfigError
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
@@ -186,19 +186,17 @@ def adoptable(imported: list[Imported], problems: dict[str, list[str]]) -> tuple
 def _testparm_checked(runner: Runner, file: Path, candidate: str) -> None:
     """Write `candidate` over `file` only if testparm finds no error in it that the file
     does not already have (it is checked as a copy beside the file, so relative includes
-    resolve the same)."""
-    before = runner.run(["testparm", "-s", str(file)], timeout=TESTPARM_TIMEOUT, check=False)
-    baseline = testparm_errors(before.returncode, before.stderr)
+    resolve the same), judged as the agent judges its own candidates (`run_testparm`)."""
+    baseline = run_testparm(runner, file).errors
     with tempfile.NamedTemporaryFile("w", dir=file.parent, prefix=f".{file.name}.", suffix=".adopt",
                                      delete=False) as handle:
         handle.write(candidate)
     try:
-        after = runner.run(["testparm", "-s", handle.name], timeout=TESTPARM_TIMEOUT, check=False)
+        verdict = run_testparm(runner, Path(handle.name), baseline)
     finally:
         os.unlink(handle.name)
-    errors = testparm_errors(after.returncode, after.stderr, baseline)
-    if errors:
-        raise AdoptError(f"testparm refuses the edited {file}: {'; '.join(errors)}")
+    if not verdict.ok:
+        raise AdoptError(f"testparm refuses the edited {file}: {'; '.join(verdict.errors)}")
     atomic_write(file, candidate, mode=file.stat().st_mode & 0o7777)
 
 
