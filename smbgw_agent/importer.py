@@ -17,8 +17,9 @@ section is backed up with a timestamp, the sections are marked as handed over
 (testparm-checked), the share files go into the agent's shares directory, and once the
 agent serves every one of them the sections are removed (testparm-checked) and smbd is
 reloaded once. Only shares whose every parameter the share file carries are adopted;
-the others stay in smb.conf, each with the reason. If the agent does not serve them in
-time, everything is put back as it was.
+the others stay in smb.conf, each with the reason. A share in Samba's registry (`net
+conf`) is imported like the others but never adopted: no edit of smb.conf removes it.
+If the agent does not serve them in time, everything is put back as it was.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from smbgw_agent.model.errors import ConfigError
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
 from smbgw_agent.model.smbconfedit import mark_handed_over, remove_sections
-from smbgw_agent.model.smbimport import Imported, parse_testparm, to_share_file
+from smbgw_agent.model.smbimport import Imported, Section, parse_testparm, to_share_file
 from smbgw_agent.reconcile.scanner import ShareScanner
 
 TESTPARM_TIMEOUT = 60.0
@@ -56,13 +57,34 @@ def import_shares(paths: Paths, source: Path, runner: Runner) -> tuple[list[Impo
     if len(done.stdout) > MAX_TESTPARM_OUTPUT:
         raise ValueError(f"testparm printed more than {MAX_TESTPARM_OUTPUT >> 20} MiB for {source}")
     admin = read_admin_shares(source, paths.samba_dir)
+    parsed = parse_testparm(done.stdout)
+    registry = _registry_shares(runner, source, parsed)
     # read_admin_shares knows no [global]: it is never imported.
-    sections = [s for s in parse_testparm(done.stdout) if admin.get(s.name)]
+    sections = [s for s in parsed if admin.get(s.name) or s.name.casefold() in registry]
     for section in sections:  # under --root, a path is written as the sandbox's share files write it
         path = section.parameters.get("path")
         if path and paths.sandboxed and Path(path).is_relative_to(paths.root):
             section.parameters["path"] = str(paths.declared(Path(path)))
-    return [to_share_file(section, str(source)) for section in sections], list(admin.problems)
+    imported = []
+    for section in sections:
+        in_registry = section.name.casefold() in registry
+        item = to_share_file(section, f"the registry of {source}" if in_registry else str(source))
+        item.in_registry = in_registry
+        imported.append(item)
+    return imported, list(admin.problems)
+
+
+def _registry_shares(runner: Runner, source: Path, parsed: list[Section]) -> set[str]:
+    """The (case-folded) names of the shares Samba's registry defines for `source`, when
+    its configuration reads them (`registry shares = yes`, which `include = registry` and
+    `config backend = registry` imply): none of them is in a file read_admin_shares reads.
+    `net conf` is asked only then, since it creates an empty registry where there is none."""
+    flag = next((s.parameters.get("registry shares", "") for s in parsed if s.name.lower() == "global"), "")
+    if flag.lower() not in ("yes", "true", "1", "on"):
+        return set()
+    done = runner.run(["net", "-s", str(source), "conf", "listshares"], timeout=TESTPARM_TIMEOUT)
+    # It lists the registry's [global] too, when that holds parameters (`include = registry`).
+    return {line.strip().casefold() for line in done.stdout.splitlines() if line.strip()} - {"global"}
 
 
 def judge(paths: Paths, imported: list[Imported]) -> dict[str, list[str]]:
@@ -172,7 +194,11 @@ def adoptable(imported: list[Imported], problems: dict[str, list[str]]) -> tuple
     chosen: list[Imported] = []
     kept: dict[str, str] = {}
     for item in imported:
-        if item.text is None:
+        if item.in_registry:
+            # smb.conf does not hold it: removing it is `net conf delshare`, which --adopt does not run.
+            kept[item.name] = ("defined in Samba's registry (net conf), which --adopt does not edit; "
+                               "it stays there")
+        elif item.text is None:
             kept[item.name] = "not a file share the agent can serve"
         elif item.left_out:
             kept[item.name] = f"the share file would not carry: {'; '.join(item.left_out)}"

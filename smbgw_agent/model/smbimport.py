@@ -58,6 +58,7 @@ class Imported:
     text: str | None
     left_out: list[str] = field(default_factory=list)  # "parameter = value: why"
     uses_options: bool = False
+    in_registry: bool = False  # defined in Samba's registry (`net conf`), not in a file
 
 
 def parse_testparm(text: str) -> list[Section]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -618,10 +619,19 @@ def section_of(conf: Path, name: str, verbose: bool = False) -> dict[str, str]:
 
 @pytest.mark.parametrize("style", sorted(CONFIGS))
 def test_import_then_serve_keeps_the_effective_parameters(sandbox: Sandbox, tmp_path: Path, style: str) -> None:
-    (sandbox.root / "etc/smbgw/agent.toml").write_text(AGENT_TOML)
     source = tmp_path / f"{style}.conf"
     for name, text in {**INCLUDED.get(style, {}), source.name: CONFIGS[style]}.items():
         (tmp_path / name).write_text(text.replace("@DIR@", str(tmp_path)))
+    report = import_serve_and_compare(sandbox, source)
+    print(f"\n[import] {style}: {sum(s['text'] is not None for s in report['shares'])} shares served with their "
+          f"parameters; left out: {sum(len(s['left_out']) for s in report['shares'])}")
+
+
+def import_serve_and_compare(sandbox: Sandbox, source: Path) -> dict[str, Any]:
+    """`smbgwctl import --from source --to` the sandbox's shares directory, the agent serves
+    every file, and each share's effective parameters are the same both ways (see the
+    module's docstring). Returns import's JSON report."""
+    (sandbox.root / "etc/smbgw/agent.toml").write_text(AGENT_TOML)
     done = subprocess.run([str(REPO / ".venv/bin/smbgwctl") if (REPO / ".venv/bin/smbgwctl").exists()
                            else "smbgwctl", "--root", str(sandbox.root), "import", "--from", str(source),
                            "--to", str(sandbox.shares_dir), "--json"],
@@ -661,7 +671,6 @@ def test_import_then_serve_keeps_the_effective_parameters(sandbox: Sandbox, tmp_
                 else:
                     assert served.get(key) == original.get(key), (
                         f"[{share['name']}] {key}: served {served.get(key)!r}, original {original.get(key)!r}")
-        print(f"\n[import] {style}: {len(shares)} shares served with their parameters; left out: "
-              f"{sum(len(s['left_out']) for s in report['shares'])}")
     finally:
         agent.stop()
+    return report
