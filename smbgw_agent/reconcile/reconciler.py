@@ -10,7 +10,6 @@ schedules a retry with backoff; every other resource proceeds.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,10 +31,11 @@ from smbgw_agent.platform.context import PassContext, SmbdControl
 from smbgw_agent.platform.jobs import JobRunner, every_resource_of
 from smbgw_agent.platform.pluginhost import CORE, PluginCallError, PluginHost
 from smbgw_agent.reconcile.backoff import Backoff
-from smbgw_agent.reconcile.desired import SERVING_NOTES, Desired, resolve_desired
+from smbgw_agent.reconcile.desired import SERVING_NOTES, Desired, FileStatus, resolve_desired
 from smbgw_agent.reconcile.guard import STORAGE_MISSING, UNSAFE, Hold, ShareGuard
 from smbgw_agent.reconcile.scanner import ShareScanner
 from smbgw_agent.reconcile.state import StateStore
+from smbgw_agent.reconcile.statusjson import StatusEncoder
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,11 @@ class Reconciler:
         self.passes = 0
         self.pass_errors = 0
         self.snapshot: dict[str, Any] | None = None
+        # Per share and per file, the last status entry and what it was made from; entries
+        # are never mutated once published, so an unchanged one is handed out again.
+        self._share_entries: dict[str, tuple[ShareSpec | None, ShareSpec | None, dict[str, Any]]] = {}
+        self._file_entry_cache: dict[str, tuple[FileStatus, dict[str, Any]]] = {}
+        self._status_encoder = StatusEncoder()
         self.observations: dict[str, Any] = {}
         self.health: list[Health] = []
         self.shares_fs: SharesFs | None = None  # the file system under shares.d, as the last pass saw it
@@ -578,6 +583,11 @@ class Reconciler:
                 error = f"planning failed: {_describe(exc)}"
                 if ctx.dry_run:
                     outcome.result, outcome.error = "failed", error
+                elif self.resource_backoff.waiting(resource_id, self.monotonic()):
+                    # Planned again before its retry is due (every pass plans the failing
+                    # resources, and a plugin's watch may start one every second): the
+                    # same failure, not a new one that doubles the wait.
+                    outcome.result, outcome.error = "waiting", self.resource_backoff.still(resource_id, error).error
                 else:
                     self._fail_resource(ctx, outcome, have, error, self.monotonic(), [])
                 continue
@@ -585,6 +595,10 @@ class Reconciler:
             if outcome.changes:
                 plans[resource_id] = outcome.changes
                 outcome.result = "planned"
+            elif resource_id in self.resource_backoff.attempts and not ctx.dry_run:
+                # Nothing to do after a failure: it was planning that failed (a tool or an
+                # interface briefly missing) and the resource is as it should be.
+                self.resource_backoff.succeeded(resource_id)
         return plans
 
     def _apply(
@@ -852,6 +866,8 @@ class Reconciler:
         keys = set(self.state.applied) | (set(desired.shares) if desired else set()) | set(held)
         busy = {share_key(resource): progress for resource, progress in self.jobs.busy_resources().items()
                 if share_key(resource) is not None} if self.jobs is not None else {}
+        reused = self._share_entries
+        self._share_entries = {}
         for key in sorted(keys):
             applied = self.state.applied.get(key)
             want = desired.shares.get(key) if desired else None
@@ -859,6 +875,15 @@ class Reconciler:
             spec = want or (hold.spec if hold else None) or applied
             assert spec is not None
             attempt = self.backoff.attempts.get(key)
+            if hold is None and attempt is None and key not in busy:
+                # Nothing pending about this share: its entry depends only on the two
+                # specs, and the same spec objects mean the same entry (and the same
+                # text in status.json). Most shares, most passes.
+                known = reused.get(key)
+                if known is not None and known[0] is want and known[1] is applied:
+                    shares[spec.name] = known[2]
+                    self._share_entries[key] = known
+                    continue
             error = attempt.error if attempt else None
             if hold is not None:
                 state = "refused" if hold.kind == UNSAFE else STORAGE_MISSING
@@ -870,7 +895,7 @@ class Reconciler:
                     # has not finished: not served yet (the job's progress is in "jobs");
                     # after a failure, the job is the retry.
                     state = "pending"
-            shares[spec.name] = {
+            entry = shares[spec.name] = {
                 "file": spec.file,
                 "mode": spec.mode,
                 "path": spec.path,
@@ -881,6 +906,8 @@ class Reconciler:
                 "failures": attempt.failures if attempt else 0,
                 "retry_at": self.retry_wall_time(attempt.retry_at) if attempt else None,
             }
+            if hold is None and attempt is None and key not in busy:
+                self._share_entries[key] = (want, applied, entry)
         return {
             "version": __version__,
             "node": self.config.node,
@@ -915,7 +942,7 @@ class Reconciler:
                 "rebuilt": list(self.rebuilt),
             },
             "shares": shares,
-            "files": {n: s.to_dict() for n, s in sorted(desired.files.items())} if desired else {},
+            "files": self._file_entries(desired),
             "other_node": dict(desired.other_node) if desired else {},
             "services": {
                 unit: {"control": r.control, "active": r.active, "detail": r.detail}
@@ -926,6 +953,22 @@ class Reconciler:
             "health": [finding.to_dict() for finding in self.health],
             "jobs": self.jobs.snapshot() if self.jobs is not None else {},
         }
+
+    def _file_entries(self, desired: Desired | None) -> dict[str, Any]:
+        """status' "files": an unchanged file's entry is the same dict as last time (see
+        `status`)."""
+        reused, self._file_entry_cache = self._file_entry_cache, {}
+        if desired is None:
+            return {}
+        entries: dict[str, Any] = {}
+        for name, file_status in sorted(desired.files.items()):
+            known = reused.get(name)
+            if known is not None and known[0] == file_status:
+                entries[name] = known[1]
+            else:
+                entries[name] = file_status.to_dict()
+            self._file_entry_cache[name] = (file_status, entries[name])
+        return entries
 
     def _resource_status(self, report: PassReport | None) -> dict[str, Any]:
         """One line per node resource: wanted, applied, or failing."""
@@ -958,7 +1001,7 @@ class Reconciler:
         previous, self.status_error = self.status_error, None  # what the file will say if written
         snapshot = self.status()
         try:
-            atomic_write(self.paths.status_file, json.dumps(snapshot, separators=(",", ":")))
+            atomic_write(self.paths.status_file, self._status_encoder.encode(snapshot))
         except OSError as exc:
             message = f"cannot write {self.paths.status_file}: {exc.strerror or exc}"
             if message != previous:

@@ -8,7 +8,9 @@ through the share's public address; the holding node's cable is pulled and the c
 next operation succeeds on another node (the failover time is printed); `smbgwctl drain`
 on the holder moves the address away while a client keeps working (its operations, the
 reconnects and any that failed are printed). A node powered off hard fails over too, and
-rejoins by itself when it boots.
+rejoins by itself when it boots. A node whose smbd stops answering is made UNHEALTHY by
+CTDB (through the agent's event script), gives up its address, and is OK again once smbd
+answers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.support.cluster_share import (
     USER,
     VIP,
     agent_toml,
+    client_ls,
     client_try,
     holder,
     journal,
@@ -126,6 +129,108 @@ def test_a_node_powered_off_fails_over_and_rejoins_at_boot(cluster: Cluster) -> 
     wait_for(f"{victim.name} OK again after boot", lambda: cluster.ctdb_healthy(witness) or None, timeout=240)
     print(f"{victim.name} booted in {booted:.1f}s and was OK in the cluster {time.monotonic() - back:.1f}s later")
     assert cluster.run(victim, "systemctl", "is-active", "smbgw-agent", "ctdb", "smbd").returncode == 0
+
+
+def smbd_main_pid(cluster: Cluster, node: ClusterNode) -> str:
+    pid = cluster.run(node, "systemctl", "show", "--property", "MainPID", "--value", "smbd").stdout.strip()
+    assert pid.isdigit() and pid != "0", f"{node.name}: smbd's MainPID is {pid!r}"
+    return pid
+
+
+def ctdb_finding(cluster: Cluster, node: ClusterNode) -> str | None:
+    """The detail of the node's failing `ctdb` health finding about itself, if any."""
+    for finding in status(cluster, node).get("health") or []:  # type: ignore[attr-defined]
+        if (isinstance(finding, dict) and finding.get("plugin") == "ctdb" and finding.get("check") == "ctdb"
+                and not finding.get("ok") and "this node" in str(finding.get("detail"))):
+            return str(finding.get("detail"))
+    return None
+
+
+def exported(cluster: Cluster, node: ClusterNode, *lines: str, timeout: float = 30.0) -> str:
+    """The node's metrics once they contain every one of ``lines`` (the agent reads CTDB
+    every 5 s: a reading may show a node's new flag before the takeover run has moved its
+    addresses)."""
+
+    def scrape() -> str | None:
+        scraped = metrics(cluster, node)
+        return scraped if all(line in scraped for line in lines) else None
+
+    return wait_for(f"{node.name}'s agent exporting {' and '.join(lines)}", scrape, timeout=timeout, interval=1.0)
+
+
+def test_a_node_made_unhealthy_gives_up_its_address_and_is_healthy_again(cluster: Cluster) -> None:
+    """Fault: smbd on the node holding the public address stops answering -- its main
+    process is frozen (SIGSTOP). systemd still reports smbd.service active, so neither
+    systemd nor the agent has anything to restart; the agent's CTDB event script
+    (49.smbgw.script) fails the next `monitor` event because `smbcontrol smbd ping` gets
+    no answer, and CTDB makes the node UNHEALTHY.
+
+    Expected: CTDB moves the node's public address to a healthy node (which then answers
+    ARP for it); every node's agent exports the cluster's view,
+    `smbgw_ctdb_node_healthy{pnn="N"} 0` and `smbgw_ctdb_node_state{pnn="N",state="unhealthy"} 1`;
+    the node's own agent reports the `ctdb` health finding `this node (pnn N) is unhealthy`
+    (`smbgwctl status` prints it and exits 1); a client's new connection through the
+    public address is served by another node. When smbd answers again (SIGCONT), the next
+    monitor event makes the node OK: `smbgw_ctdb_node_healthy{pnn="N"} 1` on every node
+    and the finding is gone.
+    """
+    settle(cluster)
+    victim = holder(cluster)
+    witness = next(n for n in cluster.nodes if n is not victim)
+    pid = smbd_main_pid(cluster, victim)
+    unhealthy = f'smbgw_ctdb_node_healthy{{pnn="{victim.pnn}"}} 0.0'
+    began_wall = time.time()
+    frozen_at = time.monotonic()
+    cluster.run(victim, "kill", "-STOP", pid)
+    try:
+        try:
+            wait_for(f"{victim.name} UNHEALTHY in CTDB",
+                     lambda: cluster.ctdb_status(witness)[victim.pnn].get("Unhealthy") == "1" or None,
+                     timeout=90, interval=0.5)
+            marked = time.monotonic() - frozen_at
+            def moved_off() -> ClusterNode | None:
+                now = holder(cluster, witness)
+                return now if now is not victim else None
+
+            new = wait_for("the address on a healthy node", moved_off, timeout=60, interval=0.5)
+            moved = time.monotonic() - frozen_at
+            wait_for(f"{new.name} alone answering ARP for {VIP}",
+                     lambda: cluster.answering(VIP) == [new] or None, timeout=30, interval=0.5)
+            assert cluster.run(victim, "systemctl", "is-active", "smbd").returncode == 0  # nothing to restart
+            served = wait_for("a client served through the address",
+                              lambda: client_ls(cluster, 10) or None, timeout=60, interval=0.5)
+            assert served
+            print(f"\nunhealthy: {victim.name} (pnn {victim.pnn}) UNHEALTHY {marked:.1f}s after smbd froze, "
+                  f"{VIP} on {new.name} at {moved:.1f}s, a client served through it at "
+                  f"{time.monotonic() - frozen_at:.1f}s")
+            for node in cluster.nodes:
+                exported(cluster, node, unhealthy,
+                         f'smbgw_ctdb_node_state{{pnn="{victim.pnn}",state="unhealthy"}} 1.0',
+                         f'smbgw_vip_holder{{pnn="{new.pnn}",vip="{VIP}"}} 1.0')
+            detail = wait_for(f"{victim.name}'s ctdb health finding", lambda: ctdb_finding(cluster, victim),
+                              timeout=30, interval=1.0)
+            assert detail == f"this node (pnn {victim.pnn}) is unhealthy", detail
+            shown = cluster.run(victim, "smbgwctl", "status", check=False)
+            assert shown.returncode == 1, shown.stdout + shown.stderr
+            assert f"UNHEALTHY ctdb: ctdb (ctdb): this node (pnn {victim.pnn}) is unhealthy" in shown.stdout, \
+                shown.stdout
+            assert ctdb_finding(cluster, witness) is None  # the others are fine themselves
+        except BaseException:
+            print(journal(cluster, began_wall - 1, time.time()))
+            raise
+    finally:
+        cluster.run(victim, "kill", "-CONT", pid, check=False)
+    thawed_at = time.monotonic()
+    wait_for(f"{victim.name} OK again", lambda: cluster.ctdb_healthy(witness) or None, timeout=90, interval=0.5)
+    # A monitor event whose ping is in flight gets its answer as soon as smbd runs again.
+    print(f"{victim.name} OK again {time.monotonic() - thawed_at:.1f}s after smbd was let run again")
+    healthy = f'smbgw_ctdb_node_healthy{{pnn="{victim.pnn}"}} 1.0'
+    for node in cluster.nodes:
+        exported(cluster, node, healthy)
+    wait_for(f"{victim.name}'s ctdb finding gone", lambda: ctdb_finding(cluster, victim) is None or None,
+             timeout=30, interval=1.0)
+    assert smbd_main_pid(cluster, victim) == pid  # the same smbd, never restarted
+    assert client_ls(cluster)
 
 
 def test_drain_moves_the_address_to_another_node(cluster: Cluster) -> None:
