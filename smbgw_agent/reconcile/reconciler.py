@@ -31,7 +31,7 @@ from smbgw_agent.platform.context import PassContext, SmbdControl
 from smbgw_agent.platform.jobs import JobRunner, every_resource_of
 from smbgw_agent.platform.pluginhost import CORE, PluginCallError, PluginHost
 from smbgw_agent.reconcile.backoff import Backoff
-from smbgw_agent.reconcile.desired import SERVING_NOTES, Desired, FileStatus, resolve_desired
+from smbgw_agent.reconcile.desired import SERVING_NOTES, Desired, resolve_desired
 from smbgw_agent.reconcile.guard import STORAGE_MISSING, UNSAFE, Hold, ShareGuard
 from smbgw_agent.reconcile.scanner import ShareScanner
 from smbgw_agent.reconcile.state import StateStore
@@ -220,7 +220,7 @@ class Reconciler:
         # Per share and per file, the last status entry and what it was made from; entries
         # are never mutated once published, so an unchanged one is handed out again.
         self._share_entries: dict[str, tuple[ShareSpec | None, ShareSpec | None, dict[str, Any]]] = {}
-        self._file_entry_cache: dict[str, tuple[FileStatus, dict[str, Any]]] = {}
+        self._file_entry_cache: dict[str, tuple[tuple[bool, str | None, str] | None, dict[str, Any]]] = {}
         self._status_encoder = StatusEncoder()
         self.observations: dict[str, Any] = {}
         self.health: list[Health] = []
@@ -962,12 +962,16 @@ class Reconciler:
             return {}
         entries: dict[str, Any] = {}
         for name, file_status in sorted(desired.files.items()):
+            # A file with problems or warnings is rare and built afresh; for the others
+            # three fields say everything (cheaper than comparing the dataclasses).
+            signature = (None if file_status.problems or file_status.warnings
+                         else (file_status.valid, file_status.share, file_status.serving))
             known = reused.get(name)
-            if known is not None and known[0] == file_status:
+            if signature is not None and known is not None and known[0] == signature:
                 entries[name] = known[1]
             else:
                 entries[name] = file_status.to_dict()
-            self._file_entry_cache[name] = (file_status, entries[name])
+            self._file_entry_cache[name] = (signature, entries[name])
         return entries
 
     def _resource_status(self, report: PassReport | None) -> dict[str, Any]:

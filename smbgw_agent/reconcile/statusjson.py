@@ -21,7 +21,7 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class StatusEncoder:
-    """Encodes successive snapshots, remembering each large map entry's text."""
+    """Encodes successive snapshots, remembering each large map entry's text (`"name":{...}`)."""
 
     def __init__(self) -> None:
         self._memo: dict[str, dict[str, tuple[object, str]]] = {section: {} for section in LARGE_MAPS}
@@ -40,8 +40,9 @@ class StatusEncoder:
         parts = []
         for name, entry in entries.items():
             known = memo.get(name)
-            text = known[1] if known is not None and known[0] is entry else _encode(entry)
-            fresh[name] = (entry, text)
-            parts.append(f"{_encode(name)}:{text}")
+            if known is None or known[0] is not entry:
+                known = (entry, f"{_encode(name)}:{_encode(entry)}")
+            fresh[name] = known
+            parts.append(known[1])
         self._memo[section] = fresh
         return "{" + ",".join(parts) + "}"
