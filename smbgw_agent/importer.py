@@ -38,7 +38,7 @@ from smbgw_agent.assembly import load_plugins_and_config
 from smbgw_agent.control import request
 from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import CommandError, Runner
-from smbgw_agent.effects.samba import reload_command, run_testparm
+from smbgw_agent.effects.samba import registry_share_names, reload_command, run_testparm
 from smbgw_agent.model.errors import ConfigError
 from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
@@ -82,9 +82,7 @@ def _registry_shares(runner: Runner, source: Path, parsed: list[Section]) -> set
     flag = next((s.parameters.get("registry shares", "") for s in parsed if s.name.lower() == "global"), "")
     if flag.lower() not in ("yes", "true", "1", "on"):
         return set()
-    done = runner.run(["net", "-s", str(source), "conf", "listshares"], timeout=TESTPARM_TIMEOUT)
-    # It lists the registry's [global] too, when that holds parameters (`include = registry`).
-    return {line.strip().casefold() for line in done.stdout.splitlines() if line.strip()} - {"global"}
+    return {name.casefold() for name in registry_share_names(runner, source)}
 
 
 def judge(paths: Paths, imported: list[Imported]) -> dict[str, list[str]]:

@@ -193,5 +193,17 @@ def run_testparm(runner: Runner, smb_conf: Path, baseline: Sequence[str] = ()) -
     return TestparmResult(not errors, errors, result.returncode, result.stderr)
 
 
+REGISTRY_TIMEOUT = 10.0
+
+
+def registry_share_names(runner: Runner, smb_conf: Path) -> list[str]:
+    """The shares Samba's registry defines for `smb_conf` (`net conf listshares`), as
+    written. Only for a configuration that reads the registry: where there is none, `net
+    conf` creates an empty one. CommandError when `net` fails, hangs or is missing."""
+    done = runner.run(["net", "-s", str(smb_conf), "conf", "listshares"], timeout=REGISTRY_TIMEOUT)
+    # It lists the registry's [global] too, when that holds parameters (`include = registry`).
+    return [line.strip() for line in done.stdout.splitlines() if line.strip() and line.strip().lower() != "global"]
+
+
 def reload_command(smb_conf: Path) -> list[str]:
     return ["smbcontrol", "-s", str(smb_conf), "smbd", "reload-config"]

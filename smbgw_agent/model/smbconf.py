@@ -23,6 +23,10 @@ MAX_INCLUDE_DEPTH = 8
 MAX_TOTAL_BYTES = 8 << 20
 _SECTION = re.compile(r"^\s*\[([^\]]*)\]")
 _INCLUDE = re.compile(r"^\s*include\s*=\s*(.*?)\s*$", re.IGNORECASE)
+# [global] parameters that make smbd read shares from its registry (`net conf`) as well.
+_REGISTRY_SHARES = re.compile(r"^\s*registry\s*shares\s*=\s*(yes|true|1|on)\s*$", re.IGNORECASE)
+_CONFIG_BACKEND_REGISTRY = re.compile(r"^\s*config\s*backend\s*=\s*registry\s*$", re.IGNORECASE)
+REGISTRY = "Samba's registry (net conf)"
 NOT_SHARES = frozenset({"global"})
 # `smbgwctl import --adopt` puts this under a section it is handing over to a share file
 # (model/smbconfedit.py): while it is there, a share file may declare that name.
@@ -44,7 +48,7 @@ class AdminSection:
     handed_over: bool = False  # marked by `smbgwctl import --adopt`
 
     def where(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 @dataclass
@@ -54,9 +58,22 @@ class AdminShares:
     sections: dict[str, AdminSection] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    # smbd also serves the shares of its registry (`include = registry`, `registry shares
+    # = yes`, `config backend = registry`): no file holds them, `net conf` lists them.
+    reads_registry: bool = False
 
     def get(self, name: str) -> AdminSection | None:
         return self.sections.get(name.casefold())
+
+    def with_registry(self, names: list[str], problem: str | None = None) -> AdminShares:
+        """These shares, and the registry's `names` (a file's section of the same name
+        stays the one reported); `problem` when the registry could not be listed."""
+        sections = dict(self.sections)
+        for name in names:
+            if name.casefold() not in NOT_SHARES:
+                sections.setdefault(name.casefold(), AdminSection(name, REGISTRY, 0))
+        problems = self.problems + ((problem,) if problem else ())
+        return replace(self, sections=sections, problems=problems)
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
@@ -92,7 +109,8 @@ def read_admin_shares(smb_conf: Path, managed_dir: Path) -> AdminShares:
     budget = [MAX_TOTAL_BYTES]
     managed = str(managed_dir).rstrip("/") + "/"
 
-    def visit(path: Path, depth: int) -> None:
+    def visit(path: Path, depth: int, in_global: bool) -> None:
+        """`in_global`: the include line stood in [global] (or before any section)."""
         if depth > MAX_INCLUDE_DEPTH:
             problems.append(f"{path}: includes nested more than {MAX_INCLUDE_DEPTH} deep; not followed")
             return
@@ -123,21 +141,26 @@ def read_admin_shares(smb_conf: Path, managed_dir: Path) -> AdminShares:
             if section:
                 name = section.group(1).strip()
                 current = None
+                in_global = name.casefold() == "global"
                 if name and name.casefold() not in NOT_SHARES:
                     current = name.casefold()
                     found.sections.setdefault(current, AdminSection(name, str(path), number))
                 continue
+            if in_global and (_REGISTRY_SHARES.match(line) or _CONFIG_BACKEND_REGISTRY.match(line)):
+                found.reads_registry = True
             include = _INCLUDE.match(line)
             if include:
                 target = include.group(1)
+                if target == "registry":
+                    found.reads_registry = True
                 if not target or "%" in target or target == "registry":
                     continue
                 resolved = os.path.normpath(target if target.startswith("/") else str(path.parent / target))
                 if (resolved + "/").startswith(managed) or resolved + "/" == managed:
                     continue
-                visit(Path(resolved), depth + 1)
+                visit(Path(resolved), depth + 1, in_global)
 
-    visit(smb_conf, 0)
+    visit(smb_conf, 0, True)
     found.files = tuple(files)
     found.problems = tuple(problems)
     return found

@@ -20,6 +20,7 @@ from smbgw_agent import __version__
 from smbgw_agent.effects import deadline as pass_deadline
 from smbgw_agent.effects.fileio import atomic_write
 from smbgw_agent.effects.runner import Runner
+from smbgw_agent.effects.samba import registry_share_names
 from smbgw_agent.effects.services import ServiceControl
 from smbgw_agent.effects.sharesfs import SharesFs, shares_fs
 from smbgw_agent.model.config import AgentConfig
@@ -197,7 +198,7 @@ class Reconciler:
         self.heartbeat = heartbeat
         self.jobs = jobs
         self.smbd: SmbdControl = plugins.smbd_control(config)
-        self.scanner = ShareScanner(paths, plugins, config)
+        self.scanner = ShareScanner(paths, plugins, config, self._registry_shares)
         self.guard = ShareGuard(paths, config)
         self.state = StateStore(paths.state_dir, read_only=read_only)
         self.backoff = Backoff()
@@ -231,6 +232,9 @@ class Reconciler:
         self._job_resources: set[str] = set()
         for warning in self.state.load():
             log.warning("%s", warning)
+
+    def _registry_shares(self) -> list[str]:
+        return registry_share_names(self.runner, self.paths.smb_conf)
 
     def context(self, desired: Mapping[str, ShareSpec], applied: Mapping[str, ShareSpec], dry_run: bool) -> PassContext:
         return PassContext(
@@ -286,7 +290,7 @@ class Reconciler:
         self.config = config
         self.plugins = plugins
         self.smbd = smbd
-        self.scanner = ShareScanner(self.paths, plugins, config)
+        self.scanner = ShareScanner(self.paths, plugins, config, self._registry_shares)
         self.guard = ShareGuard(self.paths, config)
         if old is not plugins:
             was_started = old.started

@@ -6,7 +6,9 @@ that changed; the directory listing and one lstat per file are the whole fixed c
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from smbgw_agent.model.shares import ShareSpec, parse_share
 from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
 from smbgw_agent.model.tomlsource import InputFileError, read_toml
 from smbgw_agent.platform.pluginhost import PluginHost
+
+log = logging.getLogger(__name__)
 
 MAX_SHARE_FILES = 20000
 
@@ -69,10 +73,16 @@ class ScanResult:
 
 
 class ShareScanner:
-    def __init__(self, paths: Paths, plugins: PluginHost, config: AgentConfig) -> None:
+    def __init__(self, paths: Paths, plugins: PluginHost, config: AgentConfig,
+                 list_registry: Callable[[], list[str]] | None = None) -> None:
+        """`list_registry` names the shares of Samba's registry, asked when smb.conf reads
+        it; without one (smbgwctl validate) registry shares are not looked at."""
         self.paths = paths
         self.plugins = plugins
         self.config = config
+        self.list_registry = list_registry
+        self._registry: list[str] = []  # the last listing that worked
+        self._registry_problem: str | None = None
         self._cache: dict[str, tuple[tuple[int, ...], FileResult]] = {}
         self._admin: AdminShares | None = None
         self._ancestors: dict[str, str | None] = {}
@@ -90,12 +100,32 @@ class ShareScanner:
         """The shares of the admin's own smb.conf, re-read when any of its files changed."""
         signature = self._admin_files_signature()
         if self._admin is None or signature != self._admin_signature:
-            admin = read_admin_shares(self.paths.smb_conf, self.paths.samba_dir)
+            admin = self._with_registry(read_admin_shares(self.paths.smb_conf, self.paths.samba_dir))
             if self._admin is None or admin.sections != self._admin.sections:
                 self._admin = admin
                 self._cache.clear()  # a name may have become (un)available
             self._admin_signature = self._admin_files_signature()
         return self._admin
+
+    def _with_registry(self, admin: AdminShares) -> AdminShares:
+        """The registry's shares count as the administrator's too. Asked when smb.conf is
+        (re)read: when one of its files changes, and at every full pass (`forget`). A
+        listing that fails keeps the last one that worked, and says so."""
+        if not admin.reads_registry or self.list_registry is None:
+            return admin
+        try:
+            self._registry = self.list_registry()
+        except Exception as exc:  # CommandError, or anything net conf's output does to us
+            problem = (f"cannot list the shares of Samba's registry ({exc}); share names are checked "
+                       f"against the last listing ({len(self._registry)} shares)")
+            if problem != self._registry_problem:
+                log.error("%s", problem)
+            self._registry_problem = problem
+            return admin.with_registry(self._registry, problem)
+        if self._registry_problem:
+            log.warning("the shares of Samba's registry are listed again")
+        self._registry_problem = None
+        return admin.with_registry(self._registry)
 
     def _admin_files_signature(self) -> tuple[tuple[int, ...], ...]:
         files = self._admin.files if self._admin is not None else (str(self.paths.smb_conf),)

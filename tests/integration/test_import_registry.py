@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,32 @@ def test_import_asks_net_conf_only_when_the_registry_is_read(sandbox: Sandbox, t
     assert done.returncode == 0, done.stdout + done.stderr
     assert [s["name"] for s in json.loads(done.stdout)["shares"]] == ["plain"]
     assert not (tmp_path / "state/registry.tdb").exists(), os.listdir(tmp_path / "state")
+
+
+def test_a_share_file_may_not_take_the_name_of_a_registry_share(
+    registry_sandbox: Sandbox, restartable: RestartableAgent
+) -> None:
+    """Fail closed, as for a section written in smb.conf: smbd prefers a file's section to
+    the registry's, so a share file named like a registry share would silently replace the
+    administrator's share (its path, its valid users). The agent refuses the file, naming
+    the registry; and a registry share added under a served share's name takes that share
+    down at the next full pass (here a SIGHUP; otherwise within resync_interval)."""
+    box = registry_sandbox
+    box.share_dir("mine")
+    box.share_dir("later")
+    (box.shares_dir / "regdocs.toml").write_text('path = "/srv/smb/mine"\ncomment = "the agent\'s"\n')
+    (box.shares_dir / "later.toml").write_text('path = "/srv/smb/later"\n')
+    restartable.start()
+    status = restartable.wait_status(lambda s: s["shares"].get("later", {}).get("state") == "served")
+    problems = status["files"]["regdocs.toml"]["problems"]
+    assert status["files"]["regdocs.toml"]["serving"] == "refused", status["files"]
+    assert any("[RegDocs] in Samba's registry (net conf)" in p["message"] for p in problems), problems
+    assert "regdocs" not in status["shares"] or status["shares"]["regdocs"]["state"] != "served", status["shares"]
+    assert section_of(box.smb_conf, "RegDocs")["comment"] == "in the registry", "the registry's share is served"
+
+    net_conf(box.smb_conf, "addshare", "Later", str(box.root / "srv/smb/regdocs"), "writeable=n", "guest_ok=n")
+    assert restartable.proc is not None
+    restartable.proc.send_signal(signal.SIGHUP)
+    status = restartable.wait_status(lambda s: s["files"]["later.toml"]["serving"] == "refused")
+    assert "later" not in status["shares"] or status["shares"]["later"]["state"] != "served", status["shares"]
+    assert not (box.paths.samba_dir / "share-later.conf").exists(), "its fragment is gone"

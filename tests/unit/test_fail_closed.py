@@ -23,7 +23,9 @@ from smbgw_agent.model.pathsafety import writable_ancestors
 from smbgw_agent.model.printable import printable
 from smbgw_agent.model.shares import ShareSpec
 from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
+from smbgw_agent.platform.pluginhost import PluginHost
 from smbgw_agent.reconcile.guard import STORAGE_MISSING, UNSAFE, ShareGuard
+from smbgw_agent.reconcile.scanner import ShareScanner
 from smbgw_agent.reconcile.state import StateStore
 
 # ---- the admin's smb.conf ------------------------------------------------------------------------
@@ -65,6 +67,37 @@ def test_continuation_lines_join_like_samba(tmp_path: Path) -> None:
     found = read_admin_shares(conf, tmp_path / "smbgw")
     assert set(found.sections) == {"a", "b"}
 
+
+
+@pytest.mark.parametrize(("text", "reads"), [
+    ("[global]\n\tregistry shares = yes\n", True),
+    ("[global]\n\tRegistry Shares = True\n", True),
+    ("[global]\n\tinclude = registry\n", True),
+    ("[global]\n\tconfig backend = registry\n", True),
+    ("registry shares = on\n[data]\n\tpath = /srv\n", True),  # before any section: global
+    ("[global]\n\tregistry shares = no\n", False),
+    ("[data]\n\tregistry shares = yes\n", False),  # a global parameter in a share means nothing
+    ("[global]\n\tinclude = @INC@\n", True),  # in a file included from [global]
+    ("[data]\n\tinclude = @INC@\n", False),  # ... but not from a share's section
+])
+def test_a_configuration_that_serves_registry_shares_is_recognised(tmp_path: Path, text: str, reads: bool) -> None:
+    """smbd then also serves shares no file holds: the scanner must ask `net conf` for
+    their names, or a share file could take over an administrator's registry share."""
+    included = tmp_path / "inc.conf"
+    included.write_text("registry shares = yes\n")
+    conf = _conf(tmp_path, text.replace("@INC@", str(included)))
+    assert read_admin_shares(conf, tmp_path / "smbgw").reads_registry is reads
+
+
+def test_registry_shares_count_as_the_administrators_and_a_file_section_wins(tmp_path: Path) -> None:
+    admin = read_admin_shares(_conf(tmp_path, "[global]\n\tinclude = registry\n[Both]\n\tpath = /srv\n"),
+                              tmp_path / "smbgw")
+    merged = admin.with_registry(["RegDocs", "both", "global"], problem="net timed out")
+    assert sorted(merged.sections) == ["both", "regdocs"], "the registry's [global] is no share"
+    assert merged.get("REGDOCS") is not None and merged.get("REGDOCS").where() == "Samba's registry (net conf)"
+    assert merged.get("both").where().endswith("smb.conf:3"), "the file's section is the one reported"
+    assert merged.problems[-1] == "net timed out"
+    assert admin.sections.keys() == {"both"}, "the original is not changed"
 
 def test_a_missing_smb_conf_defines_nothing(tmp_path: Path) -> None:
     assert read_admin_shares(tmp_path / "nope.conf", tmp_path).sections == {}
@@ -406,3 +439,38 @@ def test_an_internal_error_is_counted_and_the_next_pass_works(
     assert rec.internal_errors == 1 and rec.snapshot is not None and rec.snapshot["internal_errors"] == 1
     monkeypatch.undo()
     assert rec.run_pass().ok
+
+
+def test_a_registry_that_cannot_be_listed_keeps_the_last_listing_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`net conf listshares` failing, hanging or missing is an ordinary error: share names
+    are still checked against the registry's last good listing (not against none, which
+    would let a share file take a registry share's name), and the log says so once."""
+    paths = Paths.under(tmp_path)
+    paths.smb_conf.parent.mkdir(parents=True)
+    paths.smb_conf.write_text("[global]\n\tinclude = registry\n")
+    answers: list[list[str] | Exception] = [
+        ["RegDocs"], CommandError("net conf listshares: timed out after 10s"),
+        CommandError("net conf listshares: timed out after 10s"), ["Other"],
+    ]
+
+    def listing() -> list[str]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    scanner = ShareScanner(paths, PluginHost({}), AgentConfig(node="n", allowed_roots=("/srv",)), listing)
+    seen = []
+    for _ in range(4):
+        scanner.forget()  # what every full pass does
+        seen.append(sorted(scanner.admin_shares().sections))
+    assert seen == [["regdocs"], ["regdocs"], ["regdocs"], ["other"]]
+    failures = [r.getMessage() for r in caplog.records
+                if "cannot list the shares of Samba's registry" in r.getMessage()]
+    assert len(failures) == 1 and "timed out" in failures[0] and "(1 shares)" in failures[0], failures
+    assert any("listed again" in r.getMessage() for r in caplog.records)
+    paths.smb_conf.write_text("[global]\n\tregistry shares = no\n")
+    scanner.forget()
+    assert scanner.admin_shares().sections == {} and answers == [], "not asked when the registry is not read"
