@@ -3,9 +3,12 @@
 A sandbox with 2,000 share files (one directory each), real smbd on loopback, the real
 agent process. Once every share is served and the background readings (smbstatus, the
 disk-usage walk) have reported, the script scrapes /metrics over HTTP the way Prometheus
-does (OpenMetrics, gzip) and prints the median and p99 latency; target: under 100 ms.
-Then the same while the agent runs full reconcile passes back to back (SIGHUP every
-second), since the exporter shares the process (and the GIL) with the reconciler.
+does (OpenMetrics, gzip) and prints the median and p99 latency; target: p99 under 50 ms.
+Then the same while the agent works, since the exporter shares the process (and the GIL)
+with the reconciler: first during full passes back to back (`smbgwctl reconcile`, what
+`resync_interval` does every minute), then during reloads (SIGHUP every second, what
+`systemctl reload` does: agent.toml read again, the plugins replaced, every share file
+parsed again).
 Asserts nothing (timings are not stable on shared machines).
 
     .venv/bin/python bench/scrape.py [--shares 2000] [--scrapes 200]      # make bench-scrape
@@ -26,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +43,7 @@ PROMETHEUS_HEADERS = {
     "Accept-Encoding": "gzip",
     "User-Agent": "Prometheus/2.42.0",
 }
-TARGET_MS = 100.0
+TARGET_MS = 50.0  # issue 15: p99 at 2,000 shares while full passes run
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -77,7 +81,7 @@ def wait(predicate, timeout: float, what: str, proc: subprocess.Popen[bytes], bo
 
 def summary(label: str, values: list[float]) -> None:
     print(
-        f"{label:<38} n={len(values):<4} median={statistics.median(values):7.1f} ms  "
+        f"{label:<34} n={len(values):<4} median={statistics.median(values):7.1f} ms  "
         f"p90={percentile(values, 90):7.1f} ms  p99={percentile(values, 99):7.1f} ms  "
         f"max={max(values):7.1f} ms  {'OK' if percentile(values, 99) < TARGET_MS else 'ABOVE'} "
         f"(target p99 < {TARGET_MS:.0f} ms)",
@@ -145,30 +149,39 @@ def main() -> int:
         scrape_series(url, 5)  # warm up
         summary(f"idle agent, {args.shares} shares", scrape_series(url, args.scrapes))
 
-        stop = threading.Event()
-        passes_before = status(box).get("passes", 0)
+        smbgwctl = [sys.executable, "-m", "smbgw_agent.cli", "--root", str(box.root), "reconcile"]
 
-        def hup() -> None:
-            while not stop.is_set():
-                assert proc is not None
-                proc.send_signal(signal.SIGHUP)
-                stop.wait(1.0)
+        def full_pass() -> None:
+            subprocess.run(smbgwctl, env=env, capture_output=True, timeout=300, check=False)
 
-        thread = threading.Thread(target=hup, daemon=True)
-        thread.start()
-        try:
-            # Cached scrapes take ~1 ms: spread them over >= 10 s so that passes really
-            # run (and invalidate the cache) while we scrape.
-            during = []
-            started = time.monotonic()
-            while len(during) < args.scrapes or time.monotonic() - started < 10:
-                during.append(fetch(url)[0])
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            thread.join()
-        passes = status(box).get("passes", 0) - passes_before
-        summary(f"during full passes ({passes} passes)", during)
+        def reload() -> None:
+            assert proc is not None
+            proc.send_signal(signal.SIGHUP)
+
+        for label, trigger in (("during full passes", full_pass), ("during reloads", reload)):
+            stop = threading.Event()
+            passes_before = status(box).get("passes", 0)
+
+            def work(trigger: Callable[[], None] = trigger, stop: threading.Event = stop) -> None:
+                while not stop.is_set():
+                    trigger()
+                    stop.wait(1.0)
+
+            thread = threading.Thread(target=work, daemon=True)
+            thread.start()
+            try:
+                # Cached scrapes take ~1 ms: spread them over >= 10 s so that passes
+                # really run (and invalidate the cache) while we scrape.
+                during = []
+                started = time.monotonic()
+                while len(during) < args.scrapes or time.monotonic() - started < 10:
+                    during.append(fetch(url)[0])
+                    time.sleep(0.05)
+            finally:
+                stop.set()
+                thread.join()
+            passes = status(box).get("passes", 0) - passes_before
+            summary(f"{label} ({passes} passes)", during)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
