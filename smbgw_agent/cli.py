@@ -21,6 +21,7 @@ from smbgw_agent import __version__
 from smbgw_agent.assembly import load_plugins_and_config
 from smbgw_agent.control import request
 from smbgw_agent.effects.runner import Runner
+from smbgw_agent.effects.samba import registry_share_names
 from smbgw_agent.effects.services import ServiceControl
 from smbgw_agent.importer import cmd_import
 from smbgw_agent.model.errors import ConfigError
@@ -56,7 +57,9 @@ def cmd_validate(paths: Paths, files: Sequence[str], as_json: bool) -> int:
     same parsing, and the same rule for a name declared twice (`resolve_desired`, in one
     go for all of them, so validating every file of a large shares.d stays linear)."""
     plugins, config = load_plugins_and_config(paths)
-    scanner = ShareScanner(paths, plugins, config)
+    runner = Runner()
+    # Names of Samba's registry shares are the administrator's too, as for the agent.
+    scanner = ShareScanner(paths, plugins, config, lambda: registry_share_names(runner, paths.smb_conf))
     # Candidates are keyed by their full path, so a file of the same name in shares.d
     # stays a separate file; a candidate that is itself in shares.d replaces its entry.
     candidates: dict[str, FileResult] = {}

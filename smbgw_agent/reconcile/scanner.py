@@ -76,7 +76,7 @@ class ShareScanner:
     def __init__(self, paths: Paths, plugins: PluginHost, config: AgentConfig,
                  list_registry: Callable[[], list[str]] | None = None) -> None:
         """`list_registry` names the shares of Samba's registry, asked when smb.conf reads
-        it; without one (smbgwctl validate) registry shares are not looked at."""
+        it; without one, registry shares are not looked at."""
         self.paths = paths
         self.plugins = plugins
         self.config = config

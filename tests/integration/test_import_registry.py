@@ -220,3 +220,7 @@ def test_a_share_file_may_not_take_the_name_of_a_registry_share(
     status = restartable.wait_status(lambda s: s["files"]["later.toml"]["serving"] == "refused")
     assert "later" not in status["shares"] or status["shares"]["later"]["state"] != "served", status["shares"]
     assert not (box.paths.samba_dir / "share-later.conf").exists(), "its fragment is gone"
+    # smbgwctl validate judges the file as the agent does.
+    done = smbgwctl(box.root, "validate", str(box.shares_dir / "regdocs.toml"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "[RegDocs] in Samba's registry (net conf)" in done.stdout + done.stderr, done.stdout + done.stderr
