@@ -21,11 +21,12 @@ from smbgw_plugins.ha.ledger import Ledger
 
 from devtools.sandbox import Sandbox
 from tests.support.agent import AgentProcess, served, wait_for
-from tests.support.netns import End, VethPair, ip, link_mac
+from tests.support.netns import VethPair, ip, link_namespaces
 from tests.support.viplan import (
     NET4,
     Wire,
     address_view,
+    addressed,
     held,
     lan_pair,
     metrics,
@@ -189,17 +190,6 @@ def test_an_address_deleted_behind_the_agents_back_is_added_again(sandbox: Sandb
         print(agent.log_text()[-20000:])
 
 
-def _recreate(lan: VethPair) -> VethPair:
-    """veth-a / veth-b again, as `lan_pair` made them (new MACs): links up, .1 and .2."""
-    a, b = lan.a.namespace, lan.b.namespace
-    ip("link", "add", lan.a.interface, "type", "veth", "peer", "name", lan.b.interface, "netns", b, namespace=a)
-    for end, host in ((lan.a, 1), (lan.b, 2)):
-        ip("link", "set", end.interface, "up", namespace=end.namespace)
-        ip("addr", "add", f"{NET4}.{host}/24", "dev", end.interface, namespace=end.namespace)
-    return VethPair(End(a, lan.a.interface, link_mac(a, lan.a.interface)),
-                    End(b, lan.b.interface, link_mac(b, lan.b.interface)))
-
-
 def test_an_interface_deleted_under_a_held_address_fails_it_with_backoff_and_claims_it_once_back(
         sandbox: Sandbox, lan: VethPair) -> None:
     """Fault: `ip link del` of the interface that holds a share's virtual IP (the kernel
@@ -254,7 +244,7 @@ def test_an_interface_deleted_under_a_held_address_fails_it_with_backoff_and_cla
         assert vip in _owned(sandbox)
         assert address_view(agent, vip).get("owned") and not address_view(agent, vip).get("present")
 
-        back = _recreate(lan)
+        back = addressed(link_namespaces(lan.a.namespace, lan.b.namespace))  # as lan_pair made them, new MACs
         recreated = time.time()
         wire = Wire(back)
         wait_for(lambda: held(back).get(vip) == 24, timeout=30)

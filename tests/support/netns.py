@@ -80,7 +80,9 @@ def _delete_namespace(name: str) -> None:
                    stdin=subprocess.DEVNULL)
 
 
-def _wire(a: str, b: str) -> VethPair:
+def link_namespaces(a: str, b: str) -> VethPair:
+    """veth-a in namespace `a` linked to veth-b in `b`, links and lo up (also to put the
+    link back after a test deleted it)."""
     ip("link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns", b, namespace=a)
     for namespace, interface in ((a, "veth-a"), (b, "veth-b")):
         ip("link", "set", "lo", "up", namespace=namespace)
@@ -99,7 +101,7 @@ def veth_pair(prefix: str = "smbgwt") -> Iterator[VethPair]:
         for name in (f"{stem}a", f"{stem}b"):
             _add_namespace(name)
             created.append(name)
-        yield _wire(*created)
+        yield link_namespaces(*created)
     finally:
         for name in reversed(created):
             _delete_namespace(name)

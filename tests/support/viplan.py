@@ -81,10 +81,15 @@ class Wire:
 def lan_pair() -> Iterator[VethPair]:
     """A: .1 and ::1, B: .2 and ::2 (IPv6 without DAD, usable at once)."""
     with veth_pair("smbgwv") as pair:
-        for end, host in ((pair.a, 1), (pair.b, 2)):
-            ip("addr", "add", f"{NET4}.{host}/24", "dev", end.interface, namespace=end.namespace)
-            ip("-6", "addr", "add", f"{NET6}:{host}/64", "dev", end.interface, "nodad", namespace=end.namespace)
-        yield pair
+        yield addressed(pair)
+
+
+def addressed(pair: VethPair) -> VethPair:
+    """`pair` with lan_pair's addresses: A .1 and ::1, B .2 and ::2."""
+    for end, host in ((pair.a, 1), (pair.b, 2)):
+        ip("addr", "add", f"{NET4}.{host}/24", "dev", end.interface, namespace=end.namespace)
+        ip("-6", "addr", "add", f"{NET6}:{host}/64", "dev", end.interface, "nodad", namespace=end.namespace)
+    return pair
 
 
 def start_agent(box: Sandbox, pair: VethPair, prefix: list[str] | None = None) -> AgentProcess:
