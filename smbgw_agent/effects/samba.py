@@ -201,8 +201,9 @@ def registry_share_names(runner: Runner, smb_conf: Path) -> list[str]:
     written. Only for a configuration that reads the registry: where there is none, `net
     conf` creates an empty one. CommandError when `net` fails, hangs or is missing."""
     done = runner.run(["net", "-s", str(smb_conf), "conf", "listshares"], timeout=REGISTRY_TIMEOUT)
+    names = [line.strip() for line in done.stdout.splitlines()]
     # It lists the registry's [global] too, when that holds parameters (`include = registry`).
-    return [line.strip() for line in done.stdout.splitlines() if line.strip() and line.strip().lower() != "global"]
+    return [name for name in names if name and name.lower() != "global"]
 
 
 def reload_command(smb_conf: Path) -> list[str]:

@@ -879,10 +879,11 @@ class Reconciler:
             spec = want or (hold.spec if hold else None) or applied
             assert spec is not None
             attempt = self.backoff.attempts.get(key)
-            if hold is None and attempt is None and key not in busy:
-                # Nothing pending about this share: its entry depends only on the two
-                # specs, and the same spec objects mean the same entry (and the same
-                # text in status.json). Most shares, most passes.
+            # Nothing pending about this share: its entry depends only on the two specs,
+            # and the same spec objects mean the same entry (and the same text in
+            # status.json). Most shares, most passes.
+            settled = hold is None and attempt is None and key not in busy
+            if settled:
                 known = reused.get(key)
                 if known is not None and known[0] is want and known[1] is applied:
                     shares[spec.name] = known[2]
@@ -910,7 +911,7 @@ class Reconciler:
                 "failures": attempt.failures if attempt else 0,
                 "retry_at": self.retry_wall_time(attempt.retry_at) if attempt else None,
             }
-            if hold is None and attempt is None and key not in busy:
+            if settled:
                 self._share_entries[key] = (want, applied, entry)
         return {
             "version": __version__,
