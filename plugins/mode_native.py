@@ -153,11 +153,13 @@ class NativeModePlugin:
         return text
 
     def _sweep(self, layout: Layout) -> None:
-        """Leftovers of writes a crash interrupted; only this agent writes these names."""
+        """Leftovers of writes a crash interrupted; only this agent writes these names.
+        The staging area too: otherwise it would stay until the next change is committed."""
         if self._swept:
             return
         if layout.directory.is_dir():
             remove_stale_temporaries(layout.directory)
+            shutil.rmtree(layout.staging, ignore_errors=True)
         if layout.smb_conf.parent.is_dir():
             remove_stale_temporaries(layout.smb_conf.parent, layout.smb_conf.name)
         self._swept = True

@@ -283,9 +283,14 @@ def test_leftovers_of_interrupted_writes_are_cleaned_up(sandbox: Sandbox, restar
         sandbox.smb_conf.parent / ".smb.conf.z9x8c7v6.tmp",
         sandbox.paths.run_dir / ".status.json.a1s2d3f4.tmp",
     ]
+    # And what a SIGKILL in the middle of a commit leaves: a staging area (no change is
+    # pending after the restart, so no commit would remove it).
+    staging = sandbox.paths.samba_dir / ".staging"
+    staging.mkdir()
+    debris.append(staging / "share-one.conf")
     for path in debris:
         path.write_text("[global]\n\tserver min proto")
     restartable.start()
     restartable.wait_status(lambda s: converged(s, {"one": "x"}))
-    remaining = [str(p) for p in debris if p.exists()]
+    remaining = [str(p) for p in [*debris, staging] if p.exists()]
     assert remaining == []
