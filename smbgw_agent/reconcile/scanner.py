@@ -128,7 +128,8 @@ class ShareScanner:
         return admin.with_registry(self._registry)
 
     def _admin_files_signature(self) -> tuple[tuple[int, ...], ...]:
-        files = self._admin.files if self._admin is not None else (str(self.paths.smb_conf),)
+        # smb.conf itself while it is missing (no file was read): its creation is a change.
+        files = self._admin.files if self._admin is not None and self._admin.files else (str(self.paths.smb_conf),)
         signature: list[tuple[int, ...]] = []
         for name in files:
             try:

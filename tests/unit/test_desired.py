@@ -355,6 +355,18 @@ def test_scanner_rereads_only_changed_files(tmp_path: Path) -> None:
     assert node.scanner.scan().files["a.toml"] is not second
 
 
+def test_an_smb_conf_created_after_the_first_scan_is_read(tmp_path: Path) -> None:
+    """Its creation used to go unnoticed (no file of it had been read) until the next
+    full pass: a share file could keep a name the administrator's new smb.conf defines."""
+    node = Node(tmp_path)
+    node.write("public.toml", 'path = "/tank/public"\n')
+    assert node.scanner.scan().files["public.toml"].valid
+    node.paths.smb_conf.parent.mkdir(parents=True, exist_ok=True)
+    node.paths.smb_conf.write_text("[global]\n[public]\npath = /srv/public\n")
+    result = node.scanner.scan().files["public.toml"]
+    assert not result.valid and "smb.conf" in str(result.problems[0])
+
+
 def test_missing_directory_is_a_problem_not_an_empty_set(tmp_path: Path) -> None:
     node = Node(tmp_path)
     node.directory.rmdir()
