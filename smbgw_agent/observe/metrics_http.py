@@ -29,6 +29,11 @@ StartResponse = Callable[..., Any]
 log = logging.getLogger(__name__)
 
 
+def _compress(body: bytes) -> bytes:
+    """A rendering gzipped, the same way whether the render or a scrape does it."""
+    return gzip.compress(body, compresslevel=5)
+
+
 class ExpositionApp:
     def __init__(
         self, registry: CollectorRegistry, version: Callable[[], Hashable], max_age: float = 10.0
@@ -79,7 +84,7 @@ class ExpositionApp:
         caller holds the render lock."""
         key = self._key()
         body = encoder(self.registry)
-        compressed = gzip.compress(body, compresslevel=5) if content_type in self._gzipped else None
+        compressed = _compress(body) if content_type in self._gzipped else None
         entry = (key, body, compressed)
         with self._store_lock:
             self._cache[content_type] = entry
@@ -103,7 +108,7 @@ class ExpositionApp:
                         entry = self._render(content_type, encoder)
         assert entry is not None
         if want_gzip and entry[2] is None:
-            entry = (entry[0], entry[1], gzip.compress(entry[1], compresslevel=5))
+            entry = (entry[0], entry[1], _compress(entry[1]))
             with self._store_lock:
                 if self._cache.get(content_type, (None,))[0] == entry[0]:
                     self._cache[content_type] = entry
