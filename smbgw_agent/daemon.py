@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
@@ -115,6 +115,9 @@ class Agent:
             paths, config, plugins, self.services, self.runner, heartbeat=self._heartbeat, jobs=self.jobs,
         )
         self.dirty = threading.Event()
+        # The share files inotify named since the last pass (None: unknown, list them all).
+        self._changed_names: set[str] | None = None
+        self._names_lock = threading.Lock()
         self.requests: queue.Queue[Request] = queue.Queue()
         self.stop_requested = False
         self.reload_requested = False
@@ -168,9 +171,23 @@ class Agent:
     def config(self) -> AgentConfig:
         return self.reconciler.config
 
-    def _on_change(self) -> None:
+    def _on_change(self, names: Collection[str] | None = None) -> None:
+        with self._names_lock:
+            if names is None or self._changed_names is None:
+                self._changed_names = None
+            else:
+                self._changed_names.update(names)
         self.dirty.set()
         self.wake.set()
+
+    def _take_changed_names(self) -> set[str] | None:
+        """The share files named by inotify since the last pass; None where the watcher
+        cannot say (polling, shares.d not watched, an event about shares.d itself)."""
+        with self._names_lock:
+            names, self._changed_names = self._changed_names, set()
+        if not isinstance(self.watcher, ShareDirWatcher) or not self.watcher.watching:
+            return None
+        return names
 
     def _on_job_finished(self) -> None:
         """A job's outcome is for its plugin's next plan to read: run a pass soon."""
@@ -205,6 +222,8 @@ class Agent:
             self.reconciler.replace_config(config, plugins)
             self.watcher.stop()
             self.watcher = self._make_watcher()
+            with self._names_lock:
+                self._changed_names = None  # events the old watcher missed: list them all
             self.watcher.start()
             log.info("reloaded agent configuration")
         self.reconciler.scanner.forget()
@@ -222,9 +241,10 @@ class Agent:
             f"last pass {report.duration * 1000:.0f} ms"
         )
 
-    def run_pass(self, force: bool = False, full: bool = True) -> PassReport:
+    def run_pass(self, force: bool = False, full: bool = True,
+                 changed_files: Collection[str] | None = None) -> PassReport:
         self.watcher.ensure()
-        report = self.reconciler.run_pass(force=force, full=full)
+        report = self.reconciler.run_pass(force=force, full=full, changed_files=changed_files)
         self.exporter.observe_pass(report.duration)
         if report.changed and self.exporter.usage is not None:
             self.exporter.usage.refresh_soon()
@@ -344,7 +364,8 @@ class Agent:
                 self.next_resync = time.monotonic() + self.config.resync_interval
             report = None
             try:
-                report = self.run_pass(force=force, full=resync_due or force)
+                report = self.run_pass(force=force, full=resync_due or force,
+                                       changed_files=self._take_changed_names())
             finally:
                 self._answer(requests, report)
             return

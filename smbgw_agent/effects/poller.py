@@ -97,7 +97,7 @@ def watch_mode(configured: str, directory: Path, mountinfo: Path = MOUNTINFO) ->
 class ShareDirPoller:
     """The watcher's interface (start, stop, ensure, directory, watching), by polling."""
 
-    def __init__(self, directory: Path, notify: Callable[[], None], interval: float,
+    def __init__(self, directory: Path, notify: Callable[[None], None], interval: float,
                  mountinfo: Path = MOUNTINFO) -> None:
         self.directory = directory
         self.notify = notify
@@ -179,4 +179,4 @@ class ShareDirPoller:
                 continue
             if now != self._last:
                 self._last = now
-                self.notify()
+                self.notify(None)  # a listing or a version file says what changed, not which names

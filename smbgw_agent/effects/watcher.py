@@ -1,10 +1,12 @@
-"""inotify on shares.d (via watchdog), turned into "something changed" hints.
+"""inotify on shares.d (via watchdog), turned into "these names changed" hints.
 
-Events are only hints: the reconciler re-reads the directory anyway. So the handler
-does no filtering beyond "is it about shares.d", and every kind of save works:
-in-place writes, editors' write-then-rename, `mv` in or out, deletes, and the directory
-itself being removed and re-created (the parent is watched too, and `ensure()`
-re-arms the watch when shares.d's inode changes).
+Each event names the files in shares.d it touched (both names of a rename), and the
+agent's next pass reads only those (scanner.py). Every kind of save works: in-place
+writes, editors' write-then-rename, `mv` in or out, deletes. An event about shares.d
+itself being created, removed or moved says `None`, "anything may have changed": the
+next pass lists the directory again (the parent is watched too, and `ensure()` re-arms
+the watch when shares.d's inode changes). So do the poller's hints, and the periodic
+full pass lists the directory whatever the events said.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,14 @@ log = logging.getLogger(__name__)
 IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
 
 
+# What an event about shares.d itself (not a file in it) means: when it was only
+# "modified", a file in it changed, and that file's own event names it.
+DIRECTORY_CONTENT_EVENTS = frozenset({"modified"})
+Notify = Callable[[Collection[str] | None], None]  # the names that changed; None: any
+
+
 class _Handler(FileSystemEventHandler):
-    def __init__(self, directory: Path, notify: Callable[[], None]) -> None:
+    def __init__(self, directory: Path, notify: Notify) -> None:
         self.directory = str(directory)
         self.notify = notify
 
@@ -37,12 +45,21 @@ class _Handler(FileSystemEventHandler):
         dest = getattr(event, "dest_path", "")
         if dest:
             paths.append(os.fsdecode(dest))
-        if any(p == self.directory or os.path.dirname(p) == self.directory for p in paths):
-            self.notify()
+        names: set[str] = set()
+        for path in paths:
+            if path == self.directory:
+                if event.event_type not in DIRECTORY_CONTENT_EVENTS:
+                    self.notify(None)
+                    return
+                names.add("")  # wakes the agent, names no file
+            elif os.path.dirname(path) == self.directory:
+                names.add(os.path.basename(path))
+        if names:
+            self.notify(names - {""})
 
 
 class ShareDirWatcher:
-    def __init__(self, directory: Path, notify: Callable[[], None]) -> None:
+    def __init__(self, directory: Path, notify: Notify) -> None:
         self.directory = directory
         self.notify = notify
         self._observer: Any = None

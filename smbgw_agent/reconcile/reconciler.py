@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from smbgw_agent.platform.context import PassContext, SmbdControl
 from smbgw_agent.platform.jobs import JobRunner, every_resource_of
 from smbgw_agent.platform.pluginhost import CORE, PluginCallError, PluginHost
 from smbgw_agent.reconcile.backoff import Backoff
-from smbgw_agent.reconcile.desired import SERVING_NOTES, Desired, resolve_desired
+from smbgw_agent.reconcile.desired import SERVING_NOTES, Desired, FileStatus, resolve_desired
 from smbgw_agent.reconcile.guard import STORAGE_MISSING, UNSAFE, Hold, ShareGuard
 from smbgw_agent.reconcile.scanner import ShareScanner
 from smbgw_agent.reconcile.state import StateStore
@@ -221,7 +221,8 @@ class Reconciler:
         # Per share and per file, the last status entry and what it was made from; entries
         # are never mutated once published, so an unchanged one is handed out again.
         self._share_entries: dict[str, tuple[ShareSpec | None, ShareSpec | None, dict[str, Any]]] = {}
-        self._file_entry_cache: dict[str, tuple[tuple[bool, str | None, str] | None, dict[str, Any]]] = {}
+        self._file_entry_cache: dict[str, tuple[FileStatus, tuple[bool, str | None, str] | None, dict[str, Any]]] = {}
+        self._file_statuses: dict[str, tuple[object, FileStatus]] = {}  # resolve_desired's `reuse`
         self._status_encoder = StatusEncoder()
         self.observations: dict[str, Any] = {}
         self.health: list[Health] = []
@@ -320,18 +321,21 @@ class Reconciler:
 
     # ---- the pass -------------------------------------------------------------------
 
-    def run_pass(self, dry_run: bool = False, force: bool = False, full: bool = True) -> PassReport:
+    def run_pass(self, dry_run: bool = False, force: bool = False, full: bool = True,
+                 changed_files: Collection[str] | None = None) -> PassReport:
         """One pass. `full` plans every share and node resource (drift repair); otherwise
         only those whose declaration differs from what is applied, or that are being
         retried — which is what keeps a file event's pass proportional to the change.
         Periodic resyncs are full. `force` ignores backoff (an explicit request).
+        `changed_files`: the share files' names that changed since the last pass, when
+        the caller knows them (inotify); then only those are read (see scanner.py).
         """
         report = PassReport(started=self.clock(), dry_run=dry_run)
         began = self.monotonic()
         budget = pass_deadline.Deadline(self.config.pass_timeout, self.heartbeat, self.monotonic)
         with pass_deadline.bounded(budget):
             try:
-                self._pass(report, dry_run, force, full)
+                self._pass(report, dry_run, force, full, None if full else changed_files)
             except Exception as exc:  # no exception may end the agent: count it, say where
                 self.internal_errors += 1
                 report.errors.append(f"internal error: {_describe(exc)} (see the log for the traceback)")
@@ -357,16 +361,19 @@ class Reconciler:
             self.write_status()
         return report
 
-    def _pass(self, report: PassReport, dry_run: bool, force: bool, full: bool) -> None:
-        scan = self.scanner.scan()
+    def _pass(self, report: PassReport, dry_run: bool, force: bool, full: bool,
+              changed_files: Collection[str] | None) -> None:
+        scan = self.scanner.scan(changed_files)
         self._look_at_shares_fs()
         if not self.recovered:
             self._recover_live(dry_run)
         applied = dict(self.state.applied)
         nodes = self.shares_fs.nodes if self.shares_fs is not None else ()
         desired = resolve_desired(
-            scan, self.scanner.directory, self.state.lastgood, applied, self.config.node, nodes
+            scan, self.scanner.directory, self.state.lastgood, applied, self.config.node, nodes,
+            reuse=self._file_statuses,
         )
+        self._file_statuses = desired.reusable
         if scan.directory_problem:
             # A missing shares.d (e.g. /etc/pve not mounted) must not remove every share.
             report.errors.append(f"{scan.directory_problem}; keeping the shares that are live")
@@ -378,8 +385,7 @@ class Reconciler:
             name for name in self.scanner.fresh
             if name in desired.files and desired.files[name].serving == "current"
         }
-        # Identity first: unchanged files yield the very objects that were applied.
-        changed = {k for k, spec in desired.shares.items() if applied.get(k) is not spec and applied.get(k) != spec}
+        changed = self._changed_shares(desired.shares, applied, dry_run)
         if full:
             to_check: Mapping[str, ShareSpec] = desired.shares
         else:
@@ -425,7 +431,7 @@ class Reconciler:
         resource_plans = self._plan_resources(ctx, resource_ids, wanted, report)
         if not dry_run:
             try:
-                for spec in desired.lastgood_updates:
+                for spec in (*desired.lastgood_updates, *desired.lastgood_same):
                     self.state.set_lastgood(spec)
                 for file in desired.lastgood_drops:
                     self.state.drop_lastgood(file)
@@ -436,6 +442,23 @@ class Reconciler:
                 self.state.commit()
         if self.state.error and not dry_run:
             report.errors.append(self.state.error)
+
+    def _changed_shares(self, desired: Mapping[str, ShareSpec], applied: Mapping[str, ShareSpec],
+                        dry_run: bool) -> set[str]:
+        """The shares whose declared spec differs from the applied one. Identity first:
+        unchanged files yield the very objects that were applied. An equal spec that is
+        another object (the database's, after a restart) is taken into the state once, so
+        that the next passes need no field-by-field comparison either."""
+        changed = set()
+        for key, spec in desired.items():
+            have = applied.get(key)
+            if have is spec:
+                continue
+            if have != spec:
+                changed.add(key)
+            elif not dry_run:
+                self.state.set_applied(spec)
+        return changed
 
     def _wanted_resources(self, ctx: PassContext, report: PassReport) -> dict[str, NodeResource]:
         """The node resources plugins want; a plugin that cannot say keeps what it has."""
@@ -966,17 +989,24 @@ class Reconciler:
         if desired is None:
             return {}
         entries: dict[str, Any] = {}
-        for name, file_status in sorted(desired.files.items()):
+        files = desired.files
+        for name in sorted(files):  # names, not (name, status) pairs: 10,000 fewer objects a pass
+            file_status = files[name]
+            known = reused.get(name)
+            if known is not None and known[0] is file_status:  # most files: desired.py reuses statuses
+                entries[name] = known[2]
+                self._file_entry_cache[name] = known
+                continue
             # A file with problems or warnings is rare and built afresh; for the others
-            # three fields say everything (cheaper than comparing the dataclasses).
+            # (a share placed on another node: a new status every pass) three fields say
+            # everything.
             signature = (None if file_status.problems or file_status.warnings
                          else (file_status.valid, file_status.share, file_status.serving))
-            known = reused.get(name)
-            if signature is not None and known is not None and known[0] == signature:
-                entries[name] = known[1]
+            if signature is not None and known is not None and known[1] == signature:
+                entries[name] = known[2]
             else:
                 entries[name] = file_status.to_dict()
-            self._file_entry_cache[name] = (signature, entries[name])
+            self._file_entry_cache[name] = (file_status, signature, entries[name])
         return entries
 
     def _resource_status(self, report: PassReport | None) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 Results are cached by (inode, size, mtime, ctime), so a pass re-parses only the files
 that changed; the directory listing and one lstat per file are the whole fixed cost.
+When the caller knows which names changed (inotify's events since the last scan), even
+that goes: only those files, and the ones whose verdict depends on the file system, are
+looked at (at 10,000 files the listing and the lstat calls are ~60 ms of a pass).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +45,13 @@ def _is_text(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _list(directory: Path) -> dict[str, int]:
+    """The share files in `directory`, by name, with their inodes (from the directory
+    itself: no stat)."""
+    with os.scandir(directory) as entries:
+        return {e.name: e.inode() for e in entries if is_share_file_name(e.name)}
 
 
 def is_share_file_name(name: str) -> bool:
@@ -90,11 +100,15 @@ class ShareScanner:
         # checked moments ago, so the guard need not check them again in this pass.
         self.fresh: set[str] = set()
         self._admin_signature: tuple[tuple[int, ...], ...] = ()
+        self._last: ScanResult | None = None  # the last scan, for `scan(changed=...)`
+        self._not_text: set[str] = set()  # its names that are not text, as shown (never read)
+        self._inodes: dict[str, int] = {}  # share file name -> inode, as last listed
 
     def forget(self) -> None:
         """Drop the cache: validation also depends on the filesystem (symlinks, dirs)."""
         self._cache.clear()
         self._admin = None
+        self._last = None
 
     def admin_shares(self) -> AdminShares:
         """The shares of the admin's own smb.conf, re-read when any of its files changed."""
@@ -143,11 +157,66 @@ class ShareScanner:
     def directory(self) -> Path:
         return self.paths.host(self.config.shares_dir)
 
-    def scan(self) -> ScanResult:
+    def scan(self, changed: Collection[str] | None = None) -> ScanResult:
+        """All share files' verdicts. `changed`: the names in shares.d that may have
+        changed since the last scan (None: unknown, list the directory)."""
+        if changed is not None and self._last is not None:
+            result = self._rescan(changed)
+            if result is not None:
+                return result
+        self._last = self._scan()
+        return self._last
+
+    def _rescan(self, changed: Collection[str]) -> ScanResult | None:
+        """The last scan with `changed` read again, plus every file whose verdict is not
+        cached (it depends on the file system, or smb.conf changed and emptied the
+        cache); None where only a full scan can tell (the directory cannot be listed, a
+        name that is not text, too many files).
+
+        The directory is listed too, names and inodes only (no stat: ~5 ms at 10,000
+        files): a file created, removed or renamed over is read even where inotify dropped
+        its events (a full queue after a burst; Debian's watchdog reports no overflow).
+        Only a write in place whose event was lost waits for the next full pass."""
+        last = self._last
+        assert last is not None
+        if last.directory_problem is not None:
+            return None
         directory = self.directory
         try:
-            with os.scandir(directory) as entries:
-                names = sorted(e.name for e in entries if is_share_file_name(e.name))
+            listing = _list(directory)
+        except OSError:
+            return None
+        if len(listing) > MAX_SHARE_FILES:
+            return None
+        self.admin_shares()
+        self._ancestors = {}
+        self.fresh = set()
+        known = self._inodes
+        again = {name for name in changed if is_share_file_name(name)}
+        again |= {name for name, inode in listing.items() if known.get(name) != inode}
+        again |= known.keys() - listing.keys()
+        again |= {name for name in last.files if name not in self._cache and name not in self._not_text}
+        if not all(_is_text(name) for name in again):
+            return None
+        prefix = str(directory).rstrip("/") + "/"
+        files = dict(last.files)
+        for name in sorted(again):
+            if name not in listing:
+                files.pop(name, None)
+                self._cache.pop(name, None)
+                continue
+            files[name] = self._read(directory, prefix, name)
+            beat()
+        if files.keys() != last.files.keys():
+            files = dict(sorted(files.items()))
+        self._inodes = listing
+        self._last = ScanResult(files)
+        return self._last
+
+    def _scan(self) -> ScanResult:
+        directory = self.directory
+        try:
+            listing = _list(directory)
         except FileNotFoundError:
             self._cache.clear()
             return ScanResult({}, f"{directory} does not exist")
@@ -156,6 +225,8 @@ class ShareScanner:
             return ScanResult({}, f"{directory} is not a directory")
         except OSError as exc:
             return ScanResult({}, f"cannot list {directory}: {exc.strerror}")
+        names = sorted(listing)
+        self._inodes = listing
         self.admin_shares()
         self._ancestors = {}
         self.fresh = set()
@@ -164,10 +235,12 @@ class ShareScanner:
             problem = f"{len(names)} share files; only the first {MAX_SHARE_FILES} are read"
             names = names[:MAX_SHARE_FILES]
         files = {}
+        self._not_text = set()
         prefix = str(directory).rstrip("/") + "/"
         for name in names:
             if not _is_text(name):
                 shown = printable(name)
+                self._not_text.add(shown)
                 files[shown] = FileResult(shown, None, [Problem(
                     directory / shown,
                     "the file name is not valid UTF-8 (undecodable bytes shown as \\udcXX); "

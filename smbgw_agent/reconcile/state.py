@@ -259,9 +259,12 @@ class StateStore:
             self._failed(exc)
 
     def set_applied(self, spec: ShareSpec) -> None:
-        if self.applied.get(spec.key) == spec:
-            return
+        known = self.applied.get(spec.key)
+        # An equal spec is still kept: the scanner's object, not the one read back from
+        # the database, so that later passes compare them by identity (see desired.py).
         self.applied[spec.key] = spec
+        if known == spec:
+            return
         self._write("INSERT OR REPLACE INTO applied VALUES (?, ?)", spec.key, spec.to_json())
 
     def drop_applied(self, key: str) -> None:
@@ -269,9 +272,10 @@ class StateStore:
             self._write("DELETE FROM applied WHERE key = ?", key)
 
     def set_lastgood(self, spec: ShareSpec) -> None:
-        if self.lastgood.get(spec.file) == spec:
+        known = self.lastgood.get(spec.file)
+        self.lastgood[spec.file] = spec  # an equal one too, as in `set_applied`
+        if known == spec:
             return
-        self.lastgood[spec.file] = spec
         self._write("INSERT OR REPLACE INTO lastgood VALUES (?, ?)", spec.file, spec.to_json())
 
     def drop_lastgood(self, file: str) -> None:

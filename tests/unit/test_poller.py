@@ -76,7 +76,8 @@ class Woken:
         self.count = 0
         self.event = threading.Event()
 
-    def __call__(self) -> None:
+    def __call__(self, names: None) -> None:
+        assert names is None  # a poll cannot say which names changed: the agent lists them all
         self.count += 1
         self.event.set()
 
