@@ -68,6 +68,7 @@ ACTIVITY_INTERVAL = 15.0
 SMBSTATUS_MAX_OUTPUT = 64 << 20
 MODE = "native"
 PLUGIN = "mode_native"
+VALIDATE_GROUP = 1000  # shares per testparm run (see _validate)
 SAMBA = "samba:host"  # the node resource: the host's Samba globals, include list and smbd
 RELOAD_PENDING = "reload_pending"  # plugin state: a reload smbd still owes (survives a reload of the agent)
 
@@ -433,23 +434,30 @@ class NativeModePlugin:
     def _validate(
         self, ctx: PassContext, layout: Layout, parameters: Sequence[tuple[str, str]], staged: Staged
     ) -> dict[str, str]:
-        """testparm the whole candidate; on failure, bisect the staged shares to find culprits."""
-        staged_keys = set(staged.writes)
-        # Shares are independent sections and the live ones passed when they were staged,
-        # so the candidate holds the globals and the changed shares only: validation
-        # costs what changed, not what exists.
-        first = self._candidate(layout, parameters, staged_keys, staged_keys, "all")
-        result = run_testparm(ctx.runner, first)
-        if result.ok:
-            return {}
-        if result.unavailable:
-            return self._no_verdict(staged_keys, result)
-        baseline = self._baseline_errors(ctx, layout)
-        result = result.excluding(baseline)
-        if result.ok:
-            return {}
-        log.warning("testparm rejected the candidate configuration: %s", "; ".join(result.errors))
+        """testparm the changed shares in groups; bisect a rejected group to find culprits.
+
+        Shares are independent sections and the live ones passed when they were staged,
+        so a candidate holds the globals and changed shares only: validation costs what
+        changed, not what exists. Groups because testparm's loading is quadratic in the
+        sections it holds (each new one is looked up among those loaded): 10,000 shares
+        took 1.8 s in one candidate and 0.65 s in ten of 1,000 (this machine)."""
+        ordered = sorted(staged.writes)
+        # With no share written the globals alone are judged: one empty group.
+        groups = [ordered[i:i + VALIDATE_GROUP] for i in range(0, len(ordered), VALIDATE_GROUP)] or [[]]
         rejected: dict[str, str] = {}
+        failed: list[tuple[list[str], TestparmResult]] = []
+        for number, group in enumerate(groups):
+            candidate = self._candidate(layout, parameters, set(group), set(group), f"all{number}")
+            result = run_testparm(ctx.runner, candidate)
+            if result.unavailable:  # missing, hanging or garbled: judge none of the rest
+                rest = {key for later in groups[number:] for key in later}
+                rejected.update(self._no_verdict(rest, result))
+                break
+            if not result.ok:
+                failed.append((group, result))
+        if not failed:
+            return rejected
+        baseline = self._baseline_errors(ctx, layout)
         counter = iter(range(1_000_000))
 
         def bisect(group: list[str]) -> None:
@@ -467,10 +475,17 @@ class NativeModePlugin:
             bisect(group[:middle])
             bisect(group[middle:])
 
-        bisect(sorted(staged_keys))
-        if not rejected:
-            raise RuntimeError("testparm rejects the configuration even without the changed "
-                               "shares: " + "; ".join(result.errors))
+        for group, first in failed:
+            ours = first.excluding(baseline)
+            if ours.ok:
+                continue
+            log.warning("testparm rejected the candidate configuration: %s", "; ".join(ours.errors))
+            before = len(rejected)
+            if group:  # an empty group fails for the globals: nothing to bisect
+                bisect(group)
+            if len(rejected) == before:
+                raise RuntimeError("testparm rejects the configuration even without the changed "
+                                   "shares: " + "; ".join(ours.errors))
         return rejected
 
     @staticmethod

@@ -19,6 +19,9 @@ SAMBA_OUTPUT_DIR = "/etc/samba/smbgw"
 SMB_CONF = "/etc/samba/smb.conf"
 
 
+_FILESYSTEM_ROOT = Path("/")  # built once: `sandboxed` is asked several times per share
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _host(root: Path, declared: str) -> Path:
     """Memoised: a pass maps every share's path several times, and pathlib parsing is the
@@ -39,7 +42,7 @@ class Paths:
 
     @property
     def sandboxed(self) -> bool:
-        return self.root != Path("/")
+        return self.root != _FILESYSTEM_ROOT
 
     def host(self, declared: str | PurePosixPath) -> Path:
         """Map a path as written in a config file (absolute) to the path on this host."""

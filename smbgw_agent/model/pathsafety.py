@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path, PurePosixPath
 
 from smbgw_agent.model.paths import Paths
 
@@ -30,42 +29,71 @@ def _writer(info: os.stat_result) -> str | None:
     return None
 
 
-def writable_ancestors(
-    declared: str, paths: Paths, seen: dict[str, str | None] | None = None
-) -> list[str]:
+class PathMemo:
+    """What one scan learned about directories: where each really leads, and who other
+    than root may write to it.
+
+    Shares usually sit side by side under a few parents, and `os.path.realpath` costs one
+    lstat per component: at 10,000 shares resolving every share path from `/` three times
+    was a fifth of a cold start. A memo lives for one scan only, so a link changed later
+    is seen by the next scan (and the guard checks again, unmemoised, before serving)."""
+
+    def __init__(self) -> None:
+        self._directories: dict[str, str] = {}
+        self.writers: dict[str, str | None] = {}
+
+    def directory(self, host: str) -> str:
+        """`os.path.realpath(host)`, memoised: for directories many shares have in common."""
+        real = self._directories.get(host)
+        if real is None:
+            real = self._directories[host] = os.path.realpath(host)
+        return real
+
+    def realpath(self, host: str) -> str:
+        """`os.path.realpath(host)`, resolving the parent through the memo: the same
+        result, with one lstat for the last component instead of one per component."""
+        parent, name = os.path.split(host)
+        if not parent or name in ("", ".", ".."):
+            return os.path.realpath(host)
+        candidate = os.path.join(self.directory(parent), name)
+        return os.path.realpath(candidate) if os.path.islink(candidate) else candidate
+
+
+def writable_ancestors(declared: str, paths: Paths, memo: PathMemo | None = None) -> list[str]:
     """Descriptions of the directories above the share directory that a non-root user
     could change, after resolving symbolic links. In a `--root` sandbox only the
     directories inside the sandbox are checked (its parents are the test machine's).
-    `seen` memoises directories within one scan (shares usually share their parents)."""
-    host = Path(os.path.realpath(paths.host(declared)))
-    root = Path(os.path.realpath(paths.root))
-    try:
-        inside = host.relative_to(root)
-    except ValueError:
+    `memo` is the scan's (shares usually share their parents). Plain strings, not
+    pathlib: this runs for every share of a cold start."""
+    memo = memo if memo is not None else PathMemo()
+    host = memo.realpath(str(paths.host(declared)))
+    root = memo.directory(str(paths.root))
+    prefix = root if root.endswith("/") else root + "/"
+    if host == root:
+        parts: list[str] = []
+    elif host.startswith(prefix):
+        parts = host[len(prefix):].split("/")[:-1]  # the share directory itself is the owner's
+    else:
         return []  # not below the root at all: the path checks already refuse it
-    parts = PurePosixPath(inside).parts[:-1]  # the share directory itself is the owner's
-    findings: list[str] = []
-    current = root
     candidates = [root]
+    current = root
     for part in parts:
-        current = current / part
+        current = os.path.join(current, part)
         candidates.append(current)
     if paths.sandboxed:
         candidates = candidates[1:]  # the sandbox root is the test's, not the node's
+    findings: list[str] = []
     for directory in candidates:
-        key = str(directory)
-        if seen is not None and key in seen:
-            writer = seen[key]
+        if directory in memo.writers:
+            writer = memo.writers[directory]
         else:
             try:
                 info = os.stat(directory)
             except OSError:
                 break  # does not exist yet: created by the agent (root) when needed
-            writer = _writer(info)
-            if seen is not None:
-                seen[key] = writer
+            writer = memo.writers[directory] = _writer(info)
         if writer:
-            shown = str(paths.declared(directory)) if paths.sandboxed else str(directory)
+            shown = "/" + directory[len(prefix):] if paths.sandboxed else directory
             findings.append(f"{shown} is writable by {writer}")
     return findings
 

@@ -14,14 +14,13 @@ import posixpath
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from smbgw_agent.model import fields
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.errors import ConfigError, FieldError, Problem, UnsafeValueError
 from smbgw_agent.model.paths import Paths
-from smbgw_agent.model.pathsafety import owner_message, writable_ancestors
+from smbgw_agent.model.pathsafety import PathMemo, owner_message, writable_ancestors
 from smbgw_agent.model.smbconf import AdminShares
 from smbgw_agent.model.smbvalues import check_parameter_name, check_principal, check_share_name, check_text
 from smbgw_agent.model.tomlsource import TomlDocument, display_key
@@ -127,14 +126,17 @@ class ShareTableOwners(Protocol):
 
     def validate_share(self, share: ShareSpec, config: AgentConfig) -> list[str]: ...
 
-def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
-    """An absolute share path under the allowed roots, with symlinks resolved."""
+def check_share_path(
+    value: object, config: AgentConfig, paths: Paths, memo: PathMemo | None = None
+) -> str:
+    """An absolute share path under the allowed roots, with symlinks resolved (parents
+    through the scan's `memo` when there is one)."""
     if not isinstance(value, str):
         raise FieldError(f"must be a string, not {type(value).__name__}")
     check_text(value, "path", 4096)
     if not value.startswith("/"):
         raise FieldError(f"{value!r} is relative; share paths must be absolute")
-    if ".." in PurePosixPath(value).parts:
+    if ".." in value.split("/"):
         raise UnsafeValueError(f"{value!r} contains '..'")
     declared = posixpath.normpath(value)
     declared = "/" + declared.lstrip("/")
@@ -142,7 +144,7 @@ def check_share_path(value: object, config: AgentConfig, paths: Paths) -> str:
     host = paths.host(declared)
     # Resolve even when the directory does not exist yet: a symlinked parent
     # (/srv/smb/link -> /etc) must not let the share, or its creation, land elsewhere.
-    real = os.path.realpath(host)
+    real = memo.realpath(str(host)) if memo is not None else os.path.realpath(host)
     check_resolved(value, declared, real, config, paths)
     if os.path.lexists(host) and not os.path.isdir(real):
         raise FieldError(f"{value!r} exists but is not a directory")
@@ -156,8 +158,8 @@ def check_resolved(value: str, declared: str, real: str, config: AgentConfig, pa
     root = str(paths.root)
     if paths.sandboxed and not (real == root or real.startswith(root + "/")):
         raise UnsafeValueError(f"{value!r} resolves outside the sandbox root (to {real})")
-    resolved = "/" + os.path.relpath(real, root) if paths.sandboxed else real
-    resolved = posixpath.normpath(resolved)
+    # `real` is a realpath: absolute and normal, so below the root is a plain prefix.
+    resolved = (real[len(root):] or "/") if paths.sandboxed else real
     if resolved != declared:
         try:
             _check_location(resolved, config, _resolved_roots(config, paths))
@@ -263,13 +265,13 @@ def admin_name_message(name: str, admin: AdminShares) -> str | None:
 def parse_share(
     doc: TomlDocument, config: AgentConfig, paths: Paths, plugins: ShareTableOwners,
     admin: AdminShares | None = None, warnings: list[Problem] | None = None,
-    ancestors: dict[str, str | None] | None = None,
+    ancestors: PathMemo | None = None,
 ) -> ShareSpec:
     """Turn a parsed share file into a ShareSpec, or raise ConfigError with every problem.
 
     `admin` holds the shares of the administrator's own smb.conf (a name clash is a
     security problem); `warnings` collects what is allowed but risky (see pathsafety);
-    `ancestors` memoises the ownership of parent directories within one scan.
+    `ancestors` memoises what one scan learned about parent directories.
     """
     data = doc.data
     problems: list[Problem] = []
@@ -296,7 +298,7 @@ def parse_share(
             problems.append(Problem(doc.path, f"file name gives the share name: {exc}"))
     if "path" not in data:
         problems.append(Problem(doc.path, "required key is missing", "path"))
-    attempt("path", lambda v: check_share_path(v, config, paths))
+    attempt("path", lambda v: check_share_path(v, config, paths, ancestors))
     if "path" in values:
         findings = writable_ancestors(values["path"], paths, ancestors)
         if findings:

@@ -19,6 +19,7 @@ from smbgw_agent.effects.deadline import beat
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.errors import ConfigError, Problem
 from smbgw_agent.model.paths import Paths
+from smbgw_agent.model.pathsafety import PathMemo
 from smbgw_agent.model.printable import printable
 from smbgw_agent.model.shares import ShareSpec, parse_share
 from smbgw_agent.model.smbconf import AdminShares, read_admin_shares
@@ -95,7 +96,7 @@ class ShareScanner:
         self._registry_problem: str | None = None
         self._cache: dict[str, tuple[tuple[int, ...], FileResult]] = {}
         self._admin: AdminShares | None = None
-        self._ancestors: dict[str, str | None] = {}
+        self._ancestors = PathMemo()
         # Files parsed (not served from the cache) by the last scan: their paths were
         # checked moments ago, so the guard need not check them again in this pass.
         self.fresh: set[str] = set()
@@ -189,7 +190,7 @@ class ShareScanner:
         if len(listing) > MAX_SHARE_FILES:
             return None
         self.admin_shares()
-        self._ancestors = {}
+        self._ancestors = PathMemo()
         self.fresh = set()
         known = self._inodes
         again = {name for name in changed if is_share_file_name(name)}
@@ -228,7 +229,7 @@ class ShareScanner:
         names = sorted(listing)
         self._inodes = listing
         self.admin_shares()
-        self._ancestors = {}
+        self._ancestors = PathMemo()
         self.fresh = set()
         problem = None
         if len(names) > MAX_SHARE_FILES:
@@ -288,4 +289,7 @@ class ShareScanner:
             )
         except ConfigError as exc:
             return FileResult(path.name, None, exc.problems, warnings)
-        return FileResult(path.name, spec, warnings=warnings, name_line=doc.line_of("", "name"))
+        # Most files take their name from the file name: no key, no line (and no index of
+        # the file's lines, which was a tenth of parsing a cold start).
+        name_line = doc.line_of("", "name") if "name" in doc.data else None
+        return FileResult(path.name, spec, warnings=warnings, name_line=name_line)

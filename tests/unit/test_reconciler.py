@@ -972,6 +972,63 @@ def test_native_caches_follow_the_shares_that_exist(native_box: Any, clock: Fake
         assert len(native._live) <= 3  # globals.conf, shares.conf, smb.conf
 
 
+def test_native_validation_judges_groups_and_rejects_only_the_culprits(
+    native_box: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed shares are testparm'd in groups (testparm's loading is quadratic in its
+    sections); a rejected group is bisected, and only its culprits fail."""
+    from smbgw_plugins import mode_native
+
+    monkeypatch.setattr(mode_native, "VALIDATE_GROUP", 3)
+    candidates: list[str] = []
+    real = mode_native.run_testparm
+
+    def counted(runner: Runner, smb_conf: Path, baseline: Sequence[str] = ()) -> Any:
+        candidates.append(smb_conf.name)
+        return real(runner, smb_conf, baseline)
+
+    monkeypatch.setattr(mode_native, "run_testparm", counted)
+    runner = Runner()
+    config = AgentConfig(node="sandbox", allowed_roots=("/srv",), allow_custom_options=True)
+    rec = Reconciler(native_box.paths, config, PluginHost({"mode_native": NATIVE_TARGET}),
+                     ServiceControl(runner, use_systemd=False), runner, clock=clock, monotonic=clock)
+    names = [f"g{i}" for i in range(8)]  # groups: g0-g2, g3-g5, g6-g7
+    for name in names:
+        bad = '[options]\n"no such parameter" = "x"\n' if name in ("g1", "g7") else ""
+        (native_box.shares_dir / f"{name}.toml").write_text(f'path = "/srv/smb/{name}"\n{bad}')
+    report = rec.run_pass()
+    assert {n for n, o in report.outcomes.items() if o.result == "failed"} == {"g1", "g7"}
+    assert "testparm rejected it" in (report.outcomes["g1"].error or "")
+    assert loaded_shares(native_box.smb_conf) == set(names) - {"g1", "g7"}
+    assert [c for c in candidates if c.startswith("all")] == ["all0-smb.conf", "all1-smb.conf", "all2-smb.conf"]
+    bisected = [c for c in candidates if c.startswith("part")]
+    assert 0 < len(bisected) <= 8, "only the two rejected groups are bisected"
+
+
+def test_native_globals_testparm_rejects_with_no_share_written_fail_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect fixed: with no share written, globals testparm rejected were bisected
+    as an empty group, forever (a RecursionError instead of the reason)."""
+    from smbgw_plugins import mode_native
+
+    from smbgw_agent.effects.samba import TestparmResult
+
+    layout = mode_native.Layout(tmp_path / "smbgw", tmp_path / "smb.conf")
+    layout.staging.mkdir(parents=True)
+    candidates: list[str] = []
+
+    def refuse(runner: Runner, smb_conf: Path, baseline: Sequence[str] = ()) -> TestparmResult:
+        candidates.append(smb_conf.name)
+        return TestparmResult(False, ('Ignoring unknown parameter "bogus"',), 1, 'Ignoring unknown parameter "bogus"')
+
+    monkeypatch.setattr(mode_native, "run_testparm", refuse)
+    context: Any = type("Context", (), {"runner": Runner()})()
+    with pytest.raises(RuntimeError, match="even without the changed shares"):
+        mode_native.NativeModePlugin()._validate(context, layout, [("bogus", "1")], mode_native.Staged())
+    assert candidates == ["all0-smb.conf"]
+
+
 def _readings() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "reading-smbstatus" and t.is_alive()]
 
