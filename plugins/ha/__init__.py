@@ -372,17 +372,19 @@ class VipPlugin:
         drained = ledger.drained()
         if clustered(ctx.config):
             return {"mode": "ctdb"}
-        try:
-            links = netlink.links()
-        except netlink.NetlinkError as exc:
-            return {"error": str(exc), "drained": bool(drained)}
+        ours = [resource for resource_id, resource in sorted(ctx.resources.items())
+                if resource_id.startswith(PREFIX) and resource.plugin in ("", PLUGIN)]
+        links: list[Link] = []
+        if ours:  # with no address to look for, no netlink socket (nor pyroute2's import)
+            try:
+                links = netlink.links()
+            except netlink.NetlinkError as exc:
+                return {"error": str(exc), "drained": bool(drained)}
         owned = ledger.owned()
         view: dict[str, Any] = {}
         expected: dict[str, tuple[Vip, bool]] = {}
         watched: list[defend.Held] = []
-        for resource_id, resource in sorted(ctx.resources.items()):
-            if not resource_id.startswith(PREFIX) or resource.plugin not in ("", PLUGIN):
-                continue
+        for resource in ours:
             vip = Vip.from_spec(resource.spec)
             link = next((link for link, _found in held_on(vip, links) if link.name == vip.interface), None)
             present = link is not None

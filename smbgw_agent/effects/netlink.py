@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-
 # pyroute2 logs every netlink message it sends and receives at DEBUG: at the agent's
 # --log-level debug that is pages per pass, drowning what the agent itself says.
 logging.getLogger("pyroute2").setLevel(logging.INFO)
@@ -93,6 +91,8 @@ def _explain(exc: Exception, doing: str) -> NetlinkError:
 def _route() -> Iterator[Any]:
     """One netlink socket per use: nothing long-lived to go stale across a namespace or
     a network restart, and opening one costs well under a millisecond."""
+    from pyroute2 import IPRoute  # noqa: PLC0415
+
     try:
         ipr = IPRoute()
     except OSError as exc:
