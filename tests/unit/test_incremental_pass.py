@@ -23,35 +23,15 @@ from watchdog.events import (
 )
 
 from smbgw_agent.effects.watcher import _Handler
-from smbgw_agent.model.config import AgentConfig
-from smbgw_agent.model.paths import Paths
 from smbgw_agent.model.shares import ShareSpec
-from smbgw_agent.platform.pluginhost import PluginHost
 from smbgw_agent.reconcile.desired import resolve_desired
 from smbgw_agent.reconcile.scanner import MAX_SHARE_FILES, ShareScanner
 from smbgw_agent.reconcile.state import StateStore
-
-NODE = "pve1"
-
-
-class Shares:
-    def __init__(self, root: Path) -> None:
-        self.paths = Paths.under(root)
-        self.directory = self.paths.host("/etc/smbgw/shares.d")
-        self.directory.mkdir(parents=True)
-        (root / "tank").mkdir()
-        self.plugins = PluginHost({"mode_native": "smbgw_plugins.mode_native:NativeModePlugin"})
-        self.scanner = ShareScanner(self.paths, self.plugins, AgentConfig(node=NODE, allowed_roots=("/tank",)))
-
-    def write(self, name: str, text: str) -> None:
-        path = self.directory / name
-        if path.exists():
-            os.utime(path, ns=(1, 1))  # another mtime even within one clock tick
-        path.write_text(text)
+from tests.unit.test_desired import NODE, Node
 
 
 def test_only_the_named_files_are_read_again(tmp_path: Path) -> None:
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     shares.write("a.toml", 'path = "/tank/a"\n')
     shares.write("b.toml", 'path = "/tank/b"\n')
     first = shares.scanner.scan()
@@ -70,7 +50,7 @@ def test_only_the_named_files_are_read_again(tmp_path: Path) -> None:
 def test_files_created_removed_or_replaced_are_seen_without_their_events(tmp_path: Path) -> None:
     """inotify drops events when its queue is full (a burst of thousands of changes),
     and Debian's watchdog does not say so: the directory's names and inodes still tell."""
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     shares.write("a.toml", 'path = "/tank/a"\n')
     shares.write("b.toml", 'path = "/tank/b"\n')
     shares.scanner.scan()
@@ -91,7 +71,7 @@ def test_files_created_removed_or_replaced_are_seen_without_their_events(tmp_pat
 
 
 def test_a_file_whose_verdict_depends_on_the_file_system_is_read_every_time(tmp_path: Path) -> None:
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     (tmp_path / "tank/late").symlink_to("/etc")
     shares.write("late.toml", 'path = "/tank/late/share"\n')
     assert not shares.scanner.scan().files["late.toml"].valid  # a link out of the allowed roots
@@ -104,7 +84,7 @@ def test_a_file_whose_verdict_depends_on_the_file_system_is_read_every_time(tmp_
 def test_an_edit_of_smb_conf_reads_every_file_again(tmp_path: Path) -> None:
     """Even where smb.conf did not exist at first (its creation used to go unnoticed
     until the next full pass)."""
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     shares.write("public.toml", 'path = "/tank/public"\n')
     assert shares.scanner.scan().files["public.toml"].valid
     smb_conf = shares.paths.smb_conf
@@ -118,7 +98,7 @@ def test_an_edit_of_smb_conf_reads_every_file_again(tmp_path: Path) -> None:
 def test_a_listing_is_made_where_names_cannot_tell(tmp_path: Path, changed: set[str] | None) -> None:
     """No last scan (the first pass, after `forget`), or no names (polling, an event about
     shares.d itself): the directory is listed."""
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     shares.write("a.toml", 'path = "/tank/a"\n')
     shares.scanner.scan()
     shares.write("b.toml", 'path = "/tank/b"\n')
@@ -127,7 +107,7 @@ def test_a_listing_is_made_where_names_cannot_tell(tmp_path: Path, changed: set[
 
 
 def test_a_missing_directory_is_listed_again_until_it_is_back(tmp_path: Path) -> None:
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     shares.write("a.toml", 'path = "/tank/a"\n')
     moved = tmp_path / "moved"
     shares.directory.rename(moved)
@@ -137,7 +117,7 @@ def test_a_missing_directory_is_listed_again_until_it_is_back(tmp_path: Path) ->
 
 
 def test_a_file_name_that_is_not_text_stays_reported_until_its_event_lists_again(tmp_path: Path) -> None:
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     raw = os.path.join(os.fsencode(shares.directory), b"bad\xff.toml")
     with open(raw, "wb") as handle:
         handle.write(b'path = "/tank/x"\n')
@@ -150,7 +130,7 @@ def test_a_file_name_that_is_not_text_stays_reported_until_its_event_lists_again
 
 
 def test_too_many_files_fall_back_to_the_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     monkeypatch.setattr("smbgw_agent.reconcile.scanner.MAX_SHARE_FILES", 2)
     shares.write("a.toml", 'path = "/tank/a"\n')
     shares.write("b.toml", 'path = "/tank/b"\n')
@@ -165,7 +145,7 @@ def test_too_many_files_fall_back_to_the_listing(tmp_path: Path, monkeypatch: py
 
 
 def test_statuses_are_reused_and_never_changed_in_place(tmp_path: Path) -> None:
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     shares.write("a.toml", 'path = "/tank/a"\n')
     shares.write("b.toml", 'path = "/tank/b"\n')
     scan = shares.scanner.scan()
@@ -195,7 +175,7 @@ def test_specs_read_back_from_the_database_are_replaced_by_the_scanners(
 ) -> None:
     """After a restart the state holds equal specs that are other objects: they are taken
     over once (no write), so later passes compare them by identity."""
-    shares = Shares(tmp_path)
+    shares = Node(tmp_path)
     shares.write("a.toml", 'path = "/tank/a"\n')
     spec = shares.scanner.scan().files["a.toml"].spec
     assert spec is not None
@@ -276,7 +256,7 @@ def test_reading_the_named_files_gives_what_listing_the_directory_gives(
 ) -> None:
     """Between two scans, files are written, broken, given a taken name, deleted and
     renamed; the scan told the names they touched equals a scan of a fresh scanner."""
-    shares = Shares(tmp_path_factory.mktemp("shares"))
+    shares = Node(tmp_path_factory.mktemp("shares"))
     shares.scanner.scan()
     for operations in steps:
         touched: set[str] = set()
@@ -295,5 +275,5 @@ def test_reading_the_named_files_gives_what_listing_the_directory_gives(
                 touched.add(extra)
             touched.add(name)
         told = shares.scanner.scan(changed=touched)
-        listed = ShareScanner(shares.paths, shares.plugins, shares.scanner.config).scan()
+        listed = ShareScanner(shares.paths, shares.scanner.plugins, shares.scanner.config).scan()
         assert told == listed and list(told.files) == list(listed.files)
