@@ -168,6 +168,13 @@ class ShareScanner:
         self._last = self._scan()
         return self._last
 
+    def _begin(self) -> None:
+        """What every scan starts from: smb.conf's shares current (re-read if it changed),
+        a path memo of its own, and nothing parsed yet."""
+        self.admin_shares()
+        self._ancestors = PathMemo()
+        self.fresh = set()
+
     def _rescan(self, changed: Collection[str]) -> ScanResult | None:
         """The last scan with `changed` read again, plus every file whose verdict is not
         cached (it depends on the file system, or smb.conf changed and emptied the
@@ -189,9 +196,7 @@ class ShareScanner:
             return None
         if len(listing) > MAX_SHARE_FILES:
             return None
-        self.admin_shares()
-        self._ancestors = PathMemo()
-        self.fresh = set()
+        self._begin()
         known = self._inodes
         again = {name for name in changed if is_share_file_name(name)}
         again |= {name for name, inode in listing.items() if known.get(name) != inode}
@@ -228,9 +233,7 @@ class ShareScanner:
             return ScanResult({}, f"cannot list {directory}: {exc.strerror}")
         names = sorted(listing)
         self._inodes = listing
-        self.admin_shares()
-        self._ancestors = PathMemo()
-        self.fresh = set()
+        self._begin()
         problem = None
         if len(names) > MAX_SHARE_FILES:
             problem = f"{len(names)} share files; only the first {MAX_SHARE_FILES} are read"
