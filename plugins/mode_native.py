@@ -71,6 +71,7 @@ PLUGIN = "mode_native"
 VALIDATE_GROUP = 1000  # shares per testparm run (see _validate)
 SAMBA = "samba:host"  # the node resource: the host's Samba globals, include list and smbd
 RELOAD_PENDING = "reload_pending"  # plugin state: a reload smbd still owes (survives a reload of the agent)
+LISTED = "listed"  # pass scratch: the live directory was listed in this pass
 
 @dataclass
 class Layout:
@@ -110,6 +111,10 @@ def share_file_name(key: str) -> str:
     return f"share-{safe_file_stem(key)}.conf"
 
 
+def _is_fragment_name(name: str) -> bool:
+    return name.startswith("share-") and name.endswith(".conf")
+
+
 @dataclass
 class Staged:
     writes: dict[str, tuple[ShareSpec, str]] = field(default_factory=dict)
@@ -128,6 +133,8 @@ class NativeModePlugin:
         self._live: dict[Path, tuple[tuple[int, int, int], str]] = {}
         self._rendered: dict[str, tuple[str, str, Path, tuple[tuple[str, str], ...], str]] = {}
         self._swept = False
+        # Share fragments in the live directory by file name (see `_fragments`).
+        self._present: set[str] | None = None
         self._stopped = False
         self._activity: BackgroundReading[tuple[ShareActivity, bool]] | None = None
 
@@ -348,6 +355,13 @@ class NativeModePlugin:
 
     @hookimpl
     def smbgw_commit(self, ctx: PassContext, resources: Sequence[str]) -> Mapping[str, str]:
+        try:
+            return self._commit(ctx)
+        except BaseException:
+            self._present = None  # a commit cut short: which renames happened is unknown
+            raise
+
+    def _commit(self, ctx: PassContext) -> Mapping[str, str]:
         layout = self.layout(ctx)
         staged = self._staged(ctx)
         samba = ctx.resources.get(SAMBA) or ctx.applied_resources.get(SAMBA)
@@ -360,6 +374,7 @@ class NativeModePlugin:
         self._sweep(layout)
         for key, text in staged.records.items():
             atomic_write(layout.share_file(key), text)
+            self._fragments(ctx, layout).add(share_file_name(key))
         rejected: dict[str, str] = {}
         keep = self._live_share_keys(ctx, layout) - staged.removals
         globals_text = render_globals(parameters, layout.shares_list)
@@ -386,7 +401,8 @@ class NativeModePlugin:
         finally:
             shutil.rmtree(layout.staging, ignore_errors=True)
         self._collect_orphans(ctx, layout, keep | set(staged.writes))
-        self._prune_caches(ctx, layout, staged.removals - set(staged.writes))
+        if ctx.full or staged.removals:
+            self._prune_caches(ctx, layout, staged.removals - set(staged.writes))
         ctx.plugin_state(PLUGIN).set(RELOAD_PENDING, True)
         rejected.update(self._reload_if_pending(ctx, layout))
         return {share_resource(key) if key != SAMBA else key: reason for key, reason in rejected.items()}
@@ -404,15 +420,26 @@ class NativeModePlugin:
             if path.parent == layout.directory and path.name.startswith("share-") and path.name not in wanted:
                 del self._live[path]
 
+    def _fragments(self, ctx: PassContext, layout: Layout) -> set[str]:
+        """The share fragments in the live directory, by file name.
+
+        Listed in a full pass (once) and whenever not known; between full passes this
+        plugin's own renames and removals keep the set current, as nothing else writes
+        there. A fragment deleted or left there by hand is noticed by the next full pass,
+        like a hand edit of one. (Listing 10,000 names twice and checking every share
+        against them was a fifth of a one-change pass at 10,000 shares.)"""
+        scratch = ctx.plugin_scratch(PLUGIN)
+        if self._present is None or (ctx.full and not scratch.get(LISTED)):
+            self._present = {name for name in os.listdir(layout.directory) if _is_fragment_name(name)}
+            scratch[LISTED] = True
+        return self._present
+
     def _live_share_keys(self, ctx: PassContext, layout: Layout) -> set[str]:
         """Shares whose live file should stay included: desired or still applied, and present."""
-        present = set(os.listdir(layout.directory))
-        keys = set()
-        for key in set(ctx.desired) | set(ctx.applied):
-            mine = self._is_mine(ctx.desired.get(key)) or self._is_mine(ctx.applied.get(key))
-            if mine and share_file_name(key) in present:
-                keys.add(key)
-        return keys
+        present = self._fragments(ctx, layout)
+        mine = {key for key, spec in ctx.desired.items() if spec.mode == MODE}
+        mine.update(key for key, spec in ctx.applied.items() if spec.mode == MODE)
+        return {key for key in mine if share_file_name(key) in present}
 
     def _final_list(self, layout: Layout, keys: set[str]) -> str:
         directory = str(layout.directory)
@@ -520,8 +547,10 @@ class NativeModePlugin:
         keep: set[str], staged: Staged,
     ) -> None:
         """Renames in an order where every intermediate state is a valid configuration."""
+        present = self._fragments(ctx, layout)
         for key in staged.writes:
             os.replace(layout.share_file(key, layout.staging), layout.share_file(key))
+            present.add(share_file_name(key))
         fsync_dir(layout.directory)
         final = keep | set(staged.writes)
         atomic_write(layout.shares_list, self._final_list(layout, final))
@@ -534,19 +563,24 @@ class NativeModePlugin:
                      "in" if moved else "to", layout.smb_conf)
         for key in staged.removals - set(staged.writes):
             layout.share_file(key).unlink(missing_ok=True)
+            present.discard(share_file_name(key))
 
     def _collect_orphans(self, ctx: PassContext, layout: Layout, keep: set[str]) -> None:
-        """Remove share files nobody declares or remembers (e.g. after state was lost)."""
-        wanted = {share_file_name(k) for k in keep}
-        for name in os.listdir(layout.directory):
-            if name.startswith("share-") and name.endswith(".conf") and name not in wanted:
-                path = layout.directory / name
-                with contextlib.suppress(FileNotFoundError):
-                    text = self._read_live(path) or ""
-                    listed = f"include = {path}" in (self._read_live(layout.shares_list) or "")
-                    if not listed and text.startswith("# Generated by smbgw-agent"):
-                        path.unlink()
-                        log.info("removed orphaned %s", path)
+        """Remove share files nobody declares or remembers (e.g. after state was lost).
+        Only in a pass that listed the directory: between listings the fragments are the
+        ones this plugin wrote and removed itself, and it leaves no orphans."""
+        if not ctx.plugin_scratch(PLUGIN).get(LISTED):
+            return
+        present = self._fragments(ctx, layout)
+        for name in sorted(present - {share_file_name(k) for k in keep}):
+            path = layout.directory / name
+            with contextlib.suppress(FileNotFoundError):
+                text = self._read_live(path) or ""
+                listed = f"include = {path}" in (self._read_live(layout.shares_list) or "")
+                if not listed and text.startswith("# Generated by smbgw-agent"):
+                    path.unlink()
+                    present.discard(name)
+                    log.info("removed orphaned %s", path)
 
     def _reload_if_pending(self, ctx: PassContext, layout: Layout) -> dict[str, str]:
         """Keep smbd running and reload it if a reload is owed. A failed reload does not

@@ -62,6 +62,11 @@ class PassContext:
     and `applied_resources` do the same for node resources. `scratch` is per-plugin space
     for staging between apply and commit; it lives for one pass only, which is what makes
     a crash mid-pass harmless. What must outlive the pass goes into `plugin_state`.
+
+    `full` is false in a file event's pass, which plans only what changed: a plugin that
+    keeps a view of the node between passes (rather than reading it again) may trust it
+    then, and must check it against the node when `full` is true (periodic and forced
+    passes, the first pass after a start).
     """
 
     paths: Paths
@@ -71,6 +76,7 @@ class PassContext:
     desired: Mapping[str, ShareSpec]
     applied: Mapping[str, ShareSpec]
     dry_run: bool = False
+    full: bool = True
     resources: Mapping[str, NodeResource] = field(default_factory=dict)
     applied_resources: Mapping[str, NodeResource] = field(default_factory=dict)
     smbd: SmbdControl | None = None

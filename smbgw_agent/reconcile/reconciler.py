@@ -237,10 +237,11 @@ class Reconciler:
     def _registry_shares(self) -> list[str]:
         return registry_share_names(self.runner, self.paths.smb_conf)
 
-    def context(self, desired: Mapping[str, ShareSpec], applied: Mapping[str, ShareSpec], dry_run: bool) -> PassContext:
+    def context(self, desired: Mapping[str, ShareSpec], applied: Mapping[str, ShareSpec], dry_run: bool,
+                full: bool = True) -> PassContext:
         return PassContext(
             paths=self.paths, config=self.config, runner=self.runner, services=self.services,
-            desired=desired, applied=applied, dry_run=dry_run,
+            desired=desired, applied=applied, dry_run=dry_run, full=full,
             applied_resources=dict(self.state.resources), smbd=self.smbd, jobs=self.jobs,
             host=self.plugins, state_of=lambda plugin: self.state.plugin_state(plugin, dry_run),
         )
@@ -403,22 +404,24 @@ class Reconciler:
         if not dry_run:
             self._log_file_problems(desired)
             self._log_holds(report.held)
-        ctx = self.context(desired.shares, applied, dry_run)
+        ctx = self.context(desired.shares, applied, dry_run, full)
         self._ctx = ctx
         now = self.monotonic()
+        known = desired.shares.keys() | applied.keys()
         if full:
-            keys = set(desired.shares) | set(applied)
+            keys = set(known)
         else:
-            keys = changed & set(desired.shares)  # shares held back this pass are removals below
-            keys |= set(applied) - set(desired.shares)
-            keys |= set(self.backoff.attempts) & (set(desired.shares) | set(applied))
-            keys |= self._guard_dirty & (set(desired.shares) | set(applied))
+            keys = changed & desired.shares.keys()  # shares held back this pass are removals below
+            keys |= applied.keys() - desired.shares.keys()
+            keys |= self.backoff.attempts.keys() & known
+            keys |= self._guard_dirty & known
         self._job_resources = self.jobs.take_finished() if self.jobs is not None and not dry_run else set()
-        keys |= {k for k in map(share_key, self._job_resources) if k is not None} & (set(desired.shares) | set(applied))
-        # A mode plugin's job that names no resource (its watch over all its guests) stands
-        # for every share of that mode: a container found stopped is planned at once.
-        keys |= {k for k, spec in {**applied, **desired.shares}.items()
-                 if every_resource_of(self.plugins.mode_owner(spec.mode) or "") in self._job_resources}
+        if self._job_resources:
+            keys |= {k for k in map(share_key, self._job_resources) if k is not None} & known
+            # A mode plugin's job that names no resource (its watch over all its guests)
+            # stands for every share of that mode: a container found stopped is planned at once.
+            keys |= {k for k, spec in {**applied, **desired.shares}.items()
+                     if every_resource_of(self.plugins.mode_owner(spec.mode) or "") in self._job_resources}
         if self.jobs is not None and not dry_run:
             # A share whose mode's job still runs (a container being made) is left as it is:
             # planned again when the job ends (`take_finished`), with whatever is declared then.
@@ -486,8 +489,10 @@ class Reconciler:
         """A file refused for a security problem takes its share down; show that share as
         refused (under its last good version), not as if it had never existed."""
         for name, status in desired.files.items():
+            if status.serving != "refused":
+                continue
             previous = self.state.lastgood.get(name)
-            if status.serving != "refused" or previous is None:
+            if previous is None:
                 continue
             if previous.key in desired.shares or previous.key in report.held:
                 continue

@@ -52,14 +52,18 @@ def _list(directory: Path) -> dict[str, int]:
     """The share files in `directory`, by name, with their inodes (from the directory
     itself: no stat)."""
     with os.scandir(directory) as entries:
-        return {e.name: e.inode() for e in entries if is_share_file_name(e.name)}
+        # `is_share_file_name`, inlined: a call per name was a third of the listing's cost.
+        return {e.name: e.inode() for e in entries
+                if e.name.endswith(".toml") and not e.name.startswith(_NOT_SHARE_FILE_PREFIXES)}
+
+
+_NOT_SHARE_FILE_PREFIXES = (".", "#", "~")
 
 
 def is_share_file_name(name: str) -> bool:
-    """`*.toml`, not hidden, not an editor's temporary or backup copy."""
-    if not name.endswith(".toml") or name.startswith((".", "#", "~")):
-        return False
-    return name != ".toml"
+    """`*.toml`, not hidden (which includes a bare `.toml`), not an editor's temporary
+    or backup copy."""
+    return name.endswith(".toml") and not name.startswith(_NOT_SHARE_FILE_PREFIXES)
 
 
 @dataclass
@@ -214,7 +218,9 @@ class ShareScanner:
             files[name] = self._read(directory, prefix, name)
             beat()
         if files.keys() != last.files.keys():
-            files = dict(sorted(files.items()))
+            # Sorting the names, not (name, result) pairs: comparing 10,000 tuples cost
+            # more than the rest of the rescan.
+            files = {name: files[name] for name in sorted(files)}
         self._inodes = listing
         self._last = ScanResult(files)
         return self._last

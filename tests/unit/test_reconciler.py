@@ -972,6 +972,63 @@ def test_native_caches_follow_the_shares_that_exist(native_box: Any, clock: Fake
         assert len(native._live) <= 3  # globals.conf, shares.conf, smb.conf
 
 
+def _native_reconciler(box: Any, clock: FakeClock) -> Reconciler:
+    runner = Runner()
+    return Reconciler(box.paths, config_for("sandbox"), PluginHost({"mode_native": NATIVE_TARGET}),
+                      ServiceControl(runner, use_systemd=False), runner, clock=clock, monotonic=clock)
+
+
+def test_native_a_file_event_pass_lists_no_live_directory(
+    native_box: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live fragments are known between full passes (native mode wrote and removed
+    them itself): a one-change pass does not list /etc/samba/smbgw, whose 10,000 names
+    were a fifth of such a pass. A full pass lists it once."""
+    rec = _native_reconciler(native_box, clock)
+    for name in ("a", "b"):
+        declare(native_box.root, name, mode="native")
+    assert rec.run_pass().ok
+    listed: list[str] = []
+    real = os.listdir
+
+    def counting(path: Any = ".") -> list[str]:
+        listed.append(os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", counting)
+    live = str(native_box.paths.samba_dir)
+    declare(native_box.root, "c", mode="native")
+    (native_box.shares_dir / "a.toml").unlink()
+    assert rec.run_pass(full=False, changed_files={"c.toml", "a.toml"}).ok
+    assert listed.count(live) == 0
+    assert loaded_shares(native_box.smb_conf) == {"b", "c"}
+    assert not (native_box.paths.samba_dir / "share-a.conf").exists()
+    assert rec.run_pass().ok
+    assert listed.count(live) == 1
+
+
+def test_native_fragments_changed_by_hand_are_settled_by_the_next_full_pass(
+    native_box: Any, clock: FakeClock
+) -> None:
+    """Between full passes native mode trusts what it wrote; a fragment deleted by hand,
+    or a generated one nobody declares (restored from a backup), is put right by the next
+    full pass (periodic, or `smbgwctl reconcile`), and smbd never loads a broken list."""
+    rec = _native_reconciler(native_box, clock)
+    for name in ("a", "b"):
+        declare(native_box.root, name, mode="native")
+    assert rec.run_pass().ok
+    live = native_box.paths.samba_dir
+    stray = (live / "share-b.conf").read_text().replace("[b]", "[stray]")
+    (live / "share-stray.conf").write_text(stray)
+    (live / "share-a.conf").unlink()
+    declare(native_box.root, "c", mode="native")
+    assert rec.run_pass(full=False, changed_files={"c.toml"}).ok
+    assert loaded_shares(native_box.smb_conf) == {"b", "c"}, "a missing include is skipped, the stray is unlisted"
+    assert rec.run_pass().ok
+    assert (live / "share-a.conf").exists() and not (live / "share-stray.conf").exists()
+    assert loaded_shares(native_box.smb_conf) == {"a", "b", "c"}
+
+
 def test_native_validation_judges_groups_and_rejects_only_the_culprits(
     native_box: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
