@@ -93,15 +93,14 @@ class Layout:
         return self.directory / ".staging"
 
     def share_file(self, name: str, directory: Path | None = None) -> Path:
-        if directory is None:
-            return _live_share_file(self.directory, name)
-        return directory / share_file_name(name)
+        return _share_file(self.directory if directory is None else directory, name)
 
 
 @functools.lru_cache(maxsize=65536)
-def _live_share_file(directory: Path, key: str) -> Path:
-    """Cached: a pass asks for every share's live file several times, and pathlib's join
-    cost more than the rest of planning a share (the same Path objects key `_live`)."""
+def _share_file(directory: Path, key: str) -> Path:
+    """Cached: a pass asks for every share's live file several times (and a cold start
+    for its staged one four times), and pathlib's join cost more than the rest of
+    planning a share (the same Path objects key `_live`)."""
     return directory / share_file_name(key)
 
 

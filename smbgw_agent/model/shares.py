@@ -89,6 +89,12 @@ class ShareSpec:
         }
 
     def to_json(self) -> str:
+        """Canonical JSON (the state database, the fragment's declaration line); cached,
+        as a new share is written out three times in its first pass."""
+        return self._json
+
+    @cached_property
+    def _json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod

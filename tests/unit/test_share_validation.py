@@ -7,6 +7,7 @@ the host.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -152,6 +153,12 @@ def test_spec_round_trips_and_digest_ignores_file(paths: Paths, quota_plugins: P
     assert renamed.digest() == spec.digest()
     changed = parse(paths, quota_plugins, text.replace('"b"', '"c"'))
     assert changed.digest() != spec.digest()
+    # to_json is cached on the (immutable) spec; a copy with a field replaced is a new
+    # spec with its own text, and the cache takes no part in equality.
+    assert ShareSpec.from_dict(json.loads(spec.to_json())) == spec and spec.to_json() is spec.to_json()
+    moved = dataclasses.replace(spec, path="/tank/moved")
+    assert json.loads(moved.to_json())["path"] == "/tank/moved" and moved != spec
+    assert dataclasses.replace(moved, path=spec.path) == spec
 
 
 # ---- every error names file, key and line -------------------------------------------
