@@ -157,11 +157,22 @@ def write_files_durably(files: dict[Path, str]) -> None:
     A few files: one fsync each. Many (a cold start of 2,000 shares): write them all,
     then one syncfs() of their filesystem, instead of 2,000 fsyncs.
     """
-    one_by_one = len(files) <= BATCH_SYNC_THRESHOLD
-    for path, text in files.items():
-        write_new(path, text, fsync=one_by_one)
+    one_by_one = syncs_one_by_one(len(files))
+    write_files(files, fsync=one_by_one)
     if files and not one_by_one:
         syncfs(next(iter(files)).parent)
+
+
+def syncs_one_by_one(count: int) -> bool:
+    """Whether `count` new files are best made durable by an fsync each (else: write
+    them all, then one `syncfs`)."""
+    return count <= BATCH_SYNC_THRESHOLD
+
+
+def write_files(files: dict[Path, str], fsync: bool) -> None:
+    """`write_new` for each file: a part of a batch whose caller syncs it as a whole."""
+    for path, text in files.items():
+        write_new(path, text, fsync=fsync)
 
 
 def syncfs(directory: Path) -> None:

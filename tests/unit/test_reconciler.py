@@ -1062,6 +1062,69 @@ def test_native_validation_judges_groups_and_rejects_only_the_culprits(
     assert 0 < len(bisected) <= 8, "only the two rejected groups are bisected"
 
 
+def _eight_shares(box: Any) -> list[str]:
+    names = [f"g{i}" for i in range(8)]  # in groups of 3: g0-g2, g3-g5, g6-g7
+    for name in names:
+        (box.shares_dir / f"{name}.toml").write_text(f'path = "/srv/smb/{name}"\n')
+    return names
+
+
+def test_native_a_group_is_judged_while_the_next_is_staged(
+    native_box: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """testparm runs on another thread as the next group is written: staging the second
+    group waits here until the first group's testparm has started (it would wait forever
+    if every group were written before any was judged)."""
+    from smbgw_plugins import mode_native
+
+    monkeypatch.setattr(mode_native, "VALIDATE_GROUP", 3)
+    judging = threading.Event()
+    real_testparm, real_write = mode_native.run_testparm, mode_native.write_files
+    writes: list[int] = []
+
+    def judged(runner: Runner, smb_conf: Path, baseline: Sequence[str] = ()) -> Any:
+        judging.set()
+        return real_testparm(runner, smb_conf, baseline)
+
+    def write(files: dict[Path, str], fsync: bool) -> None:
+        if writes:
+            assert judging.wait(20), "the first group was not judged while the next was staged"
+        writes.append(len(files))
+        real_write(files, fsync)
+
+    monkeypatch.setattr(mode_native, "run_testparm", judged)
+    monkeypatch.setattr(mode_native, "write_files", write)
+    names = _eight_shares(native_box)
+    assert _native_reconciler(native_box, clock).run_pass().ok
+    assert writes == [3, 3, 2]
+    assert loaded_shares(native_box.smb_conf) == set(names)
+
+
+def test_native_no_group_is_judged_after_testparm_could_not_judge_one(
+    native_box: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A testparm that hangs or is missing fails its group and every later one unjudged:
+    the groups queued behind it are not run (each would wait out the same timeout)."""
+    from smbgw_plugins import mode_native
+
+    from smbgw_agent.effects.samba import TestparmResult
+
+    monkeypatch.setattr(mode_native, "VALIDATE_GROUP", 3)
+    candidates: list[str] = []
+
+    def hanging(runner: Runner, smb_conf: Path, baseline: Sequence[str] = ()) -> TestparmResult:
+        candidates.append(smb_conf.name)
+        return TestparmResult(False, ("testparm timed out after 120 s",), unavailable=True)
+
+    monkeypatch.setattr(mode_native, "run_testparm", hanging)
+    names = _eight_shares(native_box)
+    report = _native_reconciler(native_box, clock).run_pass()
+    assert candidates == ["all0-smb.conf"]
+    assert {n for n, o in report.outcomes.items() if o.result == "failed"} == set(names)
+    assert all("could not validate" in (report.outcomes[n].error or "") for n in names)
+    assert loaded_shares(native_box.smb_conf) == set()
+
+
 def test_native_globals_testparm_rejects_with_no_share_written_fail_the_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
