@@ -151,21 +151,10 @@ def remove_stale_temporaries(directory: Path, target: str = "") -> list[Path]:
 BATCH_SYNC_THRESHOLD = 64
 
 
-def write_files_durably(files: dict[Path, str]) -> None:
-    """Write new files and make them durable with as few flushes as the batch allows.
-
-    A few files: one fsync each. Many (a cold start of 2,000 shares): write them all,
-    then one syncfs() of their filesystem, instead of 2,000 fsyncs.
-    """
-    one_by_one = syncs_one_by_one(len(files))
-    write_files(files, fsync=one_by_one)
-    if files and not one_by_one:
-        syncfs(next(iter(files)).parent)
-
-
 def syncs_one_by_one(count: int) -> bool:
-    """Whether `count` new files are best made durable by an fsync each (else: write
-    them all, then one `syncfs`)."""
+    """Whether `count` new files are best made durable by an fsync each. If not (a cold
+    start of 2,000 shares), the caller writes them all and then makes one `syncfs` of
+    their file system instead of 2,000 fsyncs."""
     return count <= BATCH_SYNC_THRESHOLD
 
 
