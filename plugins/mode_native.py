@@ -74,31 +74,38 @@ SMBSTATUS_MAX_OUTPUT = 64 << 20
 MODE = "native"
 PLUGIN = "mode_native"
 VALIDATE_GROUP = 1000  # shares per testparm run (see _validate)
+JUDGES = 2  # testparm runs at a time, at most (see _judge_in_background)
 SAMBA = "samba:host"  # the node resource: the host's Samba globals, include list and smbd
 RELOAD_PENDING = "reload_pending"  # plugin state: a reload smbd still owes (survives a reload of the agent)
 LISTED = "listed"  # pass scratch: the live directory was listed in this pass
 
-@dataclass
+@dataclass(frozen=True)
 class Layout:
-    """Where native mode keeps its files."""
+    """Where native mode keeps its files. Its paths are made once (see `_layout`): a
+    cold start asks for the staging area twice per share."""
 
     directory: Path
     smb_conf: Path
 
-    @property
+    @functools.cached_property
     def globals_file(self) -> Path:
         return self.directory / "globals.conf"
 
-    @property
+    @functools.cached_property
     def shares_list(self) -> Path:
         return self.directory / "shares.conf"
 
-    @property
+    @functools.cached_property
     def staging(self) -> Path:
         return self.directory / ".staging"
 
     def share_file(self, name: str, directory: Path | None = None) -> Path:
         return _share_file(self.directory if directory is None else directory, name)
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(directory: Path, smb_conf: Path) -> Layout:
+    return Layout(directory, smb_conf)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -121,30 +128,48 @@ def _is_fragment_name(name: str) -> bool:
 
 @contextlib.contextmanager
 def _judge_in_background(ctx: PassContext) -> Iterator[Callable[[Path], Future[TestparmResult | None]]]:
-    """testparm candidates one after another on a thread of their own, under the pass's
-    deadline; once testparm cannot judge one (missing, hanging, garbled), the later ones
-    are not run (their verdict is None). Leaving the block waits for the one running.
+    """testparm candidates on threads of their own, under the pass's deadline, while this
+    thread stages the next group. The first candidate is judged alone: once testparm
+    cannot judge one (missing, hanging, garbled), the later ones are not run (their
+    verdict is None), so a missing or hanging testparm costs one run, not one per group.
+    After a first verdict, up to two run at a time (testparm is single-threaded, and a
+    Proxmox node has cores to spare for a pass that stages thousands of shares). Leaving
+    the block waits for those running.
 
-    A cold start at 10,000 shares spent 0.8 s waiting for ten testparm runs while the
-    staging writes waited for them; now the two overlap."""
+    A cold start at 10,000 shares spent 0.8 s waiting for ten testparm runs in a row."""
     deadline = pass_deadline.current()
     stop = threading.Event()
+    first_judged = threading.Event()
+    submitted = 0
 
-    def judge(candidate: Path) -> TestparmResult | None:
+    def judge(candidate: Path, first: bool) -> TestparmResult | None:
+        if not first:
+            first_judged.wait()
         if stop.is_set():
             return None
-        with pass_deadline.bounded(deadline) if deadline is not None else contextlib.nullcontext():
-            result = run_testparm(ctx.runner, candidate)
-        if result.unavailable:
-            stop.set()
-        return result
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="testparm") as pool:
         try:
-            yield lambda candidate: pool.submit(judge, candidate)
+            with pass_deadline.bounded(deadline) if deadline is not None else contextlib.nullcontext():
+                result = run_testparm(ctx.runner, candidate)
+            if result.unavailable:
+                stop.set()
+            return result
+        finally:
+            first_judged.set()
+
+    def submit(candidate: Path) -> Future[TestparmResult | None]:
+        nonlocal submitted
+        submitted += 1
+        return pool.submit(judge, candidate, submitted == 1)
+
+    workers = min(JUDGES, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="testparm") as pool:
+        try:
+            yield submit
         except BaseException:
             stop.set()  # staging failed (a full disk): run none of what is queued
             raise
+        finally:
+            first_judged.set()  # nothing waits for a first verdict that will not come
 
 
 @dataclass
@@ -184,7 +209,7 @@ class NativeModePlugin:
 
     @staticmethod
     def layout(ctx: PassContext) -> Layout:
-        return Layout(ctx.paths.samba_dir, ctx.paths.smb_conf)
+        return _layout(ctx.paths.samba_dir, ctx.paths.smb_conf)
 
     def _read_live(self, path: Path) -> str | None:
         """Current content of a file we manage, cached by stat so a pass stays cheap."""

@@ -39,6 +39,9 @@ _templates = jinja2.Environment(
     autoescape=False,  # noqa: S701 - smb.conf, not HTML: values are validated instead
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
+    # The templates ship with the package and change only with it: no stat of the
+    # template file per render (10,000 of them in a cold start).
+    auto_reload=False,
 )
 
 

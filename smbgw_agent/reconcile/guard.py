@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
+from pathlib import Path
 
 from smbgw_agent.model.config import AgentConfig
 from smbgw_agent.model.errors import FieldError, UnsafeValueError
@@ -104,10 +105,10 @@ class ShareGuard:
         for mount, up in mounted.items():
             if not up and _within(spec.path, mount):
                 return f"storage missing: {mount} is not mounted (it is listed in [agent] require_mounts)"
-        host = self.paths.host(spec.path)
+        host = self._host(spec.path)
         if os.path.isdir(host):
             return None
-        parent = host.parent
+        parent = Path(host).parent
         if not os.path.isdir(parent):
             shown = self.paths.declared(parent) if self.paths.sandboxed else parent
             return (

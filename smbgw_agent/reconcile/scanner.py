@@ -277,14 +277,16 @@ class ShareScanner:
         cached = self._cache.get(name)
         if cached and signature and cached[0] == signature:
             return cached[1]
-        result = self.read_one(directory / name)
+        result = self.read_one(directory / name, self._admin)
         self.fresh.add(name)
         if signature and not _depends_on_the_filesystem(result):
             self._cache[name] = (signature, result)
         return result
 
-    def read_one(self, path: Path) -> FileResult:
-        """Validate one file with no caching (also what `smbgwctl validate` uses)."""
+    def read_one(self, path: Path, admin: AdminShares | None = None) -> FileResult:
+        """Validate one file with no caching (also what `smbgwctl validate` uses).
+        `admin`: smb.conf's shares as a scan found them when it began (not stat-ing
+        smb.conf's files again for each of 10,000 share files); by default, as they are."""
         try:
             doc = read_toml(path)
         except InputFileError as exc:
@@ -292,10 +294,10 @@ class ShareScanner:
         if not isinstance(doc.data, dict):  # pragma: no cover - tomllib always gives a dict
             return FileResult(path.name, None, [Problem(path, "not a TOML table")])
         warnings: list[Problem] = []
+        if admin is None:
+            admin = self.admin_shares()
         try:
-            spec = parse_share(
-                doc, self.config, self.paths, self.plugins, self.admin_shares(), warnings, self._ancestors
-            )
+            spec = parse_share(doc, self.config, self.paths, self.plugins, admin, warnings, self._ancestors)
         except ConfigError as exc:
             return FileResult(path.name, None, exc.problems, warnings)
         # Most files take their name from the file name: no key, no line (and no index of

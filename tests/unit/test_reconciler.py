@@ -1057,7 +1057,9 @@ def test_native_validation_judges_groups_and_rejects_only_the_culprits(
     assert {n for n, o in report.outcomes.items() if o.result == "failed"} == {"g1", "g7"}
     assert "testparm rejected it" in (report.outcomes["g1"].error or "")
     assert loaded_shares(native_box.smb_conf) == set(names) - {"g1", "g7"}
-    assert [c for c in candidates if c.startswith("all")] == ["all0-smb.conf", "all1-smb.conf", "all2-smb.conf"]
+    whole = [c for c in candidates if c.startswith("all")]
+    assert whole[0] == "all0-smb.conf"  # judged alone; the others two at a time, in any order
+    assert sorted(whole) == ["all0-smb.conf", "all1-smb.conf", "all2-smb.conf"]
     bisected = [c for c in candidates if c.startswith("part")]
     assert 0 < len(bisected) <= 8, "only the two rejected groups are bisected"
 
@@ -1097,6 +1099,44 @@ def test_native_a_group_is_judged_while_the_next_is_staged(
     names = _eight_shares(native_box)
     assert _native_reconciler(native_box, clock).run_pass().ok
     assert writes == [3, 3, 2]
+    assert loaded_shares(native_box.smb_conf) == set(names)
+
+
+def test_native_the_first_group_is_judged_alone_then_two_at_a_time(
+    native_box: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """testparm is single-threaded: after the first group's verdict (which tells whether
+    testparm can judge at all), two groups are judged at once. The barrier lets the
+    second and third groups through only together: one at a time, it would break."""
+    from smbgw_plugins import mode_native
+
+    monkeypatch.setattr(mode_native, "VALIDATE_GROUP", 3)
+    monkeypatch.setattr(mode_native.os, "cpu_count", lambda: 2)
+    real_testparm = mode_native.run_testparm
+    together = threading.Barrier(2, timeout=20)
+    lock = threading.Lock()
+    running: list[str] = []
+    alongside_first: list[str] = []
+
+    def judged(runner: Runner, smb_conf: Path, baseline: Sequence[str] = ()) -> Any:
+        with lock:
+            if "all0-smb.conf" in running:
+                alongside_first.append(smb_conf.name)
+            running.append(smb_conf.name)
+        try:
+            if smb_conf.name == "all0-smb.conf":
+                time.sleep(0.2)  # time for a second run to start, were it allowed to
+            elif smb_conf.name in ("all1-smb.conf", "all2-smb.conf"):
+                together.wait()
+            return real_testparm(runner, smb_conf, baseline)
+        finally:
+            with lock:
+                running.remove(smb_conf.name)
+
+    monkeypatch.setattr(mode_native, "run_testparm", judged)
+    names = _eight_shares(native_box)
+    assert _native_reconciler(native_box, clock).run_pass().ok
+    assert alongside_first == []
     assert loaded_shares(native_box.smb_conf) == set(names)
 
 
