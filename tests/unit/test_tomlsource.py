@@ -257,6 +257,42 @@ def test_size_limit_is_exact(tmp_path: Path) -> None:
     assert MAX_FILE_BYTES >= 64 * 1024  # room for any real share file
 
 
+def _stale_lstat(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """lstat as it was a moment before: a small regular file (what the reader sized by)."""
+    real = os.lstat
+
+    def stale(path: str | os.PathLike[str]) -> os.stat_result:
+        info = real(path)
+        fields = list(info)
+        fields[0], fields[6] = 0o100644, size  # st_mode, st_size
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "lstat", stale)
+
+
+def test_a_file_that_grew_after_its_stat_is_read_to_the_limit_and_no_further(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read is sized by the stat, but a file written meanwhile is read on, in chunks,
+    up to one byte past the limit: never more, and never cut short where it fits."""
+    grown = tmp_path / "grown.toml"
+    grown.write_bytes(b"# " + b"x" * 200_000 + b"\npath = \"/tank/x\"\n")
+    _stale_lstat(monkeypatch, 10)
+    assert read_toml(grown, max_bytes=300_000).data == {"path": "/tank/x"}
+    with pytest.raises(InputFileError, match="too large"):
+        read_toml(grown, max_bytes=150_000)
+
+
+def test_a_fifo_swapped_in_after_the_stat_is_refused_not_waited_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fifo = tmp_path / "swapped.toml"
+    os.mkfifo(fifo)
+    _stale_lstat(monkeypatch, 10)
+    with pytest.raises(InputFileError, match="not a regular file"):
+        read_toml(fifo)
+
+
 # ---- fuzz --------------------------------------------------------------------------
 
 SEED_TEXTS = [DOC, 'path = "/tank/x"\n[options]\n"hide dot files" = true\n', "a.b.c = 1\n[t]\nx = [1, {y = 2}]\n"]
