@@ -3,12 +3,17 @@
 Real smbd on loopback, the real agent process, real smbclient. Prints medians and
 percentiles; asserts nothing (timing assertions are flaky on shared machines).
 
-    .venv/bin/python bench/latency.py [--changes 50] [--sizes 500,2000] [--baseline REV] [--workdir DIR]
+    .venv/bin/python bench/latency.py [--changes 50] [--sizes 500,2000] [--baseline REV]
+                                      [--rounds N] [--workdir DIR]
 
 With `--baseline REV` (a git revision, e.g. the previous release) the same benchmarks run
-first against that revision's agent, then against this tree's, on the same machine in the
-same run, and the medians are compared. Both agents run with Debian's /usr/bin/python3 and
-its python3-* packages (what the .deb uses), each from its own source tree.
+against that revision's agent and this tree's, on the same machine in the same run, and
+the medians are compared. Both agents run with Debian's /usr/bin/python3 and its
+python3-* packages (what the .deb uses), each from its own source tree. `--rounds N`
+runs everything N times, the two agents taking turns, and takes the medians over all
+rounds: a machine whose speed drifts over minutes (a shared VM) then slows both alike.
+(The test machine gave one tree's 10,000-share cold start pass as 3.8 s in one run and
+4.8 s in the next.)
 
 Measured:
   drop -> served   write a new share file; time until `smbclient //127.0.0.1/<share> -c ls`
@@ -54,7 +59,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def summary(label: str, values_ms: list[float]) -> None:
-    RESULTS.setdefault(label.strip(), {})[Path(AGENT["tree"]).name] = statistics.median(values_ms)
+    RESULTS.setdefault(label.strip(), {}).setdefault(Path(AGENT["tree"]).name, []).extend(values_ms)
     print(
         f"{label:<44} n={len(values_ms):<4} p50={statistics.median(values_ms):8.1f} ms  "
         f"p90={percentile(values_ms, 90):8.1f} ms  p99={percentile(values_ms, 99):8.1f} ms  "
@@ -64,7 +69,7 @@ def summary(label: str, values_ms: list[float]) -> None:
 
 # The agent measured: its source tree and interpreter (see --baseline).
 AGENT: dict[str, Path | str] = {"tree": REPO, "python": sys.executable}
-RESULTS: dict[str, dict[str, float]] = {}  # label -> {tree name: median ms}
+RESULTS: dict[str, dict[str, list[float]]] = {}  # label -> {tree name: every value (ms), all rounds}
 
 
 def agent_env() -> dict[str, str]:
@@ -243,9 +248,9 @@ def daemon_first_pass_ms(base: Path, count: int, attempt: int) -> float:
         shutil.rmtree(box.root, ignore_errors=True)
 
 
-def run_all(base: Path, changes: int, sizes: list[int]) -> None:
-    print(f"== agent from {AGENT['tree']} ({AGENT['python']})")
-    base = base / f"run-{Path(AGENT['tree']).name}"  # each agent gets fresh sandboxes
+def run_all(base: Path, changes: int, sizes: list[int], round_number: int) -> None:
+    print(f"== round {round_number}: agent from {AGENT['tree']} ({AGENT['python']})")
+    base = base / f"run-{round_number}-{Path(AGENT['tree']).name}"  # fresh sandboxes for each
     base.mkdir(mode=0o755)
     bench_drop_latency(base, changes, 0)
     for size in sizes:
@@ -268,11 +273,12 @@ def print_comparison(baseline: str | None, trees: list[Path]) -> None:
     if len(trees) != 2:
         return
     old, new = trees[0].name, trees[1].name
-    print(f"\n== medians: {baseline} vs this tree")
-    for label, medians in RESULTS.items():
-        if old in medians and new in medians:
-            ratio = medians[new] / medians[old] if medians[old] else float("nan")
-            print(f"{label:<50} {medians[old]:9.1f} ms -> {medians[new]:9.1f} ms  ({ratio:.2f}x)")
+    print(f"\n== medians over every round: {baseline} vs this tree")
+    for label, values in RESULTS.items():
+        if old in values and new in values:
+            before, after = statistics.median(values[old]), statistics.median(values[new])
+            ratio = after / before if before else float("nan")
+            print(f"{label:<50} {before:9.1f} ms -> {after:9.1f} ms  ({ratio:.2f}x, n={len(values[new])})")
 
 
 def main() -> int:
@@ -280,6 +286,7 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=50)
     parser.add_argument("--sizes", default="500,2000")
     parser.add_argument("--baseline", help="git revision to compare with, measured in the same run")
+    parser.add_argument("--rounds", type=int, default=1, help="run everything N times, the agents taking turns")
     parser.add_argument(
         "--workdir", default="/var/tmp",
         help="where the sandboxes live; a tmpfs (/dev/shm) takes the disk out of the numbers: a cold start "
@@ -294,9 +301,10 @@ def main() -> int:
         if args.baseline:
             AGENT["python"] = "/usr/bin/python3"
             trees.insert(0, checkout(args.baseline, base))
-        for tree in trees:
-            AGENT["tree"] = tree
-            run_all(base, args.changes, sizes)
+        for round_number in range(1, args.rounds + 1):
+            for tree in trees:
+                AGENT["tree"] = tree
+                run_all(base, args.changes, sizes, round_number)
         print_comparison(args.baseline, trees)
     finally:
         shutil.rmtree(base, ignore_errors=True)
