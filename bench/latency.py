@@ -78,6 +78,26 @@ def agent_env() -> dict[str, str]:
     return env
 
 
+def agent_cwd() -> str:
+    """Where the agent's processes start: its own tree. `python -m` and `-c` put the
+    working directory ahead of PYTHONPATH, so an agent started from this checkout (as
+    `make bench` does) ran this checkout's code whatever AGENT["tree"] said: every
+    --baseline comparison measured this tree twice until this was found."""
+    return str(AGENT["tree"])
+
+
+def check_agent_tree() -> str:
+    """The file the agent's package is imported from, started as the benchmarks start
+    it; exits if that is not in AGENT["tree"]."""
+    found = subprocess.run(
+        [str(AGENT["python"]), "-c", "import smbgw_agent; print(smbgw_agent.__file__)"],
+        env=agent_env(), cwd=agent_cwd(), capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(Path(AGENT["tree"]).resolve()):
+        raise SystemExit(f"the agent would run {found}, not the code in {AGENT['tree']}")
+    return found
+
+
 def status(box: Sandbox) -> dict:
     try:
         return json.loads((box.root / "run/smbgw/status.json").read_text())
@@ -114,7 +134,7 @@ def write_shares(box: Sandbox, count: int, prefix: str = "s") -> None:
 def start_agent(box: Sandbox, log_level: str = "warning") -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--log-level", log_level],
-        env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        env=agent_env(), cwd=agent_cwd(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(box.root / "agent.log", "ab"),  # noqa: SIM115
     )
     deadline = time.monotonic() + 120
@@ -205,7 +225,7 @@ def bench_cold_start(base: Path, count: int, repeats: int = 3) -> None:
             started = time.monotonic()
             subprocess.run(
                 [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--once",
-                 "--log-level", "warning"], env=agent_env(), check=True,
+                 "--log-level", "warning"], env=agent_env(), cwd=agent_cwd(), check=True,
             )
             walls.append((time.monotonic() - started) * 1000)
             passes.append(status(box)["pass"]["duration_seconds"] * 1000)
@@ -230,7 +250,7 @@ def daemon_first_pass_ms(base: Path, count: int, attempt: int) -> float:
         started = time.monotonic()
         proc = subprocess.Popen(
             [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--log-level", "warning"],
-            env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=agent_env(), cwd=agent_cwd(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(box.root / "agent.log", "ab"),  # noqa: SIM115
         )
         status_file = box.root / "run/smbgw/status.json"
@@ -249,7 +269,7 @@ def daemon_first_pass_ms(base: Path, count: int, attempt: int) -> float:
 
 
 def run_all(base: Path, changes: int, sizes: list[int], round_number: int) -> None:
-    print(f"== round {round_number}: agent from {AGENT['tree']} ({AGENT['python']})")
+    print(f"== round {round_number}: agent from {AGENT['tree']} ({AGENT['python']}; imports {check_agent_tree()})")
     base = base / f"run-{round_number}-{Path(AGENT['tree']).name}"  # fresh sandboxes for each
     base.mkdir(mode=0o755)
     bench_drop_latency(base, changes, 0)

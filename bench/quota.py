@@ -36,7 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.latency import (  # noqa: E402
     AGENT,
+    agent_cwd,
     agent_env,
+    check_agent_tree,
     checkout,
     make_box,
     print_comparison,
@@ -85,7 +87,7 @@ def bench_cold(base: Path, backend: str, count: int, repeats: int) -> None:
             try:
                 started = time.monotonic()
                 subprocess.run([str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--once",
-                                "--log-level", "warning"], env=agent_env(), check=True)
+                                "--log-level", "warning"], env=agent_env(), cwd=agent_cwd(), check=True)
                 walls.append((time.monotonic() - started) * 1000)
                 passes.append(status(box)["pass"]["duration_seconds"] * 1000)
                 served = [s for s in status(box)["shares"].values() if s.get("state") == "served"]
@@ -196,7 +198,8 @@ def bench_refresh(base: Path, backend: str, count: int, repeats: int, trees: lis
         for _ in runs(trees):
             python = str(AGENT["python"])
             out = subprocess.run([python, "-c", READER, str(box.root), backend, str(count), str(repeats)],
-                                 env=agent_env(), capture_output=True, text=True, check=True).stdout
+                                 env=agent_env(), cwd=agent_cwd(), capture_output=True, text=True,
+                                 check=True).stdout
             summary(f"{backend}: usage refresh, {count} quotas", json.loads(out.splitlines()[-1]))
     shutil.rmtree(box.root, ignore_errors=True)
 
@@ -207,6 +210,7 @@ def runs(trees: list[Path]) -> Iterator[Path]:
     for tree in trees:
         AGENT["tree"] = tree
         AGENT["python"] = "/usr/bin/python3" if len(trees) > 1 else sys.executable
+        check_agent_tree()
         yield tree
 
 
