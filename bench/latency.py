@@ -131,17 +131,21 @@ def write_shares(box: Sandbox, count: int, prefix: str = "s") -> None:
         )
 
 
-def start_agent(box: Sandbox, log_level: str = "warning") -> subprocess.Popen[bytes]:
+def start_agent(box: Sandbox, log_level: str = "warning", poll: float = 0.05) -> subprocess.Popen[bytes]:
+    """The daemon, returned once status.json says its first pass ended (looked at every
+    `poll` seconds; parsed only once it exists)."""
     proc = subprocess.Popen(
         [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--log-level", log_level],
         env=agent_env(), cwd=agent_cwd(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(box.root / "agent.log", "ab"),  # noqa: SIM115
     )
+    status_file = box.root / "run/smbgw/status.json"
     deadline = time.monotonic() + 120
-    while status(box).get("passes", 0) < 1:
+    while not status_file.exists() or status(box).get("passes", 0) < 1:
         if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
             raise SystemExit(f"agent did not complete a pass; see {box.root}/agent.log")
-        time.sleep(0.05)
+        time.sleep(poll)
     return proc
 
 
@@ -245,25 +249,16 @@ def daemon_first_pass_ms(base: Path, count: int, attempt: int) -> float:
     box = make_box(base, f"start-{count}-{attempt}")
     write_shares(box, count)
     box.start_smbd()
-    proc = None
     try:
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [str(AGENT["python"]), "-m", "smbgw_agent", "--root", str(box.root), "--log-level", "warning"],
-            env=agent_env(), cwd=agent_cwd(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(box.root / "agent.log", "ab"),  # noqa: SIM115
-        )
-        status_file = box.root / "run/smbgw/status.json"
-        while not status_file.exists() or status(box).get("passes", 0) < 1:
-            if proc.poll() is not None or time.monotonic() - started > 300:
-                raise SystemExit(f"agent did not complete a pass; see {box.root}/agent.log")
-            time.sleep(0.01)
+        proc = start_agent(box, poll=0.01)
         elapsed = (time.monotonic() - started) * 1000
-        assert box.smbclient(f"s{count - 1:05d}", "ls").returncode == 0, "last share not served"
+        try:
+            assert box.smbclient(f"s{count - 1:05d}", "ls").returncode == 0, "last share not served"
+        finally:
+            stop(proc)
         return elapsed
     finally:
-        if proc is not None:
-            stop(proc)
         box.stop_smbd()
         shutil.rmtree(box.root, ignore_errors=True)
 
